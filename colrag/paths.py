@@ -16,10 +16,21 @@ MODELS_ENV = "COLRAG_MODELS"
 DEFAULT_INDEX_NAME = "default"
 
 
+def _checkout_root() -> Path | None:
+    """The source checkout this package runs from, if it has the models/ and indexes/ folders."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "models").is_dir() and (root / "indexes").is_dir():
+        return root
+    return None
+
+
 def colrag_home() -> Path:
     env = os.environ.get(HOME_ENV)
     if env:
         return Path(env).expanduser()
+    checkout = _checkout_root()
+    if checkout is not None:
+        return checkout
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "colrag"
