@@ -1,0 +1,27 @@
+"""colrag: ask questions about PDF reports, treating every page as an image.
+
+Public API (imported lazily so `import colrag` stays cheap):
+    colrag.Retriever   ColQwen2 page/query multi-vectors on onnxruntime
+    colrag.Generator   Qwen2-VL answers on onnxruntime
+    colrag.maxsim      late-interaction scores
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["Retriever", "Generator", "maxsim", "__version__"]
+
+
+def __getattr__(name):
+    if name == "Retriever":
+        from .retriever import Retriever
+
+        return Retriever
+    if name == "Generator":
+        from .generator import Generator
+
+        return Generator
+    if name == "maxsim":
+        from .scoring import maxsim
+
+        return maxsim
+    raise AttributeError(f"module 'colrag' has no attribute {name!r}")

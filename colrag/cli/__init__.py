@@ -1,0 +1,65 @@
+"""The `colrag` command. Thin: parses arguments, calls the library, prints.
+
+Each command group lives in its own module and registers itself on `app`;
+heavy imports (onnxruntime, numpy, fitz) happen inside the commands so that
+`colrag --version` and `--help` answer instantly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from .. import __version__
+from ..errors import ColragError
+
+app = typer.Typer(
+    name="colrag",
+    help="Ask questions about PDF reports: pages are embedded as images (ColQwen2) and answered by Qwen2-VL, locally.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Export, install, list and verify model bundles.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"colrag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """colrag: local question answering over PDF page images."""
+
+
+def _register_commands() -> None:
+    # Importing a module registers its commands on `app` / `models_app`.
+    from . import models_cmd  # noqa: F401
+
+    for optional in ("index_cmd", "ask_cmd", "doctor_cmd"):
+        try:
+            __import__(f"{__name__}.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{optional}":
+                raise
+
+
+def main() -> None:
+    _register_commands()
+    try:
+        app()
+    except ColragError as exc:
+        if os.environ.get("COLRAG_DEBUG"):
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
