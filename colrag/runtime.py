@@ -1,0 +1,63 @@
+"""The one place that creates onnxruntime sessions.
+
+Threads come from the `threads` argument, else OMP_NUM_THREADS, else onnxruntime's
+default (all physical cores). CUDA is used when the installed onnxruntime has it;
+asking for it explicitly when it is missing warns and falls back to the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .errors import BundleError, ColragError
+
+DEVICE_ENV = "COLRAG_DEVICE"  # auto | cpu | cuda
+
+
+def _threads(threads: int | None) -> int:
+    if threads is not None:
+        return max(0, int(threads))
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() else 0  # 0 = onnxruntime decides
+
+
+def choose_providers(device: str | None = None) -> list[str]:
+    import onnxruntime as ort
+
+    device = (device or os.environ.get(DEVICE_ENV) or "auto").lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ColragError(f"unknown device {device!r}: use auto, cpu or cuda")
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        print(
+            "warning: CUDA was requested but this onnxruntime has no CUDA provider; "
+            "running on the CPU (pip install onnxruntime-gpu for CUDA)",
+            file=sys.stderr,
+        )
+    return ["CPUExecutionProvider"]
+
+
+def create_session(path: str | os.PathLike, *, threads: int | None = None, device: str | None = None):
+    """An onnxruntime InferenceSession for `path`, configured the same way everywhere."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"model graph not found: {path}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    n = _threads(threads)
+    if n:
+        opts.intra_op_num_threads = n
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=choose_providers(device))
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+        raise BundleError(f"cannot load {path.name}: {str(exc).splitlines()[0]}") from exc
