@@ -33,6 +33,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; bundles and indexes are meant to be shared read-only
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -106,6 +107,12 @@ def verify_bundle(bundle_dir: str | os.PathLike, kind: str | None = None) -> dic
         if sha256_file(Path(bundle_dir) / rel) != info.get("sha256"):
             raise BundleError(f"{bundle_dir}: {rel} does not match its checksum (corrupt or modified); re-export or reinstall the bundle")
     return manifest
+
+
+def bundle_id(manifest: dict[str, Any]) -> str:
+    """A stable identity of a bundle's content: the hash of its files' checksums."""
+    listing = json.dumps({k: v.get("sha256") for k, v in sorted(manifest["files"].items())}, sort_keys=True)
+    return hashlib.sha256(listing.encode()).hexdigest()[:32]
 
 
 def bundle_file(bundle_dir: str | os.PathLike, manifest: dict[str, Any], name: str) -> Path:

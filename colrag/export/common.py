@@ -1,0 +1,88 @@
+"""Helpers shared by the retriever and generator exporters (torch side)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Files of a checkpoint folder that the runtime needs besides the weights.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
+CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json", "chat_template.json", "chat_template.jinja")
+
+
+def vision_hash(visual) -> str:
+    """sha256 over the vision tower's weights as fp32, in name order.
+
+    Two checkpoints with the same vision tower (ColQwen2's LoRA leaves it untouched)
+    get the same hash, whatever dtype they were stored in, so bundles can share it.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(visual.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_embedding_table(weight, path: Path) -> None:
+    """The token-embedding table as a plain fp32 .npy, memory-mapped at run time."""
+    np.save(path, weight.detach().float().cpu().numpy(), allow_pickle=False)
+
+
+def copy_checkpoint_files(src: Path, out: Path, names: tuple[str, ...]) -> list[str]:
+    copied = []
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+            copied.append(name)
+    return copied
+
+
+def read_source_identity(src: Path) -> dict:
+    """Best-effort source id and revision: a Hugging Face cache snapshot path carries both."""
+    info: dict = {"source": str(src)}
+    parts = src.resolve().parts
+    if "snapshots" in parts:
+        i = parts.index("snapshots")
+        if i >= 1 and parts[i - 1].startswith("models--"):
+            info["source"] = parts[i - 1][len("models--") :].replace("--", "/")
+        if i + 1 < len(parts):
+            info["revision"] = parts[i + 1]
+    meta = src / "colrag_source.json"  # written by `colrag models install`
+    if meta.is_file():
+        info.update(json.loads(meta.read_text()))
+    return info
+
+
+def export_graph(module, args: tuple, path: Path, *, input_names, output_names, dynamic_shapes, opset: int = 18) -> float:
+    """torch.onnx.export(dynamo=True) with weights in external data; returns seconds taken."""
+    import torch
+
+    start = time.perf_counter()
+    module.eval()
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            external_data=True,
+            optimize=True,
+            verify=False,
+        )
+    program.save(str(path), external_data=True)
+    del program
+    return time.perf_counter() - start
+
+
+def max_abs_diff(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max()) if a.size else 0.0

@@ -1,0 +1,215 @@
+"""Export a transformers ColQwen2 checkpoint (ColQwen2ForRetrieval) to a colrag bundle.
+
+Bundle layout (kind "retriever"):
+    vision.onnx (+ .data)    pixel_values (N,1176), rot_pos_ids (N,2) -> image_embeds (N/4,H)
+    text.onnx (+ .data)      inputs_embeds (B,S,H), position_ids (3,B,S), attention_mask (B,S) -> embeddings (B,S,dim)
+    embed_tokens.npy         (vocab, H) fp32 token-embedding table, memory-mapped at run time
+    tokenizer.json ...       tokenizer and processor configs copied from the checkpoint
+    manifest.json            format, model facts, prompts, sha256 of every file
+
+The bundle is built in a temporary sibling folder and renamed into place only after
+both graphs were checked against torch at an image size and sequence shape that
+differ from the ones used for export, so a failed export never leaves a bundle.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..bundle import write_manifest
+from ..constants import RETRIEVER_MAX_PIXELS, RETRIEVER_MIN_PIXELS
+from ..errors import ColragError
+from . import require_export_deps
+from .common import (
+    CONFIG_FILES,
+    TOKENIZER_FILES,
+    copy_checkpoint_files,
+    export_graph,
+    max_abs_diff,
+    read_source_identity,
+    save_embedding_table,
+    vision_hash,
+)
+
+# Grids used to trace the graphs and, different on purpose, to check them.
+EXPORT_GRID = (1, 16, 12)
+CHECK_GRID = (1, 10, 22)
+TOLERANCE = 1e-4
+
+
+def _log(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _vision_inputs(grid_thw, seed: int):
+    import torch
+    from transformers.vision_utils import get_vision_position_ids
+
+    grid = torch.tensor([grid_thw])
+    n = grid_thw[0] * grid_thw[1] * grid_thw[2]
+    gen = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(n, 1176, generator=gen)  # (N, 1176)
+    rot_pos_ids = get_vision_position_ids(grid, 2)  # (N, 2)
+    return pixel_values, rot_pos_ids
+
+
+def _text_inputs(batch: int, seq: int, hidden: int, seed: int):
+    """Random embeddings, left padding on all rows but the first, text-like 3-D positions."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(batch, seq, hidden, generator=gen)  # (B, S, H)
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    for b in range(1, batch):
+        mask[b, : min(seq - 1, 2 * b)] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, S)
+    pos = pos.unsqueeze(0).repeat(3, 1, 1)  # (3, B, S)
+    pos[1] += torch.arange(seq) % 3  # make the three rope axes differ
+    return embeds, pos, mask
+
+
+def _check(name: str, got, want) -> float:
+    diff = max_abs_diff(got, want)
+    scale = max(1.0, float(np.abs(np.asarray(want)).max()))
+    if not diff <= TOLERANCE * scale:
+        raise ColragError(f"export check failed: {name} differs from torch by {diff:.3g} (tolerance {TOLERANCE * scale:.3g})")
+    return diff
+
+
+def export_retriever(src: str | Path, out: str | Path, *, opset: int = 18, force: bool = False) -> dict:
+    """Export checkpoint folder `src` to bundle folder `out`; returns the manifest."""
+    require_export_deps()
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoConfig, AutoProcessor, ColQwen2ForRetrieval
+
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if not (src / "config.json").is_file():
+        raise ColragError(f"{src} is not a checkpoint folder (no config.json)")
+    config = AutoConfig.from_pretrained(src)
+    if config.model_type != "colqwen2":
+        raise ColragError(f"{src} holds a {config.model_type!r} checkpoint; the retriever export needs ColQwen2 (e.g. vidore/colqwen2-v1.0-hf)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ColragError(f"{out} already exists; pass --force to replace it")
+
+    started = time.perf_counter()
+    work = out.parent / f".{out.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        _log(f"loading {src} ...")
+        model = ColQwen2ForRetrieval.from_pretrained(src, dtype=torch.float32).eval()
+        try:
+            processor = AutoProcessor.from_pretrained(src)
+        except Exception as exc:  # a checkpoint without processor files cannot be used
+            raise ColragError(f"cannot load the processor of {src}: {exc}") from exc
+        manifest_fields = _export_into(model, processor, src, work, opset, ort, torch)
+        del model
+        gc.collect()
+        manifest_fields["export_seconds"] = round(time.perf_counter() - started, 1)
+        manifest = write_manifest(work, "retriever", manifest_fields)
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+        _log(f"retriever bundle written to {out} in {manifest_fields['export_seconds']} s")
+        return manifest
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _export_into(model, processor, src: Path, work: Path, opset: int, ort, torch) -> dict:
+    from .modules import RetrieverHead, VisionTower
+
+    vlm = model.vlm
+    text_cfg = vlm.config.text_config
+    vis_cfg = vlm.config.vision_config
+    hidden = text_cfg.hidden_size
+    dim = model.embedding_proj_layer.out_features
+    auto = torch.export.Dim.AUTO
+    checks = {}
+
+    # -- vision tower -------------------------------------------------------------
+    _log("exporting the vision tower ...")
+    tower = VisionTower(vlm.visual).eval()
+    pv, rot = _vision_inputs(EXPORT_GRID, seed=0)
+    export_graph(
+        tower, (pv, rot), work / "vision.onnx",
+        input_names=["pixel_values", "rot_pos_ids"], output_names=["image_embeds"],
+        dynamic_shapes=({0: auto}, {0: auto}), opset=opset,
+    )
+    pv, rot = _vision_inputs(CHECK_GRID, seed=1)
+    with torch.no_grad():
+        want = vlm.visual(pv, grid_thw=torch.tensor([CHECK_GRID]), return_dict=True).pooler_output.numpy()
+    sess = ort.InferenceSession(str(work / "vision.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"pixel_values": pv.numpy(), "rot_pos_ids": rot.numpy()})[0]
+    checks["vision_max_abs_diff"] = _check("vision tower", got, want)
+    del sess, tower
+    gc.collect()
+
+    # -- language model + projection ---------------------------------------------------
+    _log("exporting the language model ...")
+    head = RetrieverHead(vlm.language_model, model.embedding_proj_layer).eval()
+    args = _text_inputs(2, 12, hidden, seed=2)
+    export_graph(
+        head, args, work / "text.onnx",
+        input_names=["inputs_embeds", "position_ids", "attention_mask"], output_names=["embeddings"],
+        dynamic_shapes=({0: auto, 1: auto}, {1: auto, 2: auto}, {0: auto, 1: auto}), opset=opset,
+    )
+    args = _text_inputs(3, 29, hidden, seed=3)
+    with torch.no_grad():
+        want = head(*args).numpy()
+    sess = ort.InferenceSession(str(work / "text.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"inputs_embeds": args[0].numpy(), "position_ids": args[1].numpy(), "attention_mask": args[2].numpy()})[0]
+    checks["text_max_abs_diff"] = _check("language model", got, want)
+    del sess, head
+    gc.collect()
+
+    # -- tables, tokenizer, configs ----------------------------------------------------
+    save_embedding_table(vlm.language_model.embed_tokens.weight, work / "embed_tokens.npy")
+    copied = copy_checkpoint_files(src, work, TOKENIZER_FILES + CONFIG_FILES)
+    if "tokenizer.json" not in copied:
+        processor.tokenizer.save_pretrained(work)  # a fast tokenizer can always write tokenizer.json
+        for extra in ("chat_template.jinja",):
+            (work / extra).unlink(missing_ok=True)
+    if not (work / "tokenizer.json").is_file():
+        raise ColragError(f"{src} has no tokenizer.json and none could be built")
+
+    image_processor = processor.image_processor
+    min_pixels = getattr(image_processor, "min_pixels", None) or RETRIEVER_MIN_PIXELS
+    max_pixels = getattr(image_processor, "max_pixels", None) or RETRIEVER_MAX_PIXELS
+    if not (work / "preprocessor_config.json").is_file():
+        image_processor.save_pretrained(work)
+    aug = processor.query_augmentation_token
+    prompts = {
+        "page": processor.visual_prompt_prefix,
+        "query_prefix": processor.query_prefix,
+        "query_suffix": aug * 10 + "\n",
+    }
+    return {
+        "colrag_version": __version__,
+        **read_source_identity(src),
+        "model_type": "colqwen2",
+        "architecture": "ColQwen2ForRetrieval",
+        "dim": int(dim),
+        "hidden_size": int(hidden),
+        "vocab_size": int(text_cfg.vocab_size),
+        "num_layers": int(text_cfg.num_hidden_layers),
+        "image_token_id": int(vlm.config.image_token_id),
+        "spatial_merge_size": int(vis_cfg.spatial_merge_size),
+        "min_pixels": int(min_pixels),
+        "max_pixels": int(max_pixels),
+        "prompts": prompts,
+        "vision_hash": vision_hash(vlm.visual),
+        "opset": opset,
+        "graphs": {"vision": "vision.onnx", "text": "text.onnx", "embed_tokens": "embed_tokens.npy"},
+        "export_checks": checks,
+    }

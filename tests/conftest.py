@@ -1,0 +1,45 @@
+"""Shared fixtures: the tiny retriever checkpoint and its exported bundle, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.tiny_models import PDF_DIR, SHARED, TOKENIZER_DIR
+
+
+def require_shared() -> None:
+    if not TOKENIZER_DIR.is_dir():
+        pytest.skip(f"{SHARED} is absent: the real tokenizer and PDFs live there")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir():
+    require_shared()
+    return TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def pdf_dir():
+    if not PDF_DIR.is_dir():
+        pytest.skip(f"{PDF_DIR} is absent")
+    return PDF_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_colqwen2_checkpoint(tmp_path_factory):
+    """A tiny random ColQwen2 checkpoint folder, laid out like a downloaded one."""
+    require_shared()
+    pytest.importorskip("transformers")
+    from tests.tiny_models import build_tiny_colqwen2
+
+    return build_tiny_colqwen2(tmp_path_factory.mktemp("ckpt") / "tiny-colqwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_retriever_bundle(tiny_colqwen2_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported by colrag's own exporter."""
+    from colrag.export.retriever import export_retriever
+
+    out = tmp_path_factory.mktemp("bundles") / "retriever"
+    export_retriever(tiny_colqwen2_checkpoint, out)
+    return out
