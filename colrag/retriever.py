@@ -1,0 +1,134 @@
+"""ColQwen2 retriever on onnxruntime + numpy: pages and queries to multi-vectors.
+
+    r = Retriever.load("models/retriever")
+    pages = r.embed_images([pil_image, ...])   # [(n_tokens_i, 128) float32, ...]
+    queries = r.embed_queries(["revenue in 2023?"])
+    scores = colrag.maxsim(queries, pages)     # (n_queries, n_pages)
+
+Each row is L2-normalised; padding rows are removed, every other token is kept
+(prompt tokens included), as ColQwen2 does. Positions are the 3-D M-RoPE index the
+checkpoint was trained with (colrag.rope.get_rope_index).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import bundle_file, bundle_id, load_manifest
+from .constants import IMAGE_PAD_ID, PAD_ID
+from .errors import BundleError, InputError
+from .preprocess import ImageProcessorConfig, preprocess_image, vision_rot_pos_ids
+from .rope import get_rope_index
+from .runtime import create_session
+from .tokenization import Tokenizer, pad_left
+
+
+class Retriever:
+    def __init__(self, bundle_dir: Path, manifest: dict, vision, text, embed_table: np.ndarray, tokenizer: Tokenizer, image_config: ImageProcessorConfig):
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self._vision = vision
+        self._text = text
+        self._embed_table = embed_table  # (vocab, hidden), memory-mapped
+        self.tokenizer = tokenizer
+        self.image_config = image_config
+        self.dim = int(manifest["dim"])
+        self.min_pixels = int(manifest["min_pixels"])
+        self.max_pixels = int(manifest["max_pixels"])
+        self.bundle_id = bundle_id(manifest)
+        self.name = str(manifest.get("source", bundle_dir.name))
+        self.vision_hash = manifest.get("vision_hash")
+        prompts = manifest["prompts"]
+        self._page_ids = self._expandable_page_ids(prompts["page"])
+        self._query_prefix = prompts["query_prefix"]
+        self._query_suffix = prompts["query_suffix"]
+        self._image_token_id = int(manifest.get("image_token_id", IMAGE_PAD_ID))
+
+    @classmethod
+    def load(cls, bundle_dir: str | os.PathLike, *, threads: int | None = None, device: str | None = None) -> "Retriever":
+        bundle_dir = Path(bundle_dir).expanduser()
+        manifest = load_manifest(bundle_dir, "retriever")
+        graphs = manifest["graphs"]
+        try:
+            table = np.load(bundle_file(bundle_dir, manifest, graphs["embed_tokens"]), mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise BundleError(f"{bundle_dir}: unreadable embedding table: {exc}") from exc
+        if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
+            raise BundleError(f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})")
+        vision = create_session(bundle_file(bundle_dir, manifest, graphs["vision"]), threads=threads, device=device)
+        text = create_session(bundle_file(bundle_dir, manifest, graphs["text"]), threads=threads, device=device)
+        tokenizer = Tokenizer.from_dir(bundle_dir)
+        image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
+        return cls(bundle_dir, manifest, vision, text, table, tokenizer, image_config)
+
+    # -- prompts -----------------------------------------------------------------
+    def _expandable_page_ids(self, page_prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(page_prompt)
+        if ids.count(IMAGE_PAD_ID) != 1:
+            raise BundleError(f"{self.bundle_dir}: the page prompt must hold exactly one <|image_pad|>")
+        return ids
+
+    def page_ids(self, n_image_tokens: int) -> list[int]:
+        """The page prompt with <|image_pad|> expanded to one id per image token."""
+        i = self._page_ids.index(IMAGE_PAD_ID)
+        return self._page_ids[:i] + [IMAGE_PAD_ID] * n_image_tokens + self._page_ids[i + 1 :]
+
+    def query_ids(self, query: str) -> list[int]:
+        return self.tokenizer.encode(self._query_prefix + query + self._query_suffix)
+
+    # -- embedding ---------------------------------------------------------------
+    def image_features(self, image) -> tuple[np.ndarray, np.ndarray]:
+        """Vision tower output for one PIL image: (image_embeds (n_tokens, hidden), grid_thw (3,))."""
+        pre = preprocess_image(image, self.image_config, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        rot = vision_rot_pos_ids(pre.grid_thw)  # (N, 2)
+        (embeds,) = self._vision.run(None, {"pixel_values": pre.pixel_values, "rot_pos_ids": rot})  # (N/4, hidden)
+        return embeds, np.asarray(pre.grid_thw, dtype=np.int64)
+
+    def embed_images(self, images: Sequence, *, batch_size: int = 1) -> list[np.ndarray]:
+        """One (n_tokens_i, dim) float32 array per PIL image."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), max(1, batch_size)):
+            batch = images[start : start + max(1, batch_size)]
+            feats = [self.image_features(_check_image(img)) for img in batch]
+            seqs = [self.page_ids(len(f[0])) for f in feats]
+            out += self._embed_sequences(seqs, [f[0] for f in feats], np.stack([f[1] for f in feats]))
+        return out
+
+    def embed_queries(self, texts: Sequence[str], *, batch_size: int = 8) -> list[np.ndarray]:
+        """One (n_tokens_i, dim) float32 array per query text."""
+        out: list[np.ndarray] = []
+        for text in texts:
+            if not isinstance(text, str):
+                raise InputError(f"a query must be text, got {type(text).__name__}")
+        for start in range(0, len(texts), max(1, batch_size)):
+            seqs = [self.query_ids(t) for t in texts[start : start + max(1, batch_size)]]
+            out += self._embed_sequences(seqs, [], None)
+        return out
+
+    def _embed_sequences(self, seqs: list[list[int]], image_embeds: list[np.ndarray], grids: np.ndarray | None) -> list[np.ndarray]:
+        """Left-pad token sequences, splice in image features, run the LM; strip padding."""
+        ids, mask = pad_left(seqs, PAD_ID)  # (B, S) each
+        embeds = np.asarray(self._embed_table[ids.reshape(-1)], dtype=np.float32).reshape(*ids.shape, -1)  # (B, S, H)
+        if image_embeds:
+            slots = ids == self._image_token_id  # (B, S)
+            feats = np.concatenate(image_embeds)  # (sum n_tokens, H)
+            if int(slots.sum()) != len(feats):
+                raise RuntimeError(f"{int(slots.sum())} image slots for {len(feats)} image features")
+            embeds[slots] = feats
+        position_ids, _ = get_rope_index(ids, grids, mask, image_token_id=self._image_token_id)  # (3, B, S)
+        (vectors,) = self._text.run(
+            None, {"inputs_embeds": embeds, "position_ids": position_ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        )  # (B, S, dim)
+        return [np.ascontiguousarray(vectors[b][mask[b].astype(bool)], dtype=np.float32) for b in range(len(seqs))]
+
+
+def _check_image(image):
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        raise InputError(f"expected a PIL image, got {type(image).__name__}")
+    return image
