@@ -1,5 +1,95 @@
-"""`colrag models ...`: export, verify, list."""
+"""`colrag models ...`: export checkpoints to bundles, list and verify bundles."""
 
 from __future__ import annotations
 
-from ..cli import models_app  # noqa: F401
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import models_app
+
+export_app = typer.Typer(help="Export a transformers checkpoint folder to a colrag model bundle (needs colrag[export]).", no_args_is_help=True)
+models_app.add_typer(export_app, name="export")
+
+MODELS_DIR_OPTION = typer.Option(None, "--models-dir", envvar="COLRAG_MODELS", help="Folder holding the retriever/ and generator/ bundles [default: $COLRAG_HOME/models].")
+
+
+@export_app.command("retriever")
+def export_retriever_cmd(
+    src: Path = typer.Argument(..., help="ColQwen2 checkpoint folder (e.g. a download of vidore/colqwen2-v1.0-hf)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder to write [default: <models-dir>/retriever]."),
+    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+) -> None:
+    """Export a ColQwen2 retriever checkpoint: vision + text graphs, embedding table, tokenizer, manifest."""
+    from ..export.retriever import export_retriever
+    from ..paths import retriever_dir
+
+    target = out or retriever_dir(None, models_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    export_retriever(src, target, opset=opset, force=force)
+    typer.echo(str(target))
+
+
+def _bundles(models_dir: Optional[Path]) -> list[Path]:
+    from ..paths import models_dir as default_models_dir
+
+    root = default_models_dir(models_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
+
+
+@models_app.command("list")
+def list_cmd(
+    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show the installed model bundles (a quick check: presence and sizes, not checksums)."""
+    from ..bundle import load_manifest
+    from ..errors import BundleError
+
+    rows = []
+    for path in _bundles(models_dir):
+        try:
+            m = load_manifest(path)
+            size = sum(f["size"] for f in m["files"].values())
+            rows.append({"path": str(path), "kind": m.get("kind"), "source": m.get("source"), "bytes": size, "ok": True, "error": None})
+        except BundleError as exc:
+            rows.append({"path": str(path), "kind": None, "source": None, "bytes": 0, "ok": False, "error": str(exc)})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no model bundles installed (run `colrag models install`, or `colrag models export retriever SRC`)", err=True)
+        return
+    for r in rows:
+        status = f"{r['bytes'] / 1e9:.2f} GB" if r["ok"] else f"BROKEN: {r['error']}"
+        typer.echo(f"{r['path']}\t{r['kind']}\t{r['source']}\t{status}")
+
+
+@models_app.command("verify")
+def verify_cmd(
+    bundles: Optional[list[Path]] = typer.Argument(None, help="Bundle folders [default: every bundle in the models dir]."),
+    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+) -> None:
+    """Re-hash every file of each bundle against its manifest (sha256)."""
+    from ..bundle import verify_bundle
+    from ..errors import BundleError
+
+    targets = list(bundles or []) or _bundles(models_dir)
+    if not targets:
+        raise BundleError("no model bundles to verify (run `colrag models install`, or give a bundle folder)")
+    failed = 0
+    for path in targets:
+        try:
+            m = verify_bundle(path)
+            typer.echo(f"ok\t{path}\t{m.get('kind')}\t{len(m['files'])} files")
+        except BundleError as exc:
+            failed += 1
+            typer.echo(f"FAILED\t{path}\t{exc}")
+    if failed:
+        raise typer.Exit(1)
