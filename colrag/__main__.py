@@ -1,0 +1,3 @@
+from colrag.cli import main
+
+main()
