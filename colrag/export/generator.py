@@ -1,0 +1,374 @@
+"""Export a transformers Qwen2-VL checkpoint (Qwen2VLForConditionalGeneration) to a colrag bundle.
+
+Bundle layout (kind "generator"):
+    vision.onnx (+ .data)    pixel_values (N,1176), rot_pos_ids (N,2) -> image_embeds (N/4,H)
+                             (absent when shared: the manifest then points at the retriever's graph)
+    decoder.onnx (+ .data)   inputs_embeds (B,S,H), position_ids (3,B,S), attention_mask (B,P+S),
+                             past_key_i / past_value_i (B,kv_heads,P,head_dim) for each layer i
+                             -> logits (B,1,vocab) for the LAST position only,
+                                present_key_i / present_value_i (B,kv_heads,P+S,head_dim)
+                             One graph serves prefill (P = 0) and decode (S = 1).
+    embed_tokens.npy         (vocab, H) fp32 token-embedding table, memory-mapped at run time
+    tokenizer.json ...       tokenizer, processor and generation configs copied from the checkpoint
+    manifest.json            format, model facts, sha256 of every file
+
+lm_head is always its own weight inside the decoder graph, even when the checkpoint
+ties it to the embeddings, so a quantizer can treat it like every other MatMul.
+
+Memory: the checkpoint is loaded once in fp32; the vision tower is exported and then
+dropped before the decoder is exported, and weights go to external data files.
+
+Every graph is checked against transformers before the manifest is written: the
+vision tower at the export grid and at another grid; the decoder's prefill (empty
+past) against the language model's logits, and one decode step on the prefill's
+cache against the logits of a full forward over the longer sequence.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..bundle import load_manifest, sha256_file, write_manifest
+from ..constants import EOS_IDS, GENERATOR_MAX_PIXELS, GENERATOR_MIN_PIXELS
+from ..errors import ColragError
+from . import require_export_deps
+from .common import (
+    CONFIG_FILES,
+    TOKENIZER_FILES,
+    copy_checkpoint_files,
+    export_graph,
+    max_abs_diff,
+    read_source_identity,
+    save_embedding_table,
+    vision_hash,
+)
+
+EXPORT_GRID = (1, 16, 12)
+CHECK_GRID = (1, 10, 22)
+TOLERANCE = 1e-4
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def past_names(num_layers: int) -> list[str]:
+    return [f"past_{kv}_{i}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [f"present_{kv}_{i}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def _decoder_module(language_model, lm_head_weight):
+    """TextModel with a KV cache, plus an lm_head (its own copy of the weight) on the last position."""
+    import torch
+    from torch import nn
+
+    from .modules import TextModel
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text = TextModel(language_model, with_cache=True)
+            vocab, hidden = lm_head_weight.shape
+            self.lm_head = nn.Linear(hidden, vocab, bias=False)
+            with torch.no_grad():
+                self.lm_head.weight.copy_(lm_head_weight.detach().float())  # untied, even if the checkpoint ties it
+
+        def forward(self, inputs_embeds, position_ids, attention_mask, *past):
+            hidden, *present = self.text(inputs_embeds, position_ids, attention_mask, *past)  # (B, S, H)
+            logits = self.lm_head(hidden[:, -1:, :])  # (B, 1, vocab)
+            return (logits, *present)
+
+    # the embedding table is not used by the decoder: keep it out of the exported graph
+    embed = language_model.embed_tokens
+    language_model.embed_tokens = None
+    module = Decoder().eval()
+    return module, embed
+
+
+def _vision_inputs(grid_thw, seed: int):
+    import torch
+    from transformers.vision_utils import get_vision_position_ids
+
+    n = grid_thw[0] * grid_thw[1] * grid_thw[2]
+    gen = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(n, 1176, generator=gen)  # (N, 1176)
+    rot_pos_ids = get_vision_position_ids(torch.tensor([grid_thw]), 2)  # (N, 2)
+    return pixel_values, rot_pos_ids
+
+
+def _text_positions(mask):
+    """Text-like 3-D positions (3, B, T) from a left-padded mask (B, T), the three axes made to differ."""
+    import torch
+
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    pos = pos.unsqueeze(0).repeat(3, 1, 1).clone()  # (3, B, T)
+    pos[1] += torch.arange(pos.shape[-1]) % 3  # as for image tokens, whose h/w positions differ
+    pos[2] += (torch.arange(pos.shape[-1]) % 2) * 2
+    return pos
+
+
+def _check(name: str, got, want) -> float:
+    diff = max_abs_diff(got, want)
+    scale = max(1.0, float(np.abs(np.asarray(want)).max()))
+    if not diff <= TOLERANCE * scale:
+        raise ColragError(f"export check failed: {name} differs from torch by {diff:.3g} (tolerance {TOLERANCE * scale:.3g})")
+    return diff
+
+
+def export_generator(
+    src: str | Path,
+    out: str | Path,
+    *,
+    share_vision_with: str | Path | None = None,
+    opset: int = 18,
+    force: bool = False,
+) -> dict:
+    """Export checkpoint folder `src` to bundle folder `out`; returns the manifest.
+
+    share_vision_with: a retriever bundle folder; when its manifest's vision_hash equals
+    this checkpoint's, its vision graph is referenced instead of exporting a copy.
+    """
+    require_export_deps()
+    import torch
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if not (src / "config.json").is_file():
+        raise ColragError(f"{src} is not a checkpoint folder (no config.json)")
+    config = AutoConfig.from_pretrained(src)
+    if config.model_type != "qwen2_vl":
+        raise ColragError(f"{src} holds a {config.model_type!r} checkpoint; the generator export needs Qwen2-VL (e.g. Qwen/Qwen2-VL-2B-Instruct)")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ColragError(f"{out} already exists; pass --force to replace it")
+    shared = None
+    if share_vision_with is not None:
+        shared = Path(share_vision_with).expanduser()
+        shared_manifest = load_manifest(shared, "retriever")
+        if not shared_manifest.get("vision_hash"):
+            raise ColragError(f"{shared}: the retriever bundle records no vision_hash; re-export it to share its vision tower")
+
+    started = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        _log(f"loading {src} ...")
+        model = Qwen2VLForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
+        try:  # tokenizer and image processor only: a full Qwen2VLProcessor would need torchvision
+            tokenizer = AutoTokenizer.from_pretrained(src)
+            image_processor = AutoImageProcessor.from_pretrained(src)
+        except Exception as exc:  # a checkpoint without processor files cannot be used
+            raise ColragError(f"cannot load the tokenizer / image processor of {src}: {exc}") from exc
+        fields = _export_into(model, tokenizer, image_processor, src, out, work, shared, opset)
+        del model
+        gc.collect()
+        fields["export_seconds"] = round(time.perf_counter() - started, 1)
+        manifest = write_manifest(work, "generator", fields)
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+        _log(f"generator bundle written to {out} in {fields['export_seconds']} s")
+        return manifest
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _export_vision(visual, work: Path, opset: int) -> dict:
+    import torch
+
+    from .modules import VisionTower
+
+    _log("exporting the vision tower ...")
+    tower = VisionTower(visual).eval()
+    auto = torch.export.Dim.AUTO
+    pv, rot = _vision_inputs(EXPORT_GRID, seed=0)
+    export_graph(
+        tower, (pv, rot), work / "vision.onnx",
+        input_names=["pixel_values", "rot_pos_ids"], output_names=["image_embeds"],
+        dynamic_shapes=({0: auto}, {0: auto}), opset=opset,
+    )
+    sess = _ort_session(work / "vision.onnx")
+    checks = {}
+    for label, grid, seed in (("vision_export_grid", EXPORT_GRID, 0), ("vision_check_grid", CHECK_GRID, 1)):
+        pv, rot = _vision_inputs(grid, seed=seed)
+        with torch.no_grad():
+            want = visual(pv, grid_thw=torch.tensor([grid]), return_dict=True).pooler_output.numpy()  # (N/4, H)
+        got = sess.run(None, {"pixel_values": pv.numpy(), "rot_pos_ids": rot.numpy()})[0]
+        checks[label + "_max_abs_diff"] = _check(f"vision tower at grid {grid}", got, want)
+    del sess, tower
+    gc.collect()
+    return checks
+
+
+def _export_decoder(model, work: Path, opset: int) -> dict:
+    import torch
+
+    text_cfg = model.config.text_config
+    lm = model.model.language_model
+    n_layers = text_cfg.num_hidden_layers
+    kv_heads = text_cfg.num_key_value_heads
+    head_dim = text_cfg.hidden_size // text_cfg.num_attention_heads
+    hidden = text_cfg.hidden_size
+    auto = torch.export.Dim.AUTO
+
+    _log("exporting the decoder ...")
+    decoder, embed = _decoder_module(lm, model.lm_head.weight)
+    try:
+        # trace with B=2, S=5, P=3 (sizes 0 and 1 would be specialised by torch.export)
+        gen = torch.Generator().manual_seed(4)
+        b, s, p = 2, 5, 3
+        embeds = torch.randn(b, s, hidden, generator=gen)
+        mask = torch.ones(b, p + s, dtype=torch.int64)
+        mask[1, :2] = 0
+        pos = _text_positions(mask)[:, :, p:]
+        past = tuple(torch.randn(b, kv_heads, p, head_dim, generator=gen) for _ in range(2 * n_layers))
+        export_graph(
+            decoder, (embeds, pos, mask, *past), work / "decoder.onnx",
+            input_names=["inputs_embeds", "position_ids", "attention_mask", *past_names(n_layers)],
+            output_names=["logits", *present_names(n_layers)],
+            dynamic_shapes=({0: auto, 1: auto}, {1: auto, 2: auto}, {0: auto, 1: auto}, tuple({0: auto, 2: auto} for _ in past)),
+            opset=opset,
+        )
+        del past, embeds
+    finally:
+        lm.embed_tokens = embed
+    del decoder
+    gc.collect()
+    return _check_decoder(model, work / "decoder.onnx", n_layers, kv_heads, head_dim)
+
+
+def _check_decoder(model, path: Path, n_layers: int, kv_heads: int, head_dim: int) -> dict:
+    """Prefill (empty past) and one decode step against transformers' own forward."""
+    import torch
+
+    lm = model.model.language_model
+    hidden = lm.config.hidden_size
+    sess = _ort_session(path)
+    gen = torch.Generator().manual_seed(5)
+    b, s = 2, 11
+    embeds = torch.randn(b, s + 1, hidden, generator=gen)  # the last position is the decode step
+    mask = torch.ones(b, s + 1, dtype=torch.int64)
+    mask[1, :3] = 0  # left padding on the second row
+    pos = _text_positions(mask)  # (3, B, S+1)
+
+    def reference(n: int):
+        with torch.no_grad():
+            out = lm(inputs_embeds=embeds[:, :n], position_ids=pos[:, :, :n], attention_mask=mask[:, :n], use_cache=False)
+            return model.lm_head(out.last_hidden_state[:, -1:, :]).numpy()  # (B, 1, vocab)
+
+    empty = np.zeros((b, kv_heads, 0, head_dim), dtype=np.float32)
+    feeds = {"inputs_embeds": embeds[:, :s].numpy(), "position_ids": pos[:, :, :s].numpy(), "attention_mask": mask[:, :s].numpy()}
+    feeds.update({name: empty for name in past_names(n_layers)})
+    logits, *present = sess.run(None, feeds)
+    checks = {"decoder_prefill_max_abs_diff": _check("decoder prefill", logits, reference(s))}
+    feeds = {"inputs_embeds": embeds[:, s:].numpy(), "position_ids": pos[:, :, s:].numpy(), "attention_mask": mask.numpy()}
+    feeds.update(dict(zip(past_names(n_layers), present)))
+    logits, *present = sess.run(None, feeds)
+    if present[0].shape != (b, kv_heads, s + 1, head_dim):
+        raise ColragError(f"export check failed: decoder cache has shape {present[0].shape}")
+    checks["decoder_decode_max_abs_diff"] = _check("decoder decode step", logits, reference(s + 1))
+    del sess
+    gc.collect()
+    return checks
+
+
+def _shared_vision(shared: Path, out: Path, vhash: str) -> dict | None:
+    """The manifest entry referencing a retriever's vision graph, or None when the weights differ."""
+    manifest = load_manifest(shared, "retriever")
+    if manifest.get("vision_hash") != vhash:
+        _log(f"note: the vision tower of {shared} differs from this checkpoint's; exporting a separate copy")
+        return None
+    name = manifest.get("graphs", {}).get("vision", "vision.onnx")
+    graph = shared.resolve() / name
+    if name not in manifest["files"] or not graph.is_file():
+        raise ColragError(f"{shared}: the retriever bundle has no vision graph to share")
+    return {
+        "bundle": Path(os.path.relpath(shared.resolve(), out.parent.resolve() / out.name)).as_posix(),
+        "graph": name,
+        "sha256": manifest["files"][name]["sha256"],
+        "vision_hash": vhash,
+    }
+
+
+def _export_into(model, tokenizer, image_processor, src: Path, out: Path, work: Path, shared: Path | None, opset: int) -> dict:
+    config = model.config
+    text_cfg = config.text_config
+    vis_cfg = config.vision_config
+    checks: dict = {}
+
+    vhash = vision_hash(model.model.visual)
+    shared_entry = _shared_vision(shared, out, vhash) if shared is not None else None
+    graphs = {"decoder": "decoder.onnx", "embed_tokens": "embed_tokens.npy"}
+    if shared_entry is None:
+        checks.update(_export_vision(model.model.visual, work, opset))
+        graphs["vision"] = "vision.onnx"
+    else:
+        _log(f"sharing the vision tower of {shared}")
+    # free the vision tower before the decoder export: the two never need to be in memory together
+    model.model.visual = None
+    gc.collect()
+
+    checks.update(_export_decoder(model, work, opset))
+    save_embedding_table(model.model.language_model.embed_tokens.weight, work / "embed_tokens.npy")
+
+    copied = copy_checkpoint_files(src, work, TOKENIZER_FILES + CONFIG_FILES)
+    if "tokenizer.json" not in copied:
+        tokenizer.save_pretrained(work)  # a fast tokenizer can always write tokenizer.json
+        (work / "chat_template.jinja").unlink(missing_ok=True)
+    if not (work / "tokenizer.json").is_file():
+        raise ColragError(f"{src} has no tokenizer.json and none could be built")
+    if not (work / "preprocessor_config.json").is_file():
+        image_processor.save_pretrained(work)
+    min_pixels = getattr(image_processor, "min_pixels", None) or GENERATOR_MIN_PIXELS
+    max_pixels = getattr(image_processor, "max_pixels", None) or GENERATOR_MAX_PIXELS
+
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if eos is None:
+        eos = list(EOS_IDS)
+    eos = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+    fields = {
+        "colrag_version": __version__,
+        **read_source_identity(src),
+        "model_type": "qwen2_vl",
+        "architecture": "Qwen2VLForConditionalGeneration",
+        "hidden_size": int(text_cfg.hidden_size),
+        "num_layers": int(text_cfg.num_hidden_layers),
+        "num_attention_heads": int(text_cfg.num_attention_heads),
+        "num_kv_heads": int(text_cfg.num_key_value_heads),
+        "head_dim": int(text_cfg.hidden_size // text_cfg.num_attention_heads),
+        "vocab_size": int(text_cfg.vocab_size),
+        "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False) or getattr(text_cfg, "tie_word_embeddings", False)),
+        "eos_token_ids": eos,
+        "image_token_id": int(config.image_token_id),
+        "spatial_merge_size": int(vis_cfg.spatial_merge_size),
+        "min_pixels": int(min_pixels),
+        "max_pixels": int(max_pixels),
+        "logits": "last",  # the decoder returns logits (B, 1, vocab) for the last position only
+        "vision_hash": vhash,
+        "opset": opset,
+        "graphs": graphs,
+        "export_checks": checks,
+    }
+    if shared_entry is not None:
+        fields["shared_vision"] = shared_entry
+    return fields
