@@ -1,0 +1,300 @@
+"""Qwen2-VL answers on onnxruntime + numpy.
+
+    g = Generator.load("models/generator")
+    out = g.generate("What does the chart show?", images=[page_image], max_new_tokens=256)
+    out.text, out.token_ids, out.vision_s, out.prefill_s, out.decode_s, out.n_prompt_tokens
+    for piece in g.stream("Describe this image.", images=["chart.png"]):
+        print(piece, end="", flush=True)
+
+The prompt is the Qwen2-VL-Instruct chat prompt (system prompt, one
+<|vision_start|><|image_pad|><|vision_end|> per image before the question, no BOS).
+Positions are the 3-D M-RoPE index (colrag.rope.get_rope_index); after the prompt each
+new token sits at past length + rope delta on all three axes. One decoder graph
+serves prefill (empty past) and decode; it returns logits for the last position.
+Greedy by default; temperature / top-p / top-k / repetition penalty follow
+transformers' semantics (colrag.sampling).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import bundle_file, bundle_id, load_manifest
+from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_DECODE_PIXELS, SYSTEM_PROMPT
+from .errors import BundleError, InputError
+from .runtime import create_session
+from .sampling import Sampler, SamplingParams
+
+
+@dataclass
+class Generation:
+    """One answer: its text and ids, and where the time went."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)  # generated ids; ends with the eos id when it stopped on one
+    finish_reason: str = ""  # "eos" or "length"
+    n_prompt_tokens: int = 0
+    n_image_tokens: int = 0
+    vision_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def n_new_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = max(0, len(self.token_ids) - 1)  # the first token comes from the prefill
+        return steps / self.decode_s if self.decode_s > 0 else 0.0
+
+
+def _load_image(image):
+    """A PIL image in RGB from a PIL image or a path."""
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise InputError(f"image not found: {path}")
+        Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS
+        try:
+            with Image.open(path) as img:
+                img.load()
+                image = img.copy()
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise InputError(f"cannot read image {path}: {exc}") from exc
+    if not isinstance(image, Image.Image):
+        raise InputError(f"expected a PIL image or an image path, got {type(image).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class Generator:
+    def __init__(self, bundle_dir: Path, manifest: dict, vision, decoder, embed_table: np.ndarray, tokenizer, image_config):
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self._vision = vision
+        self._decoder = decoder
+        self._embed_table = embed_table  # (vocab, hidden), memory-mapped
+        self.tokenizer = tokenizer
+        self.image_config = image_config
+        self.bundle_id = bundle_id(manifest)
+        self.name = str(manifest.get("source", bundle_dir.name))
+        self.vision_hash = manifest.get("vision_hash")
+        self.num_layers = int(manifest["num_layers"])
+        self.num_kv_heads = int(manifest["num_kv_heads"])
+        self.head_dim = int(manifest["head_dim"])
+        self.hidden_size = int(manifest["hidden_size"])
+        self.min_pixels = int(manifest["min_pixels"])
+        self.max_pixels = int(manifest["max_pixels"])
+        self.eos_ids = tuple(int(e) for e in manifest.get("eos_token_ids") or EOS_IDS)
+        self.image_token_id = int(manifest.get("image_token_id", IMAGE_PAD_ID))
+        self.spatial_merge_size = int(manifest.get("spatial_merge_size", 2))
+        self._past_names = [f"past_{kv}_{i}" for i in range(self.num_layers) for kv in ("key", "value")]
+        self._output_names = ["logits"] + [f"present_{kv}_{i}" for i in range(self.num_layers) for kv in ("key", "value")]
+
+    # -- loading -------------------------------------------------------------------
+    @classmethod
+    def load(cls, bundle_dir: str | os.PathLike, *, threads: int | None = None, device: str | None = None) -> "Generator":
+        from .preprocess import ImageProcessorConfig
+        from .tokenization import Tokenizer
+
+        bundle_dir = Path(bundle_dir).expanduser()
+        manifest = load_manifest(bundle_dir, "generator")
+        graphs = manifest["graphs"]
+        try:
+            table = np.load(bundle_file(bundle_dir, manifest, graphs["embed_tokens"]), mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise BundleError(f"{bundle_dir}: unreadable embedding table: {exc}") from exc
+        if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
+            raise BundleError(f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})")
+        vision = create_session(cls._vision_graph(bundle_dir, manifest), threads=threads, device=device)
+        decoder = create_session(bundle_file(bundle_dir, manifest, graphs["decoder"]), threads=threads, device=device)
+        tokenizer = Tokenizer.from_dir(bundle_dir)
+        image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
+        return cls(bundle_dir, manifest, vision, decoder, table, tokenizer, image_config)
+
+    @staticmethod
+    def _vision_graph(bundle_dir: Path, manifest: dict) -> Path:
+        """This bundle's vision graph, or the retriever bundle's one it shares (after checking it is the same tower)."""
+        if "vision" in manifest["graphs"]:
+            return bundle_file(bundle_dir, manifest, manifest["graphs"]["vision"])
+        shared = manifest.get("shared_vision")
+        if not isinstance(shared, dict):
+            raise BundleError(f"{bundle_dir}: the manifest names no vision graph")
+        other = (bundle_dir / shared["bundle"]).resolve()
+        try:
+            other_manifest = load_manifest(other, "retriever")
+        except BundleError as exc:
+            raise BundleError(
+                f"{bundle_dir} shares the vision tower of the retriever bundle at {other}, which cannot be used ({exc}); "
+                "keep the two bundles side by side or re-export the generator without --share-vision-with"
+            ) from exc
+        if other_manifest.get("vision_hash") != manifest.get("vision_hash"):
+            raise BundleError(
+                f"{bundle_dir} shares the vision tower of {other}, but that bundle now holds different vision weights; "
+                "re-export the generator"
+            )
+        name = shared["graph"]
+        info = other_manifest["files"].get(name)
+        if info is None or info.get("sha256") != shared.get("sha256"):
+            raise BundleError(f"{bundle_dir}: the shared vision graph {other / name} is not the one exported with; re-export the generator")
+        return bundle_file(other, other_manifest, name)
+
+    # -- inputs ----------------------------------------------------------------------
+    def image_features(self, image, *, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Vision tower output for one image: (image_embeds (n_tokens, hidden), grid_thw (3,))."""
+        from .preprocess import preprocess_image, vision_rot_pos_ids
+
+        cap = self.max_pixels if max_pixels is None else min(int(max_pixels), self.max_pixels)
+        cap = max(cap, self.min_pixels)
+        pre = preprocess_image(_load_image(image), self.image_config, min_pixels=self.min_pixels, max_pixels=cap)
+        rot = vision_rot_pos_ids(pre.grid_thw, self.spatial_merge_size)  # (N, 2)
+        (embeds,) = self._vision.run(None, {"pixel_values": pre.pixel_values, "rot_pos_ids": rot})  # (N/4, hidden)
+        return embeds, np.asarray(pre.grid_thw, dtype=np.int64)
+
+    def prompt_ids(self, prompt: str, image_token_counts: Sequence[int] = (), system: str = SYSTEM_PROMPT) -> list[int]:
+        from .tokenization import chat_prompt_ids
+
+        return list(chat_prompt_ids(self.tokenizer, prompt, list(image_token_counts), system=system))
+
+    # -- generation ------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str,
+        images: Sequence = (),
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        min_new_tokens: int = 0,
+        max_pixels: int | None = None,
+        system: str = SYSTEM_PROMPT,
+    ) -> Generation:
+        """Answer `prompt` about `images` (PIL images or paths; none for text only)."""
+        result = Generation()
+        for _ in self._tokens(prompt, images, result, max_new_tokens=max_new_tokens, max_pixels=max_pixels, system=system,
+                              params=SamplingParams(temperature, top_p, top_k, repetition_penalty, seed),
+                              min_new_tokens=min_new_tokens):
+            pass
+        result.text = self._decode_text(result.token_ids)
+        return result
+
+    def stream(
+        self,
+        prompt: str,
+        images: Sequence = (),
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        min_new_tokens: int = 0,
+        max_pixels: int | None = None,
+        system: str = SYSTEM_PROMPT,
+        result: Generation | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer's text as it is produced, in pieces that are whole UTF-8 characters.
+
+        Pass a `Generation` as `result` to get the ids and timings once the stream ends.
+        """
+        from .tokenization import IncrementalDecoder
+
+        result = result if result is not None else Generation()
+        decoder = IncrementalDecoder(self.tokenizer)
+        pieces: list[str] = []
+        for token in self._tokens(prompt, images, result, max_new_tokens=max_new_tokens, max_pixels=max_pixels, system=system,
+                                  params=SamplingParams(temperature, top_p, top_k, repetition_penalty, seed),
+                                  min_new_tokens=min_new_tokens):
+            if token in self.eos_ids:
+                continue
+            piece = decoder.add(token)
+            if piece:
+                pieces.append(piece)
+                yield piece
+        tail = decoder.flush()
+        if tail:
+            pieces.append(tail)
+            yield tail
+        result.text = "".join(pieces)
+
+    def _decode_text(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([t for t in token_ids if t not in self.eos_ids])
+
+    def _prefill_inputs(self, prompt: str, images: Sequence, result: Generation, max_pixels: int | None, system: str):
+        from .rope import get_rope_index
+
+        if not isinstance(prompt, str):
+            raise InputError(f"a prompt must be text, got {type(prompt).__name__}")
+        start = time.perf_counter()
+        feats = [self.image_features(img, max_pixels=max_pixels) for img in images]
+        result.vision_s = time.perf_counter() - start
+        ids = np.asarray([self.prompt_ids(prompt, [len(f[0]) for f in feats], system=system)], dtype=np.int64)  # (1, S)
+        embeds = np.asarray(self._embed_table[ids.reshape(-1)], dtype=np.float32)[None]  # (1, S, H)
+        slots = ids[0] == self.image_token_id  # (S,)
+        if feats:
+            image_embeds = np.concatenate([f[0] for f in feats])  # (n_image_tokens, H)
+            if int(slots.sum()) != len(image_embeds):
+                raise RuntimeError(f"{int(slots.sum())} image slots for {len(image_embeds)} image features")
+            embeds[0, slots] = image_embeds
+            grids = np.stack([f[1] for f in feats])  # (n_images, 3)
+        else:
+            grids = None
+        mask = np.ones_like(ids)  # (1, S)
+        position_ids, rope_deltas = get_rope_index(
+            ids, grids, mask, spatial_merge_size=self.spatial_merge_size, image_token_id=self.image_token_id
+        )  # (3, 1, S), (1, 1)
+        result.n_prompt_tokens = int(ids.shape[1])
+        result.n_image_tokens = int(slots.sum())
+        return ids[0], embeds, np.asarray(position_ids, dtype=np.int64), int(np.asarray(rope_deltas).reshape(-1)[0])
+
+    def _tokens(self, prompt, images, result: Generation, *, max_new_tokens: int, max_pixels, system: str,
+                params: SamplingParams, min_new_tokens: int) -> Iterator[int]:
+        """Run prefill then decode; yield each new token id as soon as it is chosen."""
+        if max_new_tokens < 1:
+            raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
+        images = list(images or ())
+        prompt_ids, embeds, position_ids, rope_delta = self._prefill_inputs(prompt, images, result, max_pixels, system)
+        sampler = Sampler(params, self.eos_ids, min_new_tokens)
+        seen = list(prompt_ids)  # the repetition penalty covers the prompt too, as in transformers
+
+        start = time.perf_counter()
+        empty = np.zeros((1, self.num_kv_heads, 0, self.head_dim), dtype=np.float32)
+        feeds = {"inputs_embeds": embeds, "position_ids": position_ids, "attention_mask": np.ones((1, embeds.shape[1]), dtype=np.int64)}
+        feeds.update({name: empty for name in self._past_names})
+        logits, *past = self._decoder.run(self._output_names, feeds)  # (1, 1, V), 2L × (1, kv, S, hd)
+        token = sampler(logits[0, -1], seen, 0)
+        result.prefill_s = time.perf_counter() - start
+
+        while True:
+            result.token_ids.append(token)
+            seen.append(token)
+            if token in self.eos_ids:
+                result.finish_reason = "eos"
+            elif len(result.token_ids) >= max_new_tokens:
+                result.finish_reason = "length"
+            yield token
+            if result.finish_reason:
+                return
+            step = time.perf_counter()
+            total = past[0].shape[2] + 1  # past length + this token
+            feeds = {
+                "inputs_embeds": np.asarray(self._embed_table[[token]], dtype=np.float32)[None],  # (1, 1, H)
+                "position_ids": np.full((3, 1, 1), total - 1 + rope_delta, dtype=np.int64),  # past length + rope delta
+                "attention_mask": np.ones((1, total), dtype=np.int64),
+            }
+            feeds.update(zip(self._past_names, past))
+            logits, *past = self._decoder.run(self._output_names, feeds)
+            token = sampler(logits[0, -1], seen, len(result.token_ids))
+            result.decode_s += time.perf_counter() - step  # model time only, not the consumer's
