@@ -1,0 +1,104 @@
+"""Page and query embedding: transformers ColQwen2ForRetrieval vs colrag, side by side.
+
+    python bench/bench_retriever.py --checkpoint ~/.cache/colrag-bench/colqwen2-2b-random \
+        --bundle ~/.cache/colrag-bench/bundles/retriever [--bundle NAME=DIR ...] [--runs 3]
+
+Each variant runs in a fresh process: one warm-up, then --runs timed runs (median ± half
+range), and the process's peak RSS. The page is page 1 of a real PDF from ../shared,
+rendered to the retriever's pixel budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._util import PDF_DIR, machine, peak_rss_gb, render_page, run_worker, summary  # noqa: E402
+
+QUERY = "What share of energy use does the chart attribute to fertilizer production?"
+MAX_PIXELS = 768 * 28 * 28
+
+
+def worker(args) -> None:
+    image = render_page(Path(args.pdf), args.page, MAX_PIXELS)
+    page_t, query_t = [], []
+    if args.worker == "torch":
+        import torch
+        from transformers import ColQwen2ForRetrieval, ColQwen2Processor
+
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        model = ColQwen2ForRetrieval.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
+        proc = ColQwen2Processor.from_pretrained(args.checkpoint)
+
+        def embed_page():
+            b = proc.process_images(images=[image])
+            ids = b["input_ids"]
+            pos, _ = model.vlm.get_rope_index(input_ids=ids, mm_token_type_ids=(ids == 151655).int(),
+                                              image_grid_thw=b["image_grid_thw"], attention_mask=b["attention_mask"])
+            with torch.no_grad():
+                return model(**b, position_ids=pos).embeddings
+
+        def embed_query():
+            with torch.no_grad():
+                return model(**proc.process_queries(text=[QUERY])).embeddings
+    else:
+        import colrag
+
+        r = colrag.Retriever.load(args.bundle, threads=args.threads)
+
+        def embed_page():
+            return r.embed_images([image])
+
+        def embed_query():
+            return r.embed_queries([QUERY])
+
+    for i in range(args.runs + 1):
+        t = time.perf_counter()
+        embed_page()
+        if i:
+            page_t.append(time.perf_counter() - t)
+    for i in range(args.runs + 1):
+        t = time.perf_counter()
+        embed_query()
+        if i:
+            query_t.append(time.perf_counter() - t)
+    print(json.dumps({"page": page_t, "query": query_t, "peak_gb": peak_rss_gb(), "image": list(image.size)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="full-size ColQwen2 checkpoint (bench/full_checkpoints.py)")
+    ap.add_argument("--bundle", action="append", default=[], help="colrag bundle, as DIR or NAME=DIR (repeatable)")
+    ap.add_argument("--pdf", default=str(PDF_DIR / "03_chart_usda_ag_energy_roundup.pdf"))
+    ap.add_argument("--page", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--worker", choices=["torch", "colrag"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    common = ["--checkpoint", args.checkpoint, "--pdf", args.pdf, "--page", str(args.page), "--runs", str(args.runs), "--threads", str(args.threads)]
+    variants = [] if args.skip_torch else [("transformers fp32", ["--worker", "torch"])]
+    for spec in args.bundle:
+        name, _, path = spec.rpartition("=")
+        variants.append((f"colrag {name or 'fp32'}", ["--worker", "colrag", "--bundle", path]))
+    print(f"machine: {machine()}")
+    print(f"page: {Path(args.pdf).name} p{args.page}; runs: {args.runs} (median ± half range, after 1 warm-up)\n")
+    print("| variant | page embedding (s) | query embedding (s) | peak RSS (GB) |")
+    print("|---|---|---|---|")
+    for name, extra in variants:
+        res = run_worker(Path(__file__), common + extra)
+        if "error" in res:
+            print(f"| {name} | failed: {res['error']} | | |")
+            continue
+        print(f"| {name} | {summary(res['page'])} | {summary(res['query'])} | {res['peak_gb']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
