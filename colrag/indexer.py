@@ -1,0 +1,261 @@
+"""The index pipeline: find PDFs, skip unchanged ones, render, embed, store.
+
+    with Index.open_writer(path, RetrieverInfo.of(retriever)) as index:
+        report = Indexer(index, retriever).run(["docs/"])
+
+Incremental: a file whose size and mtime match the catalog is skipped without being
+read; otherwise its sha256 decides (same content: skipped, new size/mtime recorded).
+Files that disappeared from the given folders are dropped. Pages are committed a few
+at a time into an 'indexing' version of the document, invisible to search until the
+last page commits together with status 'done'; an interrupted run resumes at the
+first page not committed. Failures (whole files, single pages) are collected in the
+report and never stop the run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import sha256_file
+from .render import PdfError, RenderOptions, find_pdfs, open_pdf, render_page
+from .search import EXACT_ALL_PAGES
+from .store import ann
+from .store.index import Index
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    page: int | None  # None: the whole file
+    reason: str
+    previous: bool = False  # recorded by an earlier run (the file is unchanged)
+
+    def __str__(self) -> str:
+        where = self.path if self.page is None else f"{self.path} page {self.page}"
+        return f"{where}: {self.reason}" + (" (unchanged since an earlier run)" if self.previous else "")
+
+
+@dataclass
+class IndexReport:
+    files: int = 0
+    indexed_files: int = 0
+    skipped_files: int = 0
+    removed_files: int = 0
+    pages: int = 0  # pages embedded and stored by this run
+    failures: list[Failure] = field(default_factory=list)
+    warnings: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def as_dict(self) -> dict:
+        return {
+            "files": self.files, "indexed_files": self.indexed_files, "skipped_files": self.skipped_files,
+            "removed_files": self.removed_files, "pages": self.pages, "seconds": round(self.seconds, 3),
+            "failures": [{"file": f.path, "page": f.page, "reason": f.reason, "previous": f.previous} for f in self.failures],
+            "warnings": [{"file": f.path, "page": f.page, "reason": f.reason} for f in self.warnings],
+        }
+
+
+class NullProgress:
+    def start(self, total_pages: int, files: int) -> None: ...
+    def advance(self, pages: int, label: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+@dataclass
+class _Job:
+    path: Path
+    size: int
+    mtime_ns: int
+    sha256: str
+    n_pages: int
+    resume_id: int | None  # an interrupted 'indexing' version of the same content
+    done_pages: set[int]
+
+
+class Indexer:
+    def __init__(
+        self,
+        index: Index,
+        retriever,
+        *,
+        password: str | None = None,
+        progress=None,
+        commit_pages: int = 4,
+        ann_min_pages: int = EXACT_ALL_PAGES,
+    ):
+        self.index = index
+        self.retriever = retriever
+        self.password = password
+        self.progress = progress or NullProgress()
+        self.commit_pages = max(1, commit_pages)
+        self.ann_min_pages = ann_min_pages
+        self.render = index.render if index.render else RenderOptions()
+
+    # -- the run -------------------------------------------------------------------
+    def run(self, paths: list[str | os.PathLike]) -> IndexReport:
+        t0 = time.perf_counter()
+        report = IndexReport()
+        files = find_pdfs(paths)
+        report.files = len(files)
+        report.removed_files = self._drop_vanished(paths, files)
+        jobs = self._plan(files, report)
+        self.progress.start(sum(j.n_pages - len(j.done_pages) for j in jobs), len(jobs))
+        try:
+            for job in jobs:
+                self._index_file(job, report)
+        finally:
+            self.progress.finish()
+        self._refresh_ann()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _drop_vanished(self, paths, files: list[Path]) -> int:
+        present = {str(f) for f in files}
+        gone: list[str] = []
+        for raw in paths:
+            folder = Path(raw).expanduser()
+            if folder.is_dir():
+                gone += [p for p in self.index.paths_under(os.path.abspath(folder)) if p not in present]
+        return self.index.remove_documents(sorted(set(gone))) if gone else 0
+
+    def _plan(self, files: list[Path], report: IndexReport) -> list[_Job]:
+        jobs = []
+        for path in files:
+            key = str(path)
+            try:
+                st = path.stat()
+            except OSError as exc:
+                report.failures.append(Failure(key, None, f"cannot read: {exc.strerror or exc}"))
+                continue
+            current, indexing = self.index.lookup(key)
+            fresh = current is not None and current.status == "done"
+            if fresh and indexing is None and (current.size, current.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                self._skip(current, report)
+                continue
+            try:
+                sha = sha256_file(path)
+            except OSError as exc:
+                report.failures.append(Failure(key, None, f"cannot read: {exc.strerror or exc}"))
+                continue
+            if fresh and current.sha256 == sha:
+                if indexing is not None:
+                    self.index.discard_in_progress(indexing.id)
+                self.index.touch_document(current.id, st.st_size, st.st_mtime_ns)
+                self._skip(current, report)
+                continue
+            try:
+                doc = open_pdf(path, self.password)
+                n_pages = doc.page_count
+                doc.close()
+            except PdfError as exc:
+                self.index.record_failure(key, st.st_size, st.st_mtime_ns, sha, str(exc))
+                report.failures.append(Failure(key, None, str(exc)))
+                continue
+            resume_id, done = None, set()
+            if indexing is not None and indexing.sha256 == sha and indexing.n_pages == n_pages:
+                resume_id, done = indexing.id, self.index.stored_page_numbers(indexing.id)
+            jobs.append(_Job(path, st.st_size, st.st_mtime_ns, sha, n_pages, resume_id, done))
+        return jobs
+
+    def _skip(self, doc, report: IndexReport) -> None:
+        report.skipped_files += 1
+        for path, page_no, kind, message in self.index.page_errors(doc.id):
+            if kind == "error":
+                report.failures.append(Failure(path, page_no, message, previous=True))
+
+    def _index_file(self, job: _Job, report: IndexReport) -> None:
+        key = str(job.path)
+        try:
+            doc = open_pdf(job.path, self.password)
+        except PdfError as exc:  # changed or vanished since planning
+            self.index.record_failure(key, job.size, job.mtime_ns, job.sha256, str(exc))
+            report.failures.append(Failure(key, None, str(exc)))
+            return
+        try:
+            if doc.page_count != job.n_pages:
+                raise PdfError(f"the file changed while being indexed ({doc.page_count} pages, {job.n_pages} before)")
+            doc_id = job.resume_id
+            if doc_id is None:
+                doc_id = self.index.begin_document(key, job.size, job.mtime_ns, job.sha256, job.n_pages)
+            pages, errors = [], []
+            for number in range(1, job.n_pages + 1):
+                if number in job.done_pages:
+                    continue
+                stored = self._one_page(doc, number, key, pages, errors, report)
+                self.progress.advance(1, f"{job.path.name} p.{number}")
+                if len(pages) >= self.commit_pages or (errors and not stored):
+                    self.index.add_pages(doc_id, pages, errors)
+                    pages, errors = [], []
+            if pages or errors:
+                self.index.add_pages(doc_id, pages, errors)
+            self.index.finish_document(doc_id)
+            report.indexed_files += 1
+        except PdfError as exc:
+            self.index.record_failure(key, job.size, job.mtime_ns, job.sha256, str(exc))
+            report.failures.append(Failure(key, None, str(exc)))
+        finally:
+            doc.close()
+
+    def _one_page(self, doc, number: int, key: str, pages: list, errors: list, report: IndexReport) -> bool:
+        """Render and embed one page into `pages`, or record why not in `errors`."""
+        try:
+            rendered = render_page(doc, number - 1, self.render)
+        except Exception as exc:  # mupdf raises assorted errors on damaged pages; keep going
+            reason = f"cannot render: {type(exc).__name__}: {exc}"
+            errors.append((number, "error", reason))
+            report.failures.append(Failure(key, number, reason))
+            return False
+        if rendered.warnings:
+            errors.append((number, "warning", rendered.warnings))
+            report.warnings.append(Failure(key, number, rendered.warnings))
+        try:
+            (vectors,) = self.retriever.embed_images([rendered.image])  # (n_tokens, dim)
+            vectors = np.asarray(vectors)
+            if vectors.ndim != 2 or vectors.shape[1] != self.index.dim or len(vectors) == 0:
+                raise ValueError(f"the retriever returned an array of shape {vectors.shape}")
+            if not np.all(np.isfinite(vectors)):
+                raise ValueError("the retriever returned non-finite values")
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # an image the retriever refuses (e.g. an extreme aspect ratio)
+            reason = f"cannot embed: {type(exc).__name__}: {exc}"
+            errors.append((number, "error", reason))
+            report.failures.append(Failure(key, number, reason))
+            return False
+        width, height = rendered.image.size
+        pages.append((number, width, height, vectors))
+        report.pages += 1
+        return True
+
+    def _refresh_ann(self) -> None:
+        snap = self.index.snapshot()
+        if len(snap.pages) > self.ann_min_pages:
+            ann.ensure(self.index, snap, save_to_disk=True)
+        else:
+            ann.drop(self.index)  # small indexes are searched exhaustively; no cache to keep
+
+
+def remove(index: Index, paths: list[str | os.PathLike]) -> list[str]:
+    """Forget files, or every file under a folder; returns the paths removed."""
+    targets: list[str] = []
+    for raw in paths:
+        p = os.path.abspath(Path(raw).expanduser())
+        known = {d.path for d in index.documents()}
+        if p in known:
+            targets.append(p)
+        targets += index.paths_under(p)
+    targets = sorted(set(targets))
+    if targets:
+        index.remove_documents(targets)
+        if len(index.snapshot().pages) <= EXACT_ALL_PAGES:
+            ann.drop(index)  # a larger index's cache is filtered at search time and refreshed by the next run
+    return targets

@@ -1,0 +1,156 @@
+"""PDF pages to RGB images (pymupdf), with a pixel budget.
+
+Every page is rendered so that its image holds about `target_pixels` pixels
+(default: 2x the retriever's max_pixels, so the retriever's own resize only ever
+shrinks a little) and never more than `max_side` pixels on its long side. The
+scale is computed from the page's size in points before anything is rasterised,
+so a 116 cm poster or a page wrapping a 40000-px scan costs the same memory as a
+letter page. /Rotate is honoured (pymupdf renders the displayed orientation).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .constants import RETRIEVER_MAX_PIXELS
+from .errors import InputError
+
+DEFAULT_TARGET_PIXELS = 2 * RETRIEVER_MAX_PIXELS  # ~1.2 MP: the retriever downsizes at most 2x in area
+DEFAULT_MAX_SIDE = 4096  # px; a hard cap on either side whatever the page size
+PDF_SUFFIX = ".pdf"
+
+
+class PdfError(InputError):
+    """A PDF that cannot be opened at all (corrupt, encrypted, empty)."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    target_pixels: int = DEFAULT_TARGET_PIXELS
+    max_side: int = DEFAULT_MAX_SIDE
+
+    def as_dict(self) -> dict:
+        return {"target_pixels": self.target_pixels, "max_side": self.max_side}
+
+
+def _pymupdf():
+    import pymupdf
+
+    # mupdf prints its warnings on stderr by default; we collect them per page instead.
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+    return pymupdf
+
+
+def find_pdfs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every PDF under the given paths: folders recursively (*.pdf, any case), files as given.
+
+    Returns absolute, de-duplicated paths in a stable (sorted) order. A path that
+    does not exist is an InputError.
+    """
+    found: dict[Path, None] = {}
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    if name.lower().endswith(PDF_SUFFIX):
+                        found[Path(os.path.abspath(Path(root) / name))] = None
+        elif path.is_file():
+            found[Path(os.path.abspath(path))] = None
+        else:
+            raise InputError(f"no such file or folder: {raw}")
+    return sorted(found)
+
+
+def page_scale(width_pt: float, height_pt: float, opts: RenderOptions = RenderOptions()) -> float:
+    """Pixels per point so the page has ~target_pixels pixels and no side exceeds max_side."""
+    if not (width_pt > 0 and height_pt > 0) or not math.isfinite(width_pt * height_pt):
+        raise InputError(f"page has no usable size ({width_pt} x {height_pt} pt)")
+    scale = math.sqrt(opts.target_pixels / (width_pt * height_pt))
+    scale = min(scale, opts.max_side / max(width_pt, height_pt))
+    return scale
+
+
+def render_size(width_pt: float, height_pt: float, opts: RenderOptions = RenderOptions()) -> tuple[int, int]:
+    s = page_scale(width_pt, height_pt, opts)
+    return max(1, round(width_pt * s)), max(1, round(height_pt * s))
+
+
+def open_pdf(path: str | os.PathLike, password: str | None = None):
+    """Open a PDF with pymupdf; PdfError with a reason when it cannot be used."""
+    pymupdf = _pymupdf()
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise PdfError(f"cannot read: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise PdfError("empty file (0 bytes)")
+    pymupdf.TOOLS.reset_mupdf_warnings()
+    try:
+        doc = pymupdf.open(path, filetype="pdf")
+    except Exception as exc:  # pymupdf raises FileDataError / RuntimeError / ValueError on damaged files
+        raise PdfError(f"not a readable PDF ({exc})") from exc
+    if doc.needs_pass:
+        if password is None:
+            doc.close()
+            raise PdfError("encrypted: it needs a password (pass it with --password)")
+        if not doc.authenticate(password):
+            doc.close()
+            raise PdfError("encrypted: the password given does not open it")
+    if doc.page_count == 0:
+        warnings = _warnings(pymupdf)
+        doc.close()
+        raise PdfError("no pages" + (f" (damaged or truncated: {warnings})" if warnings else ""))
+    return doc
+
+
+def _warnings(pymupdf) -> str:
+    text = pymupdf.TOOLS.mupdf_warnings(reset=True) or ""
+    lines = [line for line in text.splitlines() if line and not line.startswith("... repeated")]
+    return "; ".join(dict.fromkeys(lines))[:300]
+
+
+@dataclass
+class RenderedPage:
+    number: int  # 1-based
+    image: object  # PIL.Image.Image, RGB
+    warnings: str  # what mupdf complained about while rendering ('' when nothing)
+
+
+def render_page(doc, index: int, opts: RenderOptions = RenderOptions()) -> RenderedPage:
+    """Render page `index` (0-based) of an open document to an RGB PIL image."""
+    from PIL import Image
+
+    pymupdf = _pymupdf()
+    pymupdf.TOOLS.reset_mupdf_warnings()
+    page = doc.load_page(index)
+    rect = page.rect  # the displayed page: /Rotate and the cropbox applied
+    scale = page_scale(rect.width, rect.height, opts)
+    pix = page.get_pixmap(matrix=pymupdf.Matrix(scale, scale), colorspace=pymupdf.csRGB, alpha=False)
+    image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+    return RenderedPage(number=index + 1, image=image, warnings=_warnings(pymupdf))
+
+
+def iter_pages(doc, opts: RenderOptions = RenderOptions(), start: int = 0) -> Iterator[RenderedPage | tuple[int, Exception]]:
+    """Render pages one at a time; a page that fails yields (page_number, exception)."""
+    for i in range(start, doc.page_count):
+        try:
+            yield render_page(doc, i, opts)
+        except Exception as exc:  # one bad page must not stop the document
+            yield (i + 1, exc)
+
+
+def render_pdf(path: str | os.PathLike, opts: RenderOptions = RenderOptions(), password: str | None = None) -> list:
+    """All pages of one PDF (convenience for small files and tests)."""
+    doc = open_pdf(path, password)
+    try:
+        return list(iter_pages(doc, opts))
+    finally:
+        doc.close()

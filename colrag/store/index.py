@@ -1,0 +1,487 @@
+"""An index folder: manifest + SQLite catalog + fp16 vector segments + a FAISS cache.
+
+    indexes/<name>/
+        manifest.json        format, schema version, retriever identity, dims, render budget
+        catalog.sqlite       documents, pages, page errors, segments (WAL mode)
+        vectors/seg-*.f16    page token vectors, raw float16 rows, append-only
+        ann/                 FAISS candidate index (a cache, rebuildable from vectors/)
+        write.lock           held (fcntl) by the one process writing
+
+Readers (`Index.open`) never lock; a writer (`Index.open_writer`) holds write.lock.
+A page becomes visible to search when its document's status turns 'done', in the
+same transaction that drops the document's previous version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..bundle import atomic_write_json
+from ..errors import IndexStoreError
+from ..render import RenderOptions
+from . import catalog as cat
+from .catalog import Document, PageRecord, transaction
+from .lock import LOCK_FILE, WriterLock
+from .vectors import SEGMENTS_DIR, VECTOR_DTYPE, SegmentReader, SegmentWriter, segment_name, segment_number
+
+INDEX_FORMAT = "colrag-index"
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = cat.SCHEMA_VERSION
+_OWN_ENTRIES = {MANIFEST_FILE, cat.CATALOG_FILE, SEGMENTS_DIR, "ann", LOCK_FILE}
+
+
+@dataclass(frozen=True)
+class RetrieverInfo:
+    """What an index must know about the retriever that filled it."""
+
+    bundle_id: str
+    name: str
+    dim: int
+    max_pixels: int
+
+    @classmethod
+    def of(cls, retriever) -> "RetrieverInfo":
+        return cls(str(retriever.bundle_id), str(retriever.name), int(retriever.dim), int(retriever.max_pixels))
+
+
+@dataclass
+class Snapshot:
+    """A consistent view of the visible pages, read in one SQLite transaction."""
+
+    generation: int
+    pages: list[PageRecord]  # ordered by (segment, row offset)
+    segments: dict[int, tuple[str, int]]  # id -> (file name, committed rows)
+
+
+@dataclass
+class CheckReport:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _manifest_for(info: RetrieverInfo, render: RenderOptions) -> dict[str, Any]:
+    return {
+        "format": INDEX_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "colrag_version": __version__,
+        "created_at": cat.now(),
+        "retriever": {"bundle_id": info.bundle_id, "name": info.name},
+        "dim": info.dim,
+        "max_pixels": info.max_pixels,
+        "render": render.as_dict(),
+        "vector_dtype": "float16",
+    }
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise IndexStoreError(f"no index at {path}: run `colrag index DIR` to create it")
+    if not file.is_file():
+        raise IndexStoreError(f"{path} is not a colrag index (no {MANIFEST_FILE}); run `colrag index DIR` to create one")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexStoreError(f"unreadable index manifest {file}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        raise IndexStoreError(f"{file} is not a colrag index manifest")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise IndexStoreError(
+            f"index {path} has schema version {version!r}, newer than this colrag reads ({SCHEMA_VERSION}): upgrade colrag"
+        )
+    if version < SCHEMA_VERSION:
+        raise IndexStoreError(f"index {path} has the old schema version {version}; rebuild it into a new --index")
+    return manifest
+
+
+def check_retriever(path: Path, manifest: dict[str, Any], info: RetrieverInfo) -> None:
+    built = manifest.get("retriever", {})
+    if built.get("bundle_id") != info.bundle_id:
+        raise IndexStoreError(
+            f"index {path} was built with retriever {built.get('name')!r} (bundle {built.get('bundle_id')}), "
+            f"not the one given ({info.name!r}, bundle {info.bundle_id}): use the same retriever, "
+            "or index into another --index"
+        )
+    if int(manifest.get("dim", -1)) != info.dim:
+        raise IndexStoreError(f"index {path} holds {manifest.get('dim')}-d vectors; the retriever gives {info.dim}-d ones")
+
+
+class Index:
+    def __init__(self, path: Path, manifest: dict[str, Any], conn, lock: WriterLock | None):
+        self.path = path
+        self.manifest = manifest
+        self.conn = conn
+        self.lock = lock
+        self.dim = int(manifest["dim"])
+        self.render = RenderOptions(**manifest.get("render", {}))
+        self.reader = SegmentReader(path / SEGMENTS_DIR, self.dim)
+        self._writer: SegmentWriter | None = None
+        self._writer_segment_id: int | None = None
+
+    # -- opening -------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, retriever: RetrieverInfo | None = None) -> "Index":
+        """Open for reading (no lock; works while a writer runs)."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        if retriever is not None:
+            check_retriever(path, manifest, retriever)
+        conn = cat.connect(path / cat.CATALOG_FILE)
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            cat.check_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(path, manifest, conn, None)
+
+    @classmethod
+    def open_writer(cls, path: str | os.PathLike, retriever: RetrieverInfo, render: RenderOptions | None = None) -> "Index":
+        """Open (or create) for writing: takes write.lock and repairs what a crash left."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise IndexStoreError(f"{path} is a file, not an index folder")
+        fresh = not (path / MANIFEST_FILE).is_file()
+        if fresh and path.is_dir():
+            strangers = sorted(p.name for p in path.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith(cat.CATALOG_FILE))
+            if strangers:
+                raise IndexStoreError(f"{path} exists and is not a colrag index (it holds {', '.join(strangers[:3])}); choose another --index")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / SEGMENTS_DIR).mkdir(exist_ok=True)
+        lock = WriterLock(path).acquire()
+        conn = None
+        try:
+            if fresh:
+                manifest = _manifest_for(retriever, render or RenderOptions())
+            else:
+                manifest = read_manifest(path)
+                check_retriever(path, manifest, retriever)
+            conn = cat.connect(path / cat.CATALOG_FILE)
+            cat.init_schema(conn)
+            if fresh:  # the manifest is written last: its presence means the index exists
+                atomic_write_json(path / MANIFEST_FILE, manifest)
+            index = cls(path, manifest, conn, lock)
+            index._repair()
+            return index
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            lock.release()
+            raise
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.reader.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def writable(self) -> bool:
+        return self.lock is not None and self.lock.held
+
+    def _need_writer(self) -> None:
+        if not self.writable:
+            raise RuntimeError("this Index was opened read-only")
+
+    # -- reading -------------------------------------------------------------------
+    def generation(self) -> int:
+        return cat.generation(self.conn)
+
+    def snapshot(self) -> Snapshot:
+        with cat.snapshot(self.conn):
+            gen = cat.generation(self.conn)
+            segments = {r["id"]: (r["name"], r["committed_rows"]) for r in self.conn.execute("SELECT * FROM segments")}
+            rows = self.conn.execute(
+                f"SELECT {cat.PAGE_COLUMNS} FROM pages p JOIN documents d ON d.id = p.doc_id "
+                "WHERE d.status = 'done' ORDER BY p.segment_id, p.row_offset"
+            ).fetchall()
+        return Snapshot(gen, [cat.to_page(r) for r in rows], segments)
+
+    def page_vectors(self, snap: Snapshot, page: PageRecord) -> np.ndarray:
+        """The page's (n_tokens, dim) float16 rows (a read-only memmap view)."""
+        name, rows = snap.segments[page.segment_id]
+        return self.reader.rows(name, rows)[page.row_offset : page.row_offset + page.n_tokens]
+
+    def documents(self, status: str | None = None) -> list[Document]:
+        q = "SELECT * FROM documents" + (" WHERE status = ?" if status else "") + " ORDER BY path, status"
+        return [cat.to_document(r) for r in self.conn.execute(q, (status,) if status else ())]
+
+    def page_errors(self, doc_id: int | None = None) -> list[tuple[str, int, str, str]]:
+        """(path, page_no, kind, message) for visible (done) documents, or one document."""
+        q = (
+            "SELECT d.path, e.page_no, e.kind, e.message FROM page_errors e JOIN documents d ON d.id = e.doc_id "
+            + ("WHERE d.id = ? " if doc_id is not None else "WHERE d.status = 'done' ")
+            + "ORDER BY d.path, e.page_no"
+        )
+        return [tuple(r) for r in self.conn.execute(q, (doc_id,) if doc_id is not None else ())]
+
+    def lookup(self, path: str) -> tuple[Document | None, Document | None]:
+        """(the document's current 'done'/'failed' row, its 'indexing' row) for a path."""
+        current = indexing = None
+        for r in self.conn.execute("SELECT * FROM documents WHERE path = ?", (path,)):
+            doc = cat.to_document(r)
+            if doc.status == "indexing":
+                indexing = doc
+            else:
+                current = doc
+        return current, indexing
+
+    def stored_page_numbers(self, doc_id: int) -> set[int]:
+        """Pages of a document already committed (stored or recorded as failed)."""
+        done = {r[0] for r in self.conn.execute("SELECT page_no FROM pages WHERE doc_id = ?", (doc_id,))}
+        done |= {r[0] for r in self.conn.execute("SELECT page_no FROM page_errors WHERE doc_id = ? AND kind = 'error'", (doc_id,))}
+        return done
+
+    def stats(self) -> dict[str, Any]:
+        c = self.conn
+        with cat.snapshot(c):
+            by_status = dict(c.execute("SELECT status, COUNT(*) FROM documents GROUP BY status").fetchall())
+            pages, tokens = c.execute(
+                "SELECT COUNT(*), COALESCE(SUM(n_tokens), 0) FROM pages p JOIN documents d ON d.id = p.doc_id WHERE d.status = 'done'"
+            ).fetchone()
+            all_tokens = c.execute("SELECT COALESCE(SUM(n_tokens), 0) FROM pages").fetchone()[0]
+            rows = c.execute("SELECT COALESCE(SUM(committed_rows), 0) FROM segments").fetchone()[0]
+            failed = [
+                {"path": r["path"], "error": r["error"]}
+                for r in c.execute("SELECT path, error FROM documents WHERE status = 'failed' ORDER BY path")
+            ]
+            page_failures = c.execute(
+                "SELECT COUNT(*) FROM page_errors e JOIN documents d ON d.id = e.doc_id WHERE d.status = 'done' AND e.kind = 'error'"
+            ).fetchone()[0]
+            gen = cat.generation(c)
+        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        row_bytes = self.dim * VECTOR_DTYPE.itemsize
+        return {
+            "index": str(self.path),
+            "retriever": self.manifest.get("retriever", {}),
+            "generation": gen,
+            "documents": int(by_status.get("done", 0)),
+            "failed_documents": len(failed),
+            "documents_in_progress": int(by_status.get("indexing", 0)),
+            "pages": int(pages),
+            "failed_pages": int(page_failures),
+            "tokens": int(tokens),
+            "bytes_on_disk": size,
+            "vector_bytes": int(rows) * row_bytes,
+            "dead_vector_bytes": int(rows - all_tokens) * row_bytes,
+            "failed": failed,
+        }
+
+    def check(self, *, vectors: bool = True) -> CheckReport:
+        """Verify catalog <-> vectors consistency. Returns problems (damage) and notes (harmless)."""
+        report = CheckReport()
+        c = self.conn
+        if c.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            report.problems.append("SQLite integrity_check failed")
+        if c.execute("PRAGMA foreign_key_check").fetchall():
+            report.problems.append("catalog rows point at missing documents or segments")
+        row_bytes = self.dim * VECTOR_DTYPE.itemsize
+        with cat.snapshot(c):
+            segments = {r["id"]: (r["name"], r["committed_rows"]) for r in c.execute("SELECT * FROM segments")}
+            pages = c.execute("SELECT * FROM pages ORDER BY segment_id, row_offset").fetchall()
+            docs = c.execute(
+                "SELECT d.id, d.path, d.n_pages, "
+                "(SELECT COUNT(*) FROM pages p WHERE p.doc_id = d.id) + "
+                "(SELECT COUNT(*) FROM page_errors e WHERE e.doc_id = d.id AND e.kind = 'error') AS seen "
+                "FROM documents d WHERE d.status = 'done'"
+            ).fetchall()
+        for sid, (name, rows) in segments.items():
+            file = self.path / SEGMENTS_DIR / name
+            if not file.is_file():
+                report.problems.append(f"segment {name} is missing")
+                continue
+            size = file.stat().st_size
+            if size < rows * row_bytes:
+                report.problems.append(f"segment {name} has {size} bytes, the catalog committed {rows * row_bytes}")
+            elif size > rows * row_bytes:
+                report.notes.append(f"segment {name} has {size - rows * row_bytes} uncommitted tail bytes (ignored)")
+        known = {name for name, _ in segments.values()}
+        seg_dir = self.path / SEGMENTS_DIR
+        if seg_dir.is_dir():
+            for file in seg_dir.iterdir():
+                if file.name not in known:
+                    report.notes.append(f"unreferenced file {SEGMENTS_DIR}/{file.name} (ignored)")
+        last_end: dict[int, int] = {}
+        for p in pages:
+            sid = p["segment_id"]
+            if sid not in segments:
+                report.problems.append(f"page {p['id']} points at unknown segment {sid}")
+                continue
+            start, n = p["row_offset"], p["n_tokens"]
+            if n <= 0 or start < 0 or start + n > segments[sid][1]:
+                report.problems.append(f"page {p['id']} rows [{start}, {start + n}) are outside segment {segments[sid][0]}'s committed rows")
+            if start < last_end.get(sid, 0):
+                report.problems.append(f"page {p['id']} overlaps another page in segment {segments[sid][0]}")
+            last_end[sid] = max(last_end.get(sid, 0), start + n)
+        for d in docs:
+            if d["n_pages"] is not None and d["seen"] != d["n_pages"]:
+                report.problems.append(f"{d['path']}: {d['seen']} of its {d['n_pages']} pages are recorded")
+        if vectors and not report.problems:
+            for sid, (name, rows) in segments.items():
+                mat = self.reader.rows(name, rows)
+                for start in range(0, rows, 1 << 16):
+                    block = np.asarray(mat[start : start + (1 << 16)], dtype=np.float32)
+                    norms = np.linalg.norm(block, axis=1)
+                    if not np.all(np.isfinite(block)):
+                        report.problems.append(f"segment {name} holds non-finite values near row {start}")
+                        break
+                    # live rows are unit vectors (fp16 rounding aside); dead rows were too
+                    if np.any(np.abs(norms - 1.0) > 0.02):
+                        bad = start + int(np.argmax(np.abs(norms - 1.0) > 0.02))
+                        report.problems.append(f"segment {name} row {bad} is not a unit vector (norm {norms[bad - start]:.3f})")
+                        break
+        return report
+
+    # -- writing -------------------------------------------------------------------
+    def _repair(self) -> None:
+        """Drop crash leftovers: uncommitted segment tails and files no commit references."""
+        segments = {r["name"]: r["committed_rows"] for r in self.conn.execute("SELECT name, committed_rows FROM segments")}
+        row_bytes = self.dim * VECTOR_DTYPE.itemsize
+        seg_dir = self.path / SEGMENTS_DIR
+        for file in seg_dir.iterdir():
+            if file.name not in segments:
+                file.unlink()  # written by a writer that died before its first commit
+            elif file.stat().st_size > segments[file.name] * row_bytes:
+                with open(file, "r+b") as f:
+                    f.truncate(segments[file.name] * row_bytes)
+                    os.fsync(f.fileno())
+
+    def _segment_writer(self) -> SegmentWriter:
+        if self._writer is not None and not self._writer.full:
+            return self._writer
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        row = self.conn.execute("SELECT id, name, committed_rows FROM segments ORDER BY id DESC LIMIT 1").fetchone()
+        seg_dir = self.path / SEGMENTS_DIR
+        if row is not None:
+            w = SegmentWriter(seg_dir, self.dim, row["name"], row["committed_rows"])
+            if not w.full:
+                self._writer, self._writer_segment_id = w, row["id"]
+                return w
+            w.close()
+        number = (segment_number(row["name"]) or 0) + 1 if row is not None else 1
+        self._writer = SegmentWriter(seg_dir, self.dim, segment_name(number), 0)
+        self._writer_segment_id = None  # inserted into the catalog with its first commit
+        return self._writer
+
+    def begin_document(self, path: str, size: int, mtime_ns: int, sha256: str, n_pages: int) -> int:
+        """Start (or restart) indexing a document version; its pages stay invisible until finish_document."""
+        self._need_writer()
+        with transaction(self.conn) as c:
+            c.execute("DELETE FROM documents WHERE path = ? AND status = 'indexing'", (path,))
+            cur = c.execute(
+                "INSERT INTO documents (path, size, mtime_ns, sha256, n_pages, status, updated_at) VALUES (?, ?, ?, ?, ?, 'indexing', ?)",
+                (path, size, mtime_ns, sha256, n_pages, cat.now()),
+            )
+            return int(cur.lastrowid)
+
+    def add_pages(
+        self,
+        doc_id: int,
+        pages: list[tuple[int, int, int, np.ndarray]],
+        errors: list[tuple[int, str, str]] = (),
+    ) -> None:
+        """Store pages (page_no, width, height, (n_tokens, dim) vectors) and page errors/warnings
+        (page_no, kind, message) of an 'indexing' document, in one commit."""
+        self._need_writer()
+        writer = self._segment_writer() if pages else None
+        try:
+            placed = []
+            for page_no, width, height, vecs in pages:
+                if len(vecs) == 0:
+                    raise ValueError(f"page {page_no} has no vectors")
+                placed.append((page_no, width, height, writer.append(vecs), len(vecs)))
+            rows = writer.sync() if writer else 0
+            with transaction(self.conn) as c:
+                if writer is not None:
+                    if self._writer_segment_id is None:
+                        cur = c.execute("INSERT INTO segments (name, committed_rows) VALUES (?, ?)", (writer.name, rows))
+                        seg_id = int(cur.lastrowid)
+                    else:
+                        seg_id = self._writer_segment_id
+                        c.execute("UPDATE segments SET committed_rows = ? WHERE id = ?", (rows, seg_id))
+                    c.executemany(
+                        "INSERT INTO pages (doc_id, page_no, width, height, segment_id, row_offset, n_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(doc_id, no, w, h, seg_id, off, n) for no, w, h, off, n in placed],
+                    )
+                c.executemany("INSERT INTO page_errors (doc_id, page_no, kind, message) VALUES (?, ?, ?, ?)", [(doc_id, *e) for e in errors])
+        except BaseException:
+            if writer is not None:
+                writer.rollback()
+            raise
+        if writer is not None:
+            writer.committed()
+            self._writer_segment_id = seg_id
+
+    def finish_document(self, doc_id: int) -> None:
+        """Make a document's pages visible, replacing the previous version of its path."""
+        self._need_writer()
+        with transaction(self.conn) as c:
+            row = c.execute("SELECT path FROM documents WHERE id = ?", (doc_id,)).fetchone()
+            c.execute("DELETE FROM documents WHERE path = ? AND id != ?", (row["path"], doc_id))
+            c.execute("UPDATE documents SET status = 'done', error = NULL, updated_at = ? WHERE id = ?", (cat.now(), doc_id))
+            cat.bump_generation(c)
+
+    def record_failure(self, path: str, size: int | None, mtime_ns: int | None, sha256: str | None, error: str) -> None:
+        """The whole file could not be indexed: replace whatever the path had with a 'failed' row."""
+        self._need_writer()
+        with transaction(self.conn) as c:
+            c.execute("DELETE FROM documents WHERE path = ?", (path,))
+            c.execute(
+                "INSERT INTO documents (path, size, mtime_ns, sha256, status, error, updated_at) VALUES (?, ?, ?, ?, 'failed', ?, ?)",
+                (path, size, mtime_ns, sha256, error, cat.now()),
+            )
+            cat.bump_generation(c)
+
+    def discard_in_progress(self, doc_id: int) -> None:
+        """Drop an interrupted 'indexing' version that is no longer wanted."""
+        self._need_writer()
+        with transaction(self.conn) as c:
+            c.execute("DELETE FROM documents WHERE id = ? AND status = 'indexing'", (doc_id,))
+
+    def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
+        """Same content, new size/mtime (e.g. `touch`): remember them so the fast path hits next time."""
+        self._need_writer()
+        with transaction(self.conn) as c:
+            c.execute("UPDATE documents SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, doc_id))
+
+    def remove_documents(self, paths: list[str]) -> int:
+        """Forget documents (every version of each path); returns how many paths were known."""
+        self._need_writer()
+        with transaction(self.conn) as c:
+            known = 0
+            for path in paths:
+                known += c.execute("DELETE FROM documents WHERE path = ?", (path,)).rowcount > 0
+            if known:
+                cat.bump_generation(c)
+        return known
+
+    def paths_under(self, folder: str) -> list[str]:
+        """Catalogued paths inside a folder (recursively)."""
+        prefix = folder.rstrip(os.sep) + os.sep
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT path FROM documents") if r[0].startswith(prefix)]
