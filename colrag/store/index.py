@@ -148,12 +148,18 @@ class Index:
         return cls(path, manifest, conn, None)
 
     @classmethod
-    def open_writer(cls, path: str | os.PathLike, retriever: RetrieverInfo, render: RenderOptions | None = None) -> "Index":
-        """Open (or create) for writing: takes write.lock and repairs what a crash left."""
+    def open_writer(cls, path: str | os.PathLike, retriever: RetrieverInfo | None, render: RenderOptions | None = None) -> "Index":
+        """Open (or create) for writing: takes write.lock and repairs what a crash left.
+
+        `retriever` is required to create an index and checked against an existing one;
+        None opens an existing index for maintenance (remove) without that check.
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise IndexStoreError(f"{path} is a file, not an index folder")
         fresh = not (path / MANIFEST_FILE).is_file()
+        if fresh and retriever is None:
+            read_manifest(path)  # raises the "no index" error
         if fresh and path.is_dir():
             strangers = sorted(p.name for p in path.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith(cat.CATALOG_FILE))
             if strangers:
@@ -167,7 +173,8 @@ class Index:
                 manifest = _manifest_for(retriever, render or RenderOptions())
             else:
                 manifest = read_manifest(path)
-                check_retriever(path, manifest, retriever)
+                if retriever is not None:
+                    check_retriever(path, manifest, retriever)
             conn = cat.connect(path / cat.CATALOG_FILE)
             cat.init_schema(conn)
             if fresh:  # the manifest is written last: its presence means the index exists
@@ -273,7 +280,7 @@ class Index:
                 "SELECT COUNT(*) FROM page_errors e JOIN documents d ON d.id = e.doc_id WHERE d.status = 'done' AND e.kind = 'error'"
             ).fetchone()[0]
             gen = cat.generation(c)
-        size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        size = _disk_usage(self.path)
         row_bytes = self.dim * VECTOR_DTYPE.itemsize
         return {
             "index": str(self.path),
@@ -485,3 +492,14 @@ class Index:
         """Catalogued paths inside a folder (recursively)."""
         prefix = folder.rstrip(os.sep) + os.sep
         return [r[0] for r in self.conn.execute("SELECT DISTINCT path FROM documents") if r[0].startswith(prefix)]
+
+
+def _disk_usage(folder: Path) -> int:
+    total = 0
+    for p in folder.rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except FileNotFoundError:  # a writer replaced or removed it meanwhile
+            pass
+    return total

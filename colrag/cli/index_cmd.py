@@ -1,0 +1,252 @@
+"""`colrag index | search | status | remove`: build and query a page index.
+
+Results go to stdout (text or --json), progress and failures to stderr. `index`
+exits 0 when every file and page was indexed, 1 when some failed (they are listed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import app
+
+INDEX_OPTION = typer.Option(
+    None, "--index", envvar="COLRAG_INDEX",
+    help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
+)
+MODELS_DIR_OPTION = typer.Option(
+    None, "--models-dir", envvar="COLRAG_MODELS",
+    help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].",
+)
+RETRIEVER_OPTION = typer.Option(
+    None, "--retriever", help="Retriever bundle folder to use \\[default: <models-dir>/retriever].",
+)
+THREADS_OPTION = typer.Option(
+    None, "--threads", min=1, help="CPU threads for onnxruntime and FAISS \\[default: OMP_NUM_THREADS, else all cores].",
+)
+
+
+def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threads: Optional[int]):
+    from ..bundle import MANIFEST
+    from ..errors import BundleError
+    from ..paths import retriever_dir
+
+    bundle = retriever_dir(retriever, models_dir)
+    if not (bundle / MANIFEST).is_file():
+        raise BundleError(
+            f"no retriever bundle at {bundle}: run `colrag models install`, or "
+            f"`colrag models export retriever SRC --out {bundle}` (or pass --retriever DIR)"
+        )
+    if threads:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    from ..retriever import Retriever
+
+    return Retriever.load(bundle, threads=threads)
+
+
+class ProgressLine:
+    """A dependency-free progress line on stderr: pages done/total, rate, ETA.
+
+    On a terminal it redraws one line; otherwise it prints a line at most every 10 s.
+    """
+
+    def __init__(self, stream=None, interval: float | None = None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
+        self.total = self.done = 0
+        self.t0 = self.last = 0.0
+
+    def start(self, total_pages: int, files: int) -> None:
+        self.total, self.done = total_pages, 0
+        self.t0 = self.last = time.monotonic()
+        if total_pages:
+            self._write(f"indexing {total_pages} pages from {files} file{'s' if files != 1 else ''}", final=True)
+
+    def advance(self, pages: int, label: str) -> None:
+        self.done += pages
+        now = time.monotonic()
+        if now - self.last >= self.interval or self.done == self.total:
+            self.last = now
+            self._write(self._line(now, label), final=not self.tty)
+
+    def finish(self) -> None:
+        if self.tty and self.total:
+            self._write(self._line(time.monotonic(), "done"), final=True)
+
+    def _line(self, now: float, label: str) -> str:
+        elapsed = max(now - self.t0, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        return f"{self.done}/{self.total} pages ({pct:.0f}%)  {rate:.2f} pages/s  eta {_duration(eta)}  {label}"
+
+    def _write(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+@app.command("index")
+def index_cmd(
+    paths: list[Path] = typer.Argument(..., help="PDF files and folders (searched recursively for *.pdf)."),
+    index: Optional[str] = INDEX_OPTION,
+    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    retriever: Optional[Path] = RETRIEVER_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    password: Optional[str] = typer.Option(
+        None, "--password", envvar="COLRAG_PDF_PASSWORD",
+        help="Password for encrypted PDFs (tried on every encrypted file; the env var keeps it out of `ps`).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's report as JSON on stdout."),
+) -> None:
+    """Render, embed and store every page of the given PDFs. Incremental: unchanged files are
+    skipped, changed ones re-indexed, files gone from the given folders dropped. Safe to
+    interrupt: run it again to resume. Exit code 1 when some files or pages failed."""
+    from ..indexer import Indexer
+    from ..paths import index_dir
+    from ..render import find_pdfs
+    from ..store import Index, RetrieverInfo
+
+    target = index_dir(index)
+    find_pdfs(paths)  # a missing path fails now, before the retriever loads
+    model = _load_retriever(retriever, models_dir, threads)
+    progress = ProgressLine()
+    with Index.open_writer(target, RetrieverInfo.of(model)) as idx:
+        try:
+            report = Indexer(idx, model, password=password, progress=progress).run(paths)
+        except KeyboardInterrupt:
+            typer.echo(f"\ninterrupted: committed pages are kept; run the same command to resume", err=True)
+            raise
+        stats = idx.stats()
+    for w in report.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    for f in report.failures:
+        typer.echo(f"failed: {f}", err=True)
+    if as_json:
+        typer.echo(json.dumps({**report.as_dict(), "index": str(target), "total_documents": stats["documents"], "total_pages": stats["pages"]}, indent=2))
+    else:
+        typer.echo(
+            f"{report.pages} pages from {report.indexed_files} files indexed, {report.skipped_files} unchanged, "
+            f"{report.removed_files} removed, {len(report.failures)} failed, in {report.seconds:.1f}s; "
+            f"index {target}: {stats['documents']} documents, {stats['pages']} pages"
+        )
+    if report.failures:
+        raise typer.Exit(1)
+
+
+@app.command("search")
+def search_cmd(
+    query: str = typer.Argument(..., help="The question or keywords."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Number of pages to return."),
+    as_json: bool = typer.Option(False, "--json", help='Print a JSON list of {"file", "page", "score"} (page is 1-based).'),
+    index: Optional[str] = INDEX_OPTION,
+    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    retriever: Optional[Path] = RETRIEVER_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+) -> None:
+    """Rank the indexed pages for a query by late-interaction (MaxSim) score."""
+    from ..errors import IndexStoreError
+    from ..paths import index_dir
+    from ..search import Searcher
+    from ..store import Index, RetrieverInfo
+    from ..store.index import check_retriever
+
+    target = index_dir(index)
+    with Index.open(target) as idx:
+        if not idx.snapshot().pages:
+            raise IndexStoreError(f"index {target} has no pages yet: run `colrag index DIR` first")
+        model = _load_retriever(retriever, models_dir, threads)
+        check_retriever(target, idx.manifest, RetrieverInfo.of(model))
+        hits = Searcher(idx, model).search(query, top_k)
+    if as_json:
+        typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+        return
+    for rank, h in enumerate(hits, 1):
+        typer.echo(f"{rank}\t{h.score:.4f}\t{h.file}\tpage {h.page}")
+
+
+@app.command("status")
+def status_cmd(
+    index: Optional[str] = INDEX_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (documents, pages, failed, bytes_on_disk, ...)."),
+    check: bool = typer.Option(False, "--check", help="Also verify catalog <-> vectors consistency (reads every vector)."),
+) -> None:
+    """Show what an index holds: documents, pages, failures, size on disk."""
+    from ..paths import index_dir
+    from ..store import Index
+
+    target = index_dir(index)
+    with Index.open(target) as idx:
+        stats = idx.stats()
+        stats["page_failures"] = [
+            {"file": path, "page": page, "reason": msg} for path, page, kind, msg in idx.page_errors() if kind == "error"
+        ]
+        report = idx.check() if check else None
+    if report is not None:
+        stats["check"] = {"ok": report.ok, "problems": report.problems, "notes": report.notes}
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+    else:
+        r = stats["retriever"]
+        typer.echo(f"index      {stats['index']}")
+        typer.echo(f"retriever  {r.get('name')} ({r.get('bundle_id')})")
+        typer.echo(f"documents  {stats['documents']} ({stats['failed_documents']} failed, {stats['documents_in_progress']} interrupted)")
+        typer.echo(f"pages      {stats['pages']} ({stats['failed_pages']} failed)")
+        typer.echo(f"on disk    {_human_bytes(stats['bytes_on_disk'])} (dead vectors {_human_bytes(stats['dead_vector_bytes'])})")
+        for f in stats["failed"]:
+            typer.echo(f"failed     {f['path']}: {f['error']}")
+        for f in stats["page_failures"]:
+            typer.echo(f"failed     {f['file']} page {f['page']}: {f['reason']}")
+        if report is not None:
+            typer.echo("check      ok" if report.ok else "check      FAILED")
+            for p in report.problems:
+                typer.echo(f"problem    {p}")
+    if report is not None and not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("remove")
+def remove_cmd(
+    paths: list[Path] = typer.Argument(..., help="Files, or folders (every indexed file under them), to forget."),
+    index: Optional[str] = INDEX_OPTION,
+) -> None:
+    """Remove documents from the index (the PDFs themselves are not touched)."""
+    from ..indexer import remove
+    from ..paths import index_dir
+    from ..store import Index
+
+    with Index.open_writer(index_dir(index), None) as idx:
+        removed = remove(idx, paths)
+    for p in removed:
+        typer.echo(f"removed {p}")
+    if not removed:
+        typer.echo("nothing to remove: no indexed file matches", err=True)
+        raise typer.Exit(1)
