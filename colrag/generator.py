@@ -239,7 +239,7 @@ class Generator:
             raise InputError(f"a prompt must be text, got {type(prompt).__name__}")
         start = time.perf_counter()
         feats = [self.image_features(img, max_pixels=max_pixels) for img in images]
-        result.vision_s = time.perf_counter() - start
+        result.vision_s = time.perf_counter() - start if feats else 0.0
         ids = np.asarray([self.prompt_ids(prompt, [len(f[0]) for f in feats], system=system)], dtype=np.int64)  # (1, S)
         embeds = np.asarray(self._embed_table[ids.reshape(-1)], dtype=np.float32)[None]  # (1, S, H)
         slots = ids[0] == self.image_token_id  # (S,)
