@@ -1,0 +1,268 @@
+"""Indexing: hostile files, incremental runs, kill -9 and resume, one writer; the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from colrag.errors import IndexStoreError
+from colrag.indexer import Indexer, remove
+from colrag.search import Searcher
+from colrag.store import Index, RetrieverInfo
+from tests.index_helpers import SHARED_PDFS, FakeRetriever, make_pdf
+
+ROOT = Path(__file__).resolve().parents[1]
+HOSTILE = [
+    "14_encrypted_user_password.pdf", "15_corrupt_flate_stream.pdf", "17_zero_pages_valid.pdf",
+    "18_zero_bytes.pdf", "21_tiny_pages_3x3pt.pdf", "12_rotated90_nics_table.pdf",
+]
+
+
+def own_hostile_files(folder: Path) -> None:
+    """Hostile files made here, so the core tests run without ../shared."""
+    (folder / "empty.pdf").write_bytes(b"")
+    (folder / "garbage.pdf").write_bytes(b"%PDF-1.7\nnot really" * 20)
+    import pymupdf
+
+    src = make_pdf(folder / ".plain.tmp", 1, "locked")
+    doc = pymupdf.open(src)
+    doc.save(folder / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="pw", owner_pw="owner")
+    doc.close()
+    src.unlink()
+
+
+def run_indexer(index_path: Path, paths, retriever=None, **kw):
+    retriever = retriever or FakeRetriever()
+    with Index.open_writer(index_path, RetrieverInfo.of(retriever)) as index:
+        return Indexer(index, retriever, **kw).run(paths)
+
+
+def visible(index_path: Path) -> list[tuple[str, int]]:
+    with Index.open(index_path) as index:
+        return sorted((Path(p.path).name, p.page_no) for p in index.snapshot().pages)
+
+
+def test_good_and_hostile_files(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 3, "a")
+    make_pdf(docs / "sub" / "b.pdf", 2, "b")
+    own_hostile_files(docs)
+    retriever = FakeRetriever()
+    report = run_indexer(tmp_path / "ix", [docs], retriever)
+    assert report.pages == 5 and report.indexed_files == 2 and not report.ok
+    reasons = {Path(f.path).name: f.reason for f in report.failures}
+    assert set(reasons) == {"empty.pdf", "garbage.pdf", "locked.pdf"}
+    assert "empty" in reasons["empty.pdf"] and "--password" in reasons["locked.pdf"]
+    assert visible(tmp_path / "ix") == [("a.pdf", 1), ("a.pdf", 2), ("a.pdf", 3), ("b.pdf", 1), ("b.pdf", 2)]
+    # a second run does no work (still reports the files that cannot be indexed)
+    calls = retriever.calls
+    again = run_indexer(tmp_path / "ix", [docs], retriever)
+    assert again.pages == 0 and retriever.calls == calls and again.skipped_files == 2
+    assert {Path(f.path).name for f in again.failures} == {"empty.pdf", "garbage.pdf", "locked.pdf"}
+    # the password opens the encrypted one
+    unlocked = run_indexer(tmp_path / "ix", [docs], retriever, password="pw")
+    assert unlocked.pages == 1 and ("locked.pdf", 1) in visible(tmp_path / "ix")
+    with Index.open(tmp_path / "ix") as index:
+        assert index.check().ok
+
+
+def test_shared_hostile_pdfs(tmp_path):
+    if not SHARED_PDFS.is_dir():
+        pytest.skip(f"{SHARED_PDFS} is absent")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in HOSTILE:
+        shutil.copy(SHARED_PDFS / name, docs / name)
+    report = run_indexer(tmp_path / "ix", [docs])
+    failed = {Path(f.path).name: f.reason for f in report.failures}
+    assert set(failed) == {"14_encrypted_user_password.pdf", "17_zero_pages_valid.pdf", "18_zero_bytes.pdf"}
+    assert report.pages == 1 + 10 + 1  # corrupt flate (renders, with a warning), 10 tiny pages, rotated table
+    assert any("zlib" in w.reason for w in report.warnings)
+
+
+def test_changed_file_reindexed_and_removed_file_dropped(tmp_path):
+    docs = tmp_path / "docs"
+    a = make_pdf(docs / "a.pdf", 2, "a")
+    b = make_pdf(docs / "b.pdf", 3, "b")
+    retriever = FakeRetriever()
+    run_indexer(tmp_path / "ix", [docs], retriever)
+    # touched but identical: hashed, not re-embedded
+    os.utime(a, ns=(time.time_ns(), time.time_ns() + 10**9))
+    calls = retriever.calls
+    assert run_indexer(tmp_path / "ix", [docs], retriever).pages == 0 and retriever.calls == calls
+    # changed content: re-indexed (now 4 pages); removed file: dropped
+    make_pdf(a, 4, "a-v2")
+    b.unlink()
+    report = run_indexer(tmp_path / "ix", [docs], retriever)
+    assert report.pages == 4 and report.removed_files == 1 and report.ok
+    assert visible(tmp_path / "ix") == [("a.pdf", i) for i in (1, 2, 3, 4)]
+    with Index.open(tmp_path / "ix") as index:
+        hits = Searcher(index, retriever).search("a-v2 page 1", top_k=10)
+        assert {Path(h.file).name for h in hits} == {"a.pdf"}
+    # explicit removal
+    c = make_pdf(tmp_path / "loose" / "c.pdf", 1, "c")
+    run_indexer(tmp_path / "ix", [c], retriever)
+    with Index.open_writer(tmp_path / "ix", None) as index:
+        assert remove(index, [c]) == [str(c)]
+        assert index.check().ok
+    assert ("c.pdf", 1) not in visible(tmp_path / "ix")
+
+
+def start_slow_indexer(index_path: Path, docs: Path, slow: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.index_helpers", str(index_path), str(docs), "--slow", str(slow)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_pages(proc: subprocess.Popen, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"indexer exited early: {proc.stderr.read()}")
+        if line.startswith("page ") and int(line.split()[1]) >= n:
+            return
+    raise AssertionError("indexer too slow")
+
+
+def test_kill_9_mid_index_then_resume(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 3, "a")
+    make_pdf(docs / "b.pdf", 6, "b")
+    make_pdf(docs / "c.pdf", 2, "c")
+    proc = start_slow_indexer(tmp_path / "ix", docs, slow=0.15)
+    try:
+        wait_for_pages(proc, 5)  # a.pdf done, b.pdf half way
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with Index.open(tmp_path / "ix") as index:
+        report = index.check()
+        assert report.ok, report.problems
+        pages = visible(tmp_path / "ix")
+        assert ("a.pdf", 1) in pages and not any(name == "c.pdf" for name, _ in pages)
+        assert not any(name == "b.pdf" for name, _ in pages) or len([p for p in pages if p[0] == "b.pdf"]) == 6
+        (interrupted,) = index.documents("indexing")  # b.pdf, invisible to search
+        assert Path(interrupted.path).name == "b.pdf"
+        committed = index.stored_page_numbers(interrupted.id)
+        assert committed and committed == set(range(1, len(committed) + 1))
+    retriever = FakeRetriever()
+    resumed = run_indexer(tmp_path / "ix", [docs], retriever)
+    assert resumed.ok
+    assert resumed.pages == (6 - len(committed)) + 2  # committed pages are not embedded again
+    expected = [("a.pdf", i) for i in (1, 2, 3)] + [("b.pdf", i) for i in range(1, 7)] + [("c.pdf", 1), ("c.pdf", 2)]
+    assert visible(tmp_path / "ix") == expected
+    # same vectors as an index built in one go
+    run_indexer(tmp_path / "fresh", [docs])
+    with Index.open(tmp_path / "ix") as resumed_ix, Index.open(tmp_path / "fresh") as fresh_ix:
+        assert resumed_ix.check().ok
+        s1, s2 = resumed_ix.snapshot(), fresh_ix.snapshot()
+        v1 = {(p.path, p.page_no): np.asarray(resumed_ix.page_vectors(s1, p)) for p in s1.pages}
+        v2 = {(p.path, p.page_no): np.asarray(fresh_ix.page_vectors(s2, p)) for p in s2.pages}
+        assert v1.keys() == v2.keys()
+        for key in v1:
+            np.testing.assert_array_equal(v1[key], v2[key])
+
+
+def test_second_writer_refused_while_first_runs_and_search_works(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 2, "a")
+    make_pdf(docs / "b.pdf", 30, "b")
+    proc = start_slow_indexer(tmp_path / "ix", docs, slow=0.1)
+    try:
+        wait_for_pages(proc, 3)
+        with pytest.raises(IndexStoreError, match=rf"being written by another colrag process \(pid {proc.pid}\)"):
+            Index.open_writer(tmp_path / "ix", RetrieverInfo.of(FakeRetriever()))
+        with Index.open(tmp_path / "ix") as index:  # searching while the writer appends
+            hits = Searcher(index, FakeRetriever()).search("a page 1", top_k=2)
+            assert {Path(h.file).name for h in hits} == {"a.pdf"}
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+# -- the CLI, end to end with the tiny exported retriever ---------------------------------
+
+
+def colrag(*args, env_extra=None, timeout=600):
+    env = {**os.environ, "COLRAG_DEBUG": "", **(env_extra or {})}
+    env.pop("COLRAG_DEBUG")
+    return subprocess.run([sys.executable, "-m", "colrag", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_messages_without_a_bundle(tmp_path):
+    home = {"COLRAG_HOME": str(tmp_path / "home")}
+    r = colrag("search", "chart", env_extra=home)
+    assert r.returncode == 1 and "colrag index DIR" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 1)
+    r = colrag("index", docs, env_extra=home)
+    assert r.returncode == 1 and "colrag models install" in r.stderr and "colrag models export retriever" in r.stderr
+    r = colrag("index", tmp_path / "missing", env_extra=home)
+    assert r.returncode == 2 and "no such file" in r.stderr
+    # an index built by the library: status and remove need no retriever
+    run_indexer(tmp_path / "ix", [docs])
+    r = colrag("status", "--index", tmp_path / "ix", "--json", "--check")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert status["documents"] == 1 and status["pages"] == 1 and status["check"]["ok"]
+    r = colrag("remove", docs / "a.pdf", "--index", tmp_path / "ix")
+    assert r.returncode == 0 and "removed" in r.stdout
+    r = colrag("search", "chart", "--index", tmp_path / "ix")
+    assert r.returncode == 1 and "colrag index DIR" in r.stderr
+    for cmd in ("index", "search", "status", "remove"):
+        r = colrag(cmd, "--help")
+        assert r.returncode == 0 and "--index" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def real_bundle(request):
+    try:
+        import colrag.retriever  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"the retriever runtime is not importable yet: {exc}")
+    return request.getfixturevalue("tiny_retriever_bundle")
+
+
+def test_cli_end_to_end_with_tiny_retriever(tmp_path, real_bundle):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "report.pdf", 2, "report")
+    own_hostile_files(docs)
+    ix = tmp_path / "ix"
+    r = colrag("index", docs, "--index", ix, "--retriever", real_bundle, "--threads", "2")
+    assert r.returncode == 1, r.stderr
+    assert "2 pages" in r.stdout and r.stderr.count("failed:") == 3
+    r = colrag("index", docs, "--index", ix, "--retriever", real_bundle, "--json")
+    report = json.loads(r.stdout)
+    assert r.returncode == 1 and report["pages"] == 0 and report["skipped_files"] == 1
+    r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--json", "--top-k", "5")
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)
+    assert [h["page"] for h in hits] and {h["file"] for h in hits} == {str(docs / "report.pdf")}
+    assert sorted(h["page"] for h in hits) == [1, 2] and hits[0]["score"] >= hits[1]["score"]
+    r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("1\t")
+    r = colrag("status", "--index", ix, "--json")
+    status = json.loads(r.stdout)
+    assert status["documents"] == 1 and status["pages"] == 2 and status["failed_documents"] == 3
+
+
+def test_cli_refuses_an_index_of_another_retriever(tmp_path, real_bundle):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 1)
+    run_indexer(tmp_path / "ix", [docs])  # built with the fake
+    r = colrag("search", "x", "--index", tmp_path / "ix", "--retriever", real_bundle)
+    assert r.returncode == 1 and "built with retriever" in r.stderr
