@@ -1,0 +1,139 @@
+"""The Qwen2-VL image processor, ported to numpy + Pillow.
+
+Equal to transformers' `Qwen2VLImageProcessorPil` (the processor transformers itself
+falls back to without torchvision): smart_resize to multiples of 28 inside the pixel
+caps, PIL BICUBIC, rescale 1/255, CLIP normalisation, the frame duplicated along time,
+and the patch layout the vision tower expects. Tests compare it with transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .constants import (
+    CLIP_MEAN,
+    CLIP_STD,
+    GENERATOR_MAX_PIXELS,
+    GENERATOR_MIN_PIXELS,
+    MAX_DECODE_PIXELS,
+    MERGE_SIZE,
+    PATCH_SIZE,
+    TEMPORAL_PATCH_SIZE,
+)
+from .errors import InputError
+
+MAX_ASPECT_RATIO = 200
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+    """Target (height, width): multiples of `factor`, area within the caps, aspect kept."""
+    if min(height, width) <= 0:
+        raise InputError(f"image has no pixels ({width}x{height})")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise InputError(f"image aspect ratio {max(height, width) / min(height, width):.0f}:1 is too extreme (the limit is {MAX_ASPECT_RATIO}:1)")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+@dataclass(frozen=True)
+class ImageProcessorConfig:
+    patch_size: int = PATCH_SIZE
+    merge_size: int = MERGE_SIZE
+    temporal_patch_size: int = TEMPORAL_PATCH_SIZE
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    min_pixels: int = GENERATOR_MIN_PIXELS
+    max_pixels: int = GENERATOR_MAX_PIXELS
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "ImageProcessorConfig":
+        """Read a `preprocessor_config.json` (old min/max_pixels keys or the newer `size` dict)."""
+        path = Path(path)
+        if not path.is_file():
+            return cls()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"unreadable image processor config {path}: {exc}") from exc
+        raw = raw.get("image_processor", raw)  # processor_config.json nests it
+        size = raw.get("size") or {}
+        kw = {}
+        for key in ("patch_size", "merge_size", "temporal_patch_size"):
+            if key in raw:
+                kw[key] = int(raw[key])
+        for key in ("image_mean", "image_std"):
+            if key in raw:
+                kw[key] = tuple(float(v) for v in raw[key])
+        min_pixels = raw.get("min_pixels") or size.get("shortest_edge") or size.get("min_pixels")
+        max_pixels = raw.get("max_pixels") or size.get("longest_edge") or size.get("max_pixels")
+        if min_pixels:
+            kw["min_pixels"] = int(min_pixels)
+        if max_pixels:
+            kw["max_pixels"] = int(max_pixels)
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class PreprocessedImage:
+    pixel_values: np.ndarray  # (grid_h * grid_w, C * temporal * patch * patch) float32
+    grid_thw: np.ndarray  # (3,) int64: (1, grid_h, grid_w) in 14-px patches
+    n_tokens: int  # image tokens after the 2x2 merge: grid_h * grid_w / 4
+
+
+def to_rgb(image):
+    """RGB copy of any PIL image (RGBA/LA composited on white like PIL's convert, P, L, CMYK...)."""
+    width, height = image.size
+    if width * height > MAX_DECODE_PIXELS:
+        raise InputError(f"image is too large ({width}x{height} pixels; the limit is {MAX_DECODE_PIXELS:,})")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def preprocess_image(image, config: ImageProcessorConfig | None = None, *, min_pixels: int | None = None, max_pixels: int | None = None) -> PreprocessedImage:
+    from PIL import Image
+
+    cfg = config or ImageProcessorConfig()
+    image = to_rgb(image)
+    factor = cfg.patch_size * cfg.merge_size
+    h, w = smart_resize(image.height, image.width, factor, min_pixels or cfg.min_pixels, max_pixels or cfg.max_pixels)
+    if (w, h) != image.size:
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
+    pixels = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)  # (H, W, 3)
+    pixels = (pixels - np.asarray(cfg.image_mean, np.float32)) / np.asarray(cfg.image_std, np.float32)
+    pixels = pixels.transpose(2, 0, 1)  # (3, H, W)
+    pv, gh, gw = _patchify(pixels, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
+    return PreprocessedImage(pv, np.array([1, gh, gw], dtype=np.int64), gh * gw // (cfg.merge_size**2))
+
+
+def _patchify(image: np.ndarray, patch: int, merge: int, temporal: int) -> tuple[np.ndarray, int, int]:
+    """(C, H, W) → (gh*gw, C*temporal*patch*patch), patches grouped by 2x2 merge blocks."""
+    c, h, w = image.shape
+    gh, gw = h // patch, w // patch
+    x = image.reshape(c, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = x.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh/m, gw/m, m, m, C, p, p)
+    x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], temporal, *x.shape[5:]))  # frame duplicated in time
+    return np.ascontiguousarray(x.reshape(gh * gw, c * temporal * patch * patch), dtype=np.float32), gh, gw
+
+
+def vision_rot_pos_ids(grid_thw, merge_size: int = MERGE_SIZE) -> np.ndarray:
+    """Rotary (h, w) ids of every patch, in the merge-block order of pixel_values: (N, 2) int64."""
+    t, h, w = (int(v) for v in grid_thw)
+    hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (h, w) each
+    shape = (h // merge_size, merge_size, w // merge_size, merge_size)
+    hpos = hpos.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    wpos = wpos.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    return np.tile(np.stack([hpos, wpos], axis=-1), (t, 1)).astype(np.int64)

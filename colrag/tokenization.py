@@ -1,0 +1,108 @@
+"""The Qwen2-VL tokenizer through the `tokenizers` library, and prompt builders.
+
+Prompts are built by tokenising the text pieces and splicing `<|image_pad|>` ids in,
+so a 768-token image costs nothing to tokenise; tests check the result equals what
+transformers' processors produce for the same prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .constants import IMAGE_PAD_ID, SYSTEM_PROMPT
+from .errors import BundleError
+
+
+class Tokenizer:
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        file = Path(path) / "tokenizer.json"
+        if not file.is_file():
+            raise BundleError(f"no tokenizer.json in {path}")
+        try:
+            return cls(HFTokenizer.from_file(str(file)))
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+            raise BundleError(f"unreadable {file}: {str(exc).splitlines()[0]}") from exc
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids; special tokens written in the text (e.g. <|im_start|>) map to their ids; no BOS."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+
+class IncrementalDecoder:
+    """Turns a stream of ids into text pieces, holding back incomplete UTF-8 sequences.
+
+    A Japanese character can span two byte-level tokens; decoding the first alone
+    gives U+FFFD. We re-decode a short window and emit only text that no longer ends
+    in a replacement character.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
+        self._tok = tokenizer
+        self._skip = skip_special_tokens
+        self._ids: list[int] = []
+        self._emitted = 0  # characters of decode(self._ids) already returned
+
+    def add(self, token_id: int) -> str:
+        self._ids.append(int(token_id))
+        text = self._tok.decode(self._ids, self._skip)
+        if text.endswith("\ufffd"):
+            return ""
+        piece = text[self._emitted :]
+        self._emitted = len(text)
+        if len(self._ids) > 64 and piece:  # keep the window short: restart after complete text
+            self._ids, self._emitted = [], 0
+        return piece
+
+    def flush(self) -> str:
+        text = self._tok.decode(self._ids, self._skip)
+        piece = text[self._emitted :]
+        self._ids, self._emitted = [], 0
+        return piece
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad id lists: ids (B, S) int64 and attention_mask (B, S) int64."""
+    length = max((len(s) for s in seqs), default=0)
+    ids = np.full((len(seqs), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), length), dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        if len(seq):
+            ids[row, length - len(seq) :] = seq
+            mask[row, length - len(seq) :] = 1
+    return ids, mask
+
+
+def expand_image_pads(ids: Sequence[int], image_token_counts: Sequence[int]) -> list[int]:
+    """Replace the k-th <|image_pad|> id by image_token_counts[k] copies of it."""
+    slots = [i for i, t in enumerate(ids) if t == IMAGE_PAD_ID]
+    if len(slots) != len(image_token_counts):
+        raise ValueError(f"prompt has {len(slots)} image slots for {len(image_token_counts)} images")
+    out: list[int] = []
+    prev = 0
+    for slot, count in zip(slots, image_token_counts):
+        out += list(ids[prev:slot]) + [IMAGE_PAD_ID] * int(count)
+        prev = slot + 1
+    return out + list(ids[prev:])
+
+
+def chat_prompt_ids(tokenizer: Tokenizer, question: str, image_token_counts: Sequence[int], system: str = SYSTEM_PROMPT) -> list[int]:
+    """The Qwen2-VL-Instruct chat prompt: system turn, user turn with the images first, assistant header."""
+    images = "<|vision_start|><|image_pad|><|vision_end|>" * len(image_token_counts)
+    text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n"
+    return expand_image_pads(tokenizer.encode(text), image_token_counts)
