@@ -174,3 +174,21 @@ def test_ann_cache_builds_extends_and_rebuilds(tmp_path):
         snap3 = index.snapshot()
         rebuilt = ann.ensure(index, snap3)
         assert set(rebuilt.token_pages.tolist()) == {p.id for p in snap3.pages}
+
+
+def test_ivf_kind_for_many_tokens(tmp_path, monkeypatch):
+    monkeypatch.setattr(ann, "FLAT_MAX_TOKENS", 1000)
+    with Index.open_writer(tmp_path / "ix", INFO) as index:
+        for d in range(4):
+            doc = index.begin_document(f"/d{d}.pdf", 1, 1, f"s{d}", 10)
+            index.add_pages(doc, [(i + 1, 10, 10, unit_rows(256, d * 10 + i)) for i in range(10)])
+            index.finish_document(doc)
+        snap = index.snapshot()
+        built = ann.ensure(index, snap, save_to_disk=True)
+        assert built.kind.startswith("ivf") and built.index.ntotal == 40 * 256
+        loaded = ann.load(index)
+        assert loaded.kind == built.kind and loaded.index.nprobe == ann.NPROBE
+        page = snap.pages[17]
+        vec = np.asarray(index.page_vectors(snap, page)[:3], dtype=np.float32)
+        _, pages = loaded.search(vec, 1)
+        assert (pages[:, 0] == page.id).all()

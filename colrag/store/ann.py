@@ -6,8 +6,8 @@ pages they belong to as candidates (exact MaxSim reranks them; see colrag.search
 
 Kind, chosen by the number of token vectors N at (re)build time:
   - N <= FLAT_MAX_TOKENS: `IndexScalarQuantizer(fp16, inner product)`: exact token search.
-  - otherwise `IndexIVFScalarQuantizer(fp16, inner product)` with nlist ~ 4*sqrt(N)
-    lists, trained on a sample, searched with nprobe = NPROBE lists.
+  - otherwise `IndexIVFScalarQuantizer(fp16, inner product)` with nlist ~ sqrt(N)
+    lists, trained on 32 sampled tokens per list, searched with nprobe = NPROBE lists.
 
 Files: ann/g<generation>.faiss, ann/g<generation>.pages.npy (int64 page ids) and
 ann/state.json naming them with the catalog generation they reflect. A stale cache is
@@ -31,6 +31,7 @@ ANN_DIR = "ann"
 STATE_FILE = "state.json"
 FLAT_MAX_TOKENS = 1 << 18  # ~340 pages of 768 tokens: exact token search is cheap below this
 NPROBE = 32
+TRAIN_PER_LIST = 32  # k-means training points per inverted list
 MAX_DEAD_FRACTION = 0.25
 _ADD_CHUNK = 1 << 16
 
@@ -56,11 +57,16 @@ def _faiss():
     return faiss
 
 
+def _nlist(n_tokens: int) -> int:
+    """About sqrt(N) lists, a power of two in [256, 65536]."""
+    return int(min(65536, max(256, 2 ** round(math.log2(math.sqrt(max(n_tokens, 1)))))))
+
+
 def _new_index(dim: int, n_tokens: int, sample: np.ndarray | None):
     faiss = _faiss()
-    if n_tokens <= FLAT_MAX_TOKENS or sample is None:
+    if n_tokens <= FLAT_MAX_TOKENS or sample is None or len(sample) < _nlist(n_tokens) * 4:
         return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT), "flat-fp16"
-    nlist = int(min(65536, max(256, 2 ** round(math.log2(4 * math.sqrt(n_tokens))))))
+    nlist = _nlist(n_tokens)
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     ivf.train(sample)
@@ -92,9 +98,15 @@ def build(idx: Index, snap: Snapshot) -> TokenAnn:
     n_tokens = sum(p.n_tokens for p in pages)
     sample = None
     if n_tokens > FLAT_MAX_TOKENS:
+        # k-means on TRAIN_PER_LIST tokens per list, drawn from random pages (a few per page)
         rng = np.random.default_rng(0)
-        chosen = rng.choice(len(pages), size=min(len(pages), 2000), replace=False)
-        sample = np.concatenate([np.asarray(idx.page_vectors(snap, pages[i]), dtype=np.float32) for i in sorted(chosen)])
+        n_train = TRAIN_PER_LIST * _nlist(n_tokens)
+        chosen = np.sort(rng.choice(len(pages), size=min(len(pages), max(1, n_train // 16)), replace=False))
+        rows = []
+        for i in chosen:
+            vecs = idx.page_vectors(snap, pages[i])
+            rows.append(np.asarray(vecs[rng.choice(len(vecs), size=min(len(vecs), -(-n_train // len(chosen))), replace=False)], dtype=np.float32))
+        sample = np.concatenate(rows)[:n_train]  # (n_train, dim)
     index, kind = _new_index(idx.dim, n_tokens, sample)
     vecs, owners = _page_rows(idx, snap, pages)
     _add(index, vecs)
