@@ -22,6 +22,7 @@ def export_retriever_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder to write [default: <models-dir>/retriever]."),
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
+    quantize: str = typer.Option("none", "--quantize", help="Weight-only quantization: none (fp32), int8 or int4 (block-wise, activations stay fp32)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
 ) -> None:
     """Export a ColQwen2 retriever checkpoint: vision + text graphs, embedding table, tokenizer, manifest."""
@@ -30,7 +31,7 @@ def export_retriever_cmd(
 
     target = out or retriever_dir(None, models_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    export_retriever(src, target, opset=opset, force=force)
+    export_retriever(src, target, opset=opset, quantize=quantize, force=force)
     typer.echo(str(target))
 
 

@@ -1,0 +1,48 @@
+"""Weight-only int8 retriever: close to fp32 colrag on the same pages and queries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import colrag  # noqa: E402
+from tests.test_retriever import synthetic_page  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_colqwen2_checkpoint, tmp_path_factory):
+    from colrag.export.retriever import export_retriever
+
+    out = tmp_path_factory.mktemp("bundles") / "retriever-int8"
+    export_retriever(tiny_colqwen2_checkpoint, out, quantize="int8")
+    return out
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_int8_bundle_is_quantized_and_records_drift(int8_bundle):
+    from colrag.bundle import verify_bundle
+
+    manifest = verify_bundle(int8_bundle, "retriever")
+    q = manifest["quantization"]
+    assert q["scheme"] == "int8"
+    assert q["graphs"]["vision"]["quantized_matmuls"] > 0 and q["graphs"]["text"]["quantized_matmuls"] > 0
+    assert q["graphs"]["text"]["min_cosine_vs_fp32"] >= 0.99
+
+
+def test_int8_embeddings_close_to_fp32(int8_bundle, tiny_retriever_bundle):
+    fp32 = colrag.Retriever.load(tiny_retriever_bundle)
+    int8 = colrag.Retriever.load(int8_bundle)
+    pages = [synthetic_page(600 + 37 * i, 800 - 41 * i, seed=10 + i) for i in range(4)]
+    queries = ["revenue by region", "a chart of energy use", "table of contents"]
+    p32, p8 = fp32.embed_images(pages), int8.embed_images(pages)
+    q32, q8 = fp32.embed_queries(queries), int8.embed_queries(queries)
+    for a, b in zip(p32 + q32, p8 + q8):
+        assert a.shape == b.shape
+        assert cosines(a, b).mean() >= 0.99
+    s32, s8 = colrag.maxsim(q32, p32), colrag.maxsim(q8, p8)
+    assert (s32.argmax(1) == s8.argmax(1)).all()  # top-1 page agrees for every query
