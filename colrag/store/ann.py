@@ -7,7 +7,7 @@ pages they belong to as candidates (exact MaxSim reranks them; see colrag.search
 Kind, chosen by the number of token vectors N at (re)build time:
   - N <= FLAT_MAX_TOKENS: `IndexScalarQuantizer(fp16, inner product)`: exact token search.
   - otherwise `IndexIVFScalarQuantizer(fp16, inner product)` with nlist ~ sqrt(N)
-    lists, trained on 32 sampled tokens per list, searched with nprobe = NPROBE lists.
+    lists, trained on 40 sampled tokens per list, searched with nprobe = NPROBE lists.
 
 Files: ann/g<generation>.faiss, ann/g<generation>.pages.npy (int64 page ids) and
 ann/state.json naming them with the catalog generation they reflect. A stale cache is
@@ -31,7 +31,7 @@ ANN_DIR = "ann"
 STATE_FILE = "state.json"
 FLAT_MAX_TOKENS = 1 << 18  # ~340 pages of 768 tokens: exact token search is cheap below this
 NPROBE = 32
-TRAIN_PER_LIST = 32  # k-means training points per inverted list
+TRAIN_PER_LIST = 40  # k-means training points per inverted list
 MAX_DEAD_FRACTION = 0.25
 _ADD_CHUNK = 1 << 16
 
