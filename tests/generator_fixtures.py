@@ -7,6 +7,8 @@ embeddings so that greedy tokens vary from step to step.
 
 Test modules import the fixtures they use:
     from tests.generator_fixtures import tiny_generator_bundle  # noqa: F401
+pytest registers an imported fixture once per importing module, so a session fixture
+would be built once per module; `_once` memoises each build for the whole session.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ from pathlib import Path
 import pytest
 
 from tests.tiny_models import TOKENIZER_DIR, randomize_, tiny_qwen2vl_config
+
+_BUILT: dict[str, Path] = {}
+
+
+def _once(key: str, build) -> Path:
+    if key not in _BUILT or not _BUILT[key].exists():
+        _BUILT[key] = build()
+    return _BUILT[key]
 
 
 def require_tokenizer() -> None:
@@ -59,7 +69,7 @@ def build_tiny_qwen2vl(path: Path, seed: int = 1, visual_state: dict | None = No
 def tiny_qwen2vl_checkpoint(tmp_path_factory):
     require_tokenizer()
     pytest.importorskip("transformers")
-    return build_tiny_qwen2vl(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2vl")
+    return _once("checkpoint", lambda: build_tiny_qwen2vl(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2vl"))
 
 
 @pytest.fixture(scope="session")
@@ -67,21 +77,27 @@ def tiny_generator_bundle(tiny_qwen2vl_checkpoint, tmp_path_factory):
     """The tiny generator checkpoint exported by colrag's own exporter."""
     from colrag.export.generator import export_generator
 
-    out = tmp_path_factory.mktemp("gen-bundles") / "generator"
-    export_generator(tiny_qwen2vl_checkpoint, out)
-    return out
+    def build():
+        out = tmp_path_factory.mktemp("gen-bundles") / "generator"
+        export_generator(tiny_qwen2vl_checkpoint, out)
+        return out
+
+    return _once("bundle", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2vl_shared_checkpoint(tiny_colqwen2_checkpoint, tmp_path_factory):
     """A generator checkpoint whose vision tower has exactly the tiny retriever's weights."""
-    import torch
-    from transformers import ColQwen2ForRetrieval
+    def build():
+        import torch
+        from transformers import ColQwen2ForRetrieval
 
-    retriever = ColQwen2ForRetrieval.from_pretrained(tiny_colqwen2_checkpoint, dtype=torch.float32)
-    state = {k: v.clone() for k, v in retriever.vlm.visual.state_dict().items()}
-    del retriever
-    return build_tiny_qwen2vl(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2vl-shared", seed=2, visual_state=state)
+        retriever = ColQwen2ForRetrieval.from_pretrained(tiny_colqwen2_checkpoint, dtype=torch.float32)
+        state = {k: v.clone() for k, v in retriever.vlm.visual.state_dict().items()}
+        del retriever
+        return build_tiny_qwen2vl(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2vl-shared", seed=2, visual_state=state)
+
+    return _once("shared-checkpoint", build)
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +105,9 @@ def tiny_shared_generator_bundle(tiny_qwen2vl_shared_checkpoint, tiny_retriever_
     """Exported with --share-vision-with the tiny retriever bundle."""
     from colrag.export.generator import export_generator
 
-    out = tmp_path_factory.mktemp("gen-bundles") / "generator-shared"
-    export_generator(tiny_qwen2vl_shared_checkpoint, out, share_vision_with=tiny_retriever_bundle)
-    return out
+    def build():
+        out = tmp_path_factory.mktemp("gen-bundles") / "generator-shared"
+        export_generator(tiny_qwen2vl_shared_checkpoint, out, share_vision_with=tiny_retriever_bundle)
+        return out
+
+    return _once("shared-bundle", build)

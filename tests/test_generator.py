@@ -102,7 +102,7 @@ def test_bundle_manifest(tiny_generator_bundle):
     assert m["eos_token_ids"] == [151645, 151643]
     assert m["max_pixels"] == colrag.constants.GENERATOR_MAX_PIXELS
     assert len(m["vision_hash"]) == 64
-    assert set(m["export_checks"]) >= {"vision_check_grid_max_abs_diff", "decoder_prefill_max_abs_diff", "decoder_decode_max_abs_diff"}
+    assert set(m["export_checks"]) >= {"vision_export_grid_max_abs_diff", "vision_check_grid_max_abs_diff", "decoder_prefill_decode_max_abs_diff"}
 
 
 def test_decoder_graph_has_its_own_lm_head_and_no_embedding_table(tiny_generator_bundle):
@@ -321,3 +321,39 @@ def test_shared_vision_mismatch_is_refused(tiny_shared_generator_bundle, tmp_pat
     atomic_write_json(gen_copy / "manifest.json", m)
     with pytest.raises(BundleError, match="different vision weights"):
         colrag.Generator.load(gen_copy)
+
+
+def test_tied_embeddings_export(tmp_path):
+    """Qwen2-VL-2B-Instruct ties lm_head to the embeddings: the decoder still gets lm_head as its own weight."""
+    import onnx
+
+    from colrag.export.generator import export_generator
+    from tests.generator_fixtures import require_tokenizer, save_generator_processor
+    from tests.tiny_models import randomize_, tiny_qwen2vl_config
+
+    require_tokenizer()
+    from transformers import Qwen2VLForConditionalGeneration
+
+    config = tiny_qwen2vl_config(text={"tie_word_embeddings": True})
+    config.tie_word_embeddings = True
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    randomize_(model, 5)
+    model.tie_weights()
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+    ckpt = tmp_path / "tied"
+    model.save_pretrained(ckpt)
+    save_generator_processor(ckpt)
+    bundle = tmp_path / "bundle"
+    manifest = export_generator(ckpt, bundle)
+    assert manifest["tie_word_embeddings"] is True
+
+    graph = onnx.load(str(bundle / "decoder.onnx"), load_external_data=True)
+    (lm_head,) = [t for t in graph.graph.initializer if 151936 in t.dims]
+    table = np.load(bundle / "embed_tokens.npy")
+    w = onnx.numpy_helper.to_array(lm_head)
+    assert np.array_equal(w.T if w.shape[0] != table.shape[0] else w, table)
+
+    ref = Reference(ckpt)
+    _, ref_tokens = ref.generate("Hello, who are you?", ())
+    out = colrag.Generator.load(bundle, threads=1).generate("Hello, who are you?", max_new_tokens=N_NEW, min_new_tokens=N_NEW)
+    assert out.token_ids == ref_tokens

@@ -68,9 +68,12 @@ def present_names(num_layers: int) -> list[str]:
     return [f"present_{kv}_{i}" for i in range(num_layers) for kv in ("key", "value")]
 
 
-def _decoder_module(language_model, lm_head_weight):
-    """TextModel with a KV cache, plus an lm_head (its own copy of the weight) on the last position."""
-    import torch
+def _decoder_module(language_model, lm_head):
+    """TextModel with a KV cache, plus lm_head on the last position.
+
+    The caller has removed the embedding table from `language_model` (it is saved as
+    embed_tokens.npy), so even a tied lm_head weight enters the graph once, as lm_head.
+    """
     from torch import nn
 
     from .modules import TextModel
@@ -79,21 +82,14 @@ def _decoder_module(language_model, lm_head_weight):
         def __init__(self):
             super().__init__()
             self.text = TextModel(language_model, with_cache=True)
-            vocab, hidden = lm_head_weight.shape
-            self.lm_head = nn.Linear(hidden, vocab, bias=False)
-            with torch.no_grad():
-                self.lm_head.weight.copy_(lm_head_weight.detach().float())  # untied, even if the checkpoint ties it
+            self.lm_head = lm_head
 
         def forward(self, inputs_embeds, position_ids, attention_mask, *past):
             hidden, *present = self.text(inputs_embeds, position_ids, attention_mask, *past)  # (B, S, H)
             logits = self.lm_head(hidden[:, -1:, :])  # (B, 1, vocab)
             return (logits, *present)
 
-    # the embedding table is not used by the decoder: keep it out of the exported graph
-    embed = language_model.embed_tokens
-    language_model.embed_tokens = None
-    module = Decoder().eval()
-    return module, embed
+    return Decoder().eval()
 
 
 def _vision_inputs(grid_thw, seed: int):
@@ -171,9 +167,11 @@ def export_generator(
             image_processor = AutoImageProcessor.from_pretrained(src)
         except Exception as exc:  # a checkpoint without processor files cannot be used
             raise ColragError(f"cannot load the tokenizer / image processor of {src}: {exc}") from exc
-        fields = _export_into(model, tokenizer, image_processor, src, out, work, shared, opset)
-        del model
+        fields, checks = _export_into(model, tokenizer, image_processor, src, out, work, shared, opset)
+        del model  # free torch before onnxruntime loads the graphs: the two never share memory
         gc.collect()
+        _log("checking the graphs against transformers ...")
+        fields["export_checks"] = {f"{check.label}_max_abs_diff": check.run(work) for check in checks}
         fields["export_seconds"] = round(time.perf_counter() - started, 1)
         manifest = write_manifest(work, "generator", fields)
         if out.exists():
@@ -192,7 +190,31 @@ def _ort_session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _export_vision(visual, work: Path, opset: int) -> dict:
+class _Check:
+    """A graph check: ORT feeds and the torch outputs they must reproduce (computed before torch is freed)."""
+
+    def __init__(self, label: str, graph: str, steps: list[tuple[dict, np.ndarray]], cache_shape: tuple | None = None):
+        self.label, self.graph, self.steps, self.cache_shape = label, graph, steps, cache_shape
+
+    def run(self, work: Path) -> float:
+        """Run the steps in order on one session; a step's feeds may take the previous step's present k/v."""
+        sess = _ort_session(work / self.graph)
+        worst, present = 0.0, None
+        for i, (feeds, want) in enumerate(self.steps):
+            feeds = dict(feeds)
+            for name, value in list(feeds.items()):
+                if isinstance(value, str):  # "present:<index>": an output of the previous step
+                    feeds[name] = present[int(value.split(":")[1])]
+            got, *present = sess.run(None, feeds)
+            worst = max(worst, _check(f"{self.label} (step {i + 1})", got, want))
+        if self.cache_shape is not None and present[0].shape != self.cache_shape:
+            raise ColragError(f"export check failed: {self.label} cache has shape {present[0].shape}, expected {self.cache_shape}")
+        del sess
+        gc.collect()
+        return worst
+
+
+def _export_vision(visual, work: Path, opset: int) -> list[_Check]:
     import torch
 
     from .modules import VisionTower
@@ -206,20 +228,18 @@ def _export_vision(visual, work: Path, opset: int) -> dict:
         input_names=["pixel_values", "rot_pos_ids"], output_names=["image_embeds"],
         dynamic_shapes=({0: auto}, {0: auto}), opset=opset,
     )
-    sess = _ort_session(work / "vision.onnx")
-    checks = {}
+    checks = []
     for label, grid, seed in (("vision_export_grid", EXPORT_GRID, 0), ("vision_check_grid", CHECK_GRID, 1)):
         pv, rot = _vision_inputs(grid, seed=seed)
-        with torch.no_grad():
+        with torch.no_grad():  # transformers' own vision forward is the reference
             want = visual(pv, grid_thw=torch.tensor([grid]), return_dict=True).pooler_output.numpy()  # (N/4, H)
-        got = sess.run(None, {"pixel_values": pv.numpy(), "rot_pos_ids": rot.numpy()})[0]
-        checks[label + "_max_abs_diff"] = _check(f"vision tower at grid {grid}", got, want)
-    del sess, tower
+        checks.append(_Check(label, "vision.onnx", [({"pixel_values": pv.numpy(), "rot_pos_ids": rot.numpy()}, want)]))
+    del tower
     gc.collect()
     return checks
 
 
-def _export_decoder(model, work: Path, opset: int) -> dict:
+def _export_decoder(model, work: Path, opset: int) -> list[_Check]:
     import torch
 
     text_cfg = model.config.text_config
@@ -231,38 +251,33 @@ def _export_decoder(model, work: Path, opset: int) -> dict:
     auto = torch.export.Dim.AUTO
 
     _log("exporting the decoder ...")
-    decoder, embed = _decoder_module(lm, model.lm_head.weight)
-    try:
-        # trace with B=2, S=5, P=3 (sizes 0 and 1 would be specialised by torch.export)
-        gen = torch.Generator().manual_seed(4)
-        b, s, p = 2, 5, 3
-        embeds = torch.randn(b, s, hidden, generator=gen)
-        mask = torch.ones(b, p + s, dtype=torch.int64)
-        mask[1, :2] = 0
-        pos = _text_positions(mask)[:, :, p:]
-        past = tuple(torch.randn(b, kv_heads, p, head_dim, generator=gen) for _ in range(2 * n_layers))
-        export_graph(
-            decoder, (embeds, pos, mask, *past), work / "decoder.onnx",
-            input_names=["inputs_embeds", "position_ids", "attention_mask", *past_names(n_layers)],
-            output_names=["logits", *present_names(n_layers)],
-            dynamic_shapes=({0: auto, 1: auto}, {1: auto, 2: auto}, {0: auto, 1: auto}, tuple({0: auto, 2: auto} for _ in past)),
-            opset=opset,
-        )
-        del past, embeds
-    finally:
-        lm.embed_tokens = embed
-    del decoder
+    decoder = _decoder_module(lm, model.lm_head)
+    # trace with B=2, S=5, P=3 (sizes 0 and 1 would be specialised by torch.export)
+    gen = torch.Generator().manual_seed(4)
+    b, s, p = 2, 5, 3
+    embeds = torch.randn(b, s, hidden, generator=gen)
+    mask = torch.ones(b, p + s, dtype=torch.int64)
+    mask[1, :2] = 0
+    pos = _text_positions(mask)[:, :, p:]
+    past = tuple(torch.randn(b, kv_heads, p, head_dim, generator=gen) for _ in range(2 * n_layers))
+    export_graph(
+        decoder, (embeds, pos, mask, *past), work / "decoder.onnx",
+        input_names=["inputs_embeds", "position_ids", "attention_mask", *past_names(n_layers)],
+        output_names=["logits", *present_names(n_layers)],
+        dynamic_shapes=({0: auto, 1: auto}, {1: auto, 2: auto}, {0: auto, 1: auto}, tuple({0: auto, 2: auto} for _ in past)),
+        opset=opset,
+    )
+    del decoder, past, embeds
     gc.collect()
-    return _check_decoder(model, work / "decoder.onnx", n_layers, kv_heads, head_dim)
+    return [_decoder_check(model, n_layers, kv_heads, head_dim)]
 
 
-def _check_decoder(model, path: Path, n_layers: int, kv_heads: int, head_dim: int) -> dict:
-    """Prefill (empty past) and one decode step against transformers' own forward."""
+def _decoder_check(model, n_layers: int, kv_heads: int, head_dim: int) -> _Check:
+    """Prefill (empty past), then one decode step on its cache, against transformers' full forward."""
     import torch
 
     lm = model.model.language_model
     hidden = lm.config.hidden_size
-    sess = _ort_session(path)
     gen = torch.Generator().manual_seed(5)
     b, s = 2, 11
     embeds = torch.randn(b, s + 1, hidden, generator=gen)  # the last position is the decode step
@@ -270,25 +285,18 @@ def _check_decoder(model, path: Path, n_layers: int, kv_heads: int, head_dim: in
     mask[1, :3] = 0  # left padding on the second row
     pos = _text_positions(mask)  # (3, B, S+1)
 
-    def reference(n: int):
+    def reference(n: int) -> np.ndarray:
         with torch.no_grad():
             out = lm(inputs_embeds=embeds[:, :n], position_ids=pos[:, :, :n], attention_mask=mask[:, :n], use_cache=False)
             return model.lm_head(out.last_hidden_state[:, -1:, :]).numpy()  # (B, 1, vocab)
 
     empty = np.zeros((b, kv_heads, 0, head_dim), dtype=np.float32)
-    feeds = {"inputs_embeds": embeds[:, :s].numpy(), "position_ids": pos[:, :, :s].numpy(), "attention_mask": mask[:, :s].numpy()}
-    feeds.update({name: empty for name in past_names(n_layers)})
-    logits, *present = sess.run(None, feeds)
-    checks = {"decoder_prefill_max_abs_diff": _check("decoder prefill", logits, reference(s))}
-    feeds = {"inputs_embeds": embeds[:, s:].numpy(), "position_ids": pos[:, :, s:].numpy(), "attention_mask": mask.numpy()}
-    feeds.update(dict(zip(past_names(n_layers), present)))
-    logits, *present = sess.run(None, feeds)
-    if present[0].shape != (b, kv_heads, s + 1, head_dim):
-        raise ColragError(f"export check failed: decoder cache has shape {present[0].shape}")
-    checks["decoder_decode_max_abs_diff"] = _check("decoder decode step", logits, reference(s + 1))
-    del sess
-    gc.collect()
-    return checks
+    prefill = {"inputs_embeds": embeds[:, :s].numpy(), "position_ids": pos[:, :, :s].numpy(), "attention_mask": mask[:, :s].numpy()}
+    prefill.update({name: empty for name in past_names(n_layers)})
+    decode = {"inputs_embeds": embeds[:, s:].numpy(), "position_ids": pos[:, :, s:].numpy(), "attention_mask": mask.numpy()}
+    decode.update({name: f"present:{i}" for i, name in enumerate(past_names(n_layers))})
+    return _Check("decoder_prefill_decode", "decoder.onnx", [(prefill, reference(s)), (decode, reference(s + 1))],
+                  cache_shape=(b, kv_heads, s + 1, head_dim))
 
 
 def _shared_vision(shared: Path, out: Path, vhash: str) -> dict | None:
@@ -309,26 +317,28 @@ def _shared_vision(shared: Path, out: Path, vhash: str) -> dict | None:
     }
 
 
-def _export_into(model, tokenizer, image_processor, src: Path, out: Path, work: Path, shared: Path | None, opset: int) -> dict:
+def _export_into(model, tokenizer, image_processor, src: Path, out: Path, work: Path, shared: Path | None, opset: int):
+    """Write the graphs and files into `work`; returns the manifest fields and the checks still to run."""
     config = model.config
     text_cfg = config.text_config
     vis_cfg = config.vision_config
-    checks: dict = {}
 
     vhash = vision_hash(model.model.visual)
     shared_entry = _shared_vision(shared, out, vhash) if shared is not None else None
     graphs = {"decoder": "decoder.onnx", "embed_tokens": "embed_tokens.npy"}
+    checks: list[_Check] = []
     if shared_entry is None:
-        checks.update(_export_vision(model.model.visual, work, opset))
+        checks += _export_vision(model.model.visual, work, opset)
         graphs["vision"] = "vision.onnx"
     else:
         _log(f"sharing the vision tower of {shared}")
-    # free the vision tower before the decoder export: the two never need to be in memory together
+    # free each part once it is exported: vision first, then the embedding table (saved to .npy)
     model.model.visual = None
+    lm = model.model.language_model
+    save_embedding_table(lm.embed_tokens.weight, work / "embed_tokens.npy")
+    lm.embed_tokens = None
     gc.collect()
-
-    checks.update(_export_decoder(model, work, opset))
-    save_embedding_table(model.model.language_model.embed_tokens.weight, work / "embed_tokens.npy")
+    checks += _export_decoder(model, work, opset)
 
     copied = copy_checkpoint_files(src, work, TOKENIZER_FILES + CONFIG_FILES)
     if "tokenizer.json" not in copied:
@@ -367,8 +377,7 @@ def _export_into(model, tokenizer, image_processor, src: Path, out: Path, work: 
         "vision_hash": vhash,
         "opset": opset,
         "graphs": graphs,
-        "export_checks": checks,
     }
     if shared_entry is not None:
         fields["shared_vision"] = shared_entry
-    return fields
+    return fields, checks
