@@ -76,3 +76,25 @@ def test_empty_index_and_bad_arguments(tmp_path):
     with Index.open(tmp_path / "ix") as index:
         with pytest.raises(InputError):
             Searcher(index, retriever).search("   ")
+
+
+def test_indexer_keeps_the_faiss_cache_current(tmp_path):
+    from colrag.store import ann
+
+    retriever = FakeRetriever()
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 3, "a")
+    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
+        Indexer(index, retriever, ann_min_pages=0).run([docs])
+        cached = ann.load(index)
+        assert cached is not None and cached.generation == index.generation()
+        make_pdf(docs / "b.pdf", 2, "b")
+        Indexer(index, retriever, ann_min_pages=0).run([docs])
+        cached = ann.load(index)
+        snap = index.snapshot()
+        assert cached.generation == snap.generation and set(cached.token_pages.tolist()) == {p.id for p in snap.pages}
+        Indexer(index, retriever).run([docs])  # small again by the default threshold: no cache kept
+        assert ann.load(index) is None
+    with Index.open(tmp_path / "ix") as index:
+        hits = Searcher(index, retriever, exact_all_pages=0, min_candidates=2).search("b page 2", top_k=5)
+        assert [(h.file, h.page) for h in hits] == [(h.file, h.page) for h in Searcher(index, retriever).search("b page 2", top_k=5)]
