@@ -141,7 +141,7 @@ def test_kill_9_mid_index_then_resume(tmp_path):
     make_pdf(docs / "a.pdf", 3, "a")
     make_pdf(docs / "b.pdf", 6, "b")
     make_pdf(docs / "c.pdf", 2, "c")
-    proc = start_slow_indexer(tmp_path / "ix", docs, slow=0.15)
+    proc = start_slow_indexer(tmp_path / "ix", docs, slow=0.3)
     try:
         wait_for_pages(proc, 5)  # a.pdf done, b.pdf half way
         proc.send_signal(signal.SIGKILL)
@@ -152,17 +152,16 @@ def test_kill_9_mid_index_then_resume(tmp_path):
     with Index.open(tmp_path / "ix") as index:
         report = index.check()
         assert report.ok, report.problems
-        pages = visible(tmp_path / "ix")
-        assert ("a.pdf", 1) in pages and not any(name == "c.pdf" for name, _ in pages)
-        assert not any(name == "b.pdf" for name, _ in pages) or len([p for p in pages if p[0] == "b.pdf"]) == 6
-        (interrupted,) = index.documents("indexing")  # b.pdf, invisible to search
-        assert Path(interrupted.path).name == "b.pdf"
+        before = visible(tmp_path / "ix")
+        counts = {name: sum(1 for n, _ in before if n == name) for name in ("a.pdf", "b.pdf", "c.pdf")}
+        assert counts["a.pdf"] == 3 and counts["b.pdf"] in (0, 6) and counts["c.pdf"] in (0, 2)  # whole documents only
+        (interrupted,) = index.documents("indexing")  # b.pdf (or c.pdf on a slow machine), invisible to search
         committed = index.stored_page_numbers(interrupted.id)
-        assert committed and committed == set(range(1, len(committed) + 1))
+        assert committed == set(range(1, len(committed) + 1))
     retriever = FakeRetriever()
     resumed = run_indexer(tmp_path / "ix", [docs], retriever)
     assert resumed.ok
-    assert resumed.pages == (6 - len(committed)) + 2  # committed pages are not embedded again
+    assert resumed.pages == 11 - len(before) - len(committed)  # committed pages are not embedded again
     expected = [("a.pdf", i) for i in (1, 2, 3)] + [("b.pdf", i) for i in range(1, 7)] + [("c.pdf", 1), ("c.pdf", 2)]
     assert visible(tmp_path / "ix") == expected
     # same vectors as an index built in one go
@@ -181,7 +180,7 @@ def test_second_writer_refused_while_first_runs_and_search_works(tmp_path):
     docs = tmp_path / "docs"
     make_pdf(docs / "a.pdf", 2, "a")
     make_pdf(docs / "b.pdf", 30, "b")
-    proc = start_slow_indexer(tmp_path / "ix", docs, slow=0.1)
+    proc = start_slow_indexer(tmp_path / "ix", docs, slow=0.2)
     try:
         wait_for_pages(proc, 3)
         with pytest.raises(IndexStoreError, match=rf"being written by another colrag process \(pid {proc.pid}\)"):
