@@ -357,3 +357,20 @@ def test_tied_embeddings_export(tmp_path):
     _, ref_tokens = ref.generate("Hello, who are you?", ())
     out = colrag.Generator.load(bundle, threads=1).generate("Hello, who are you?", max_new_tokens=N_NEW, min_new_tokens=N_NEW)
     assert out.token_ids == ref_tokens
+
+
+def test_int8_export_records_drift_and_generates(tiny_qwen2vl_checkpoint, tmp_path):
+    from colrag.export.generator import export_generator
+
+    bundle = tmp_path / "int8"
+    manifest = export_generator(tiny_qwen2vl_checkpoint, bundle, quantize="int8")
+    verify_bundle(bundle, "generator")
+    q = manifest["quantization"]
+    assert q["scheme"] == "int8"
+    dec = q["graphs"]["decoder"]
+    assert dec["quantized_matmuls"] > 0
+    drift = dec["decoder_prefill_decode"]
+    assert drift["mean_cosine_vs_fp32"] > 0.99 and 0 <= drift["top1_agreement_vs_fp32"] <= 1
+    assert q["graphs"]["vision"]["quantized_matmuls"] > 0
+    out = colrag.Generator.load(bundle, threads=1).generate("Describe.", images=[synthetic_image(120, 90, 1)], max_new_tokens=4)
+    assert len(out.token_ids) == 4

@@ -36,6 +36,7 @@ def export_generator_cmd(
         help="A retriever bundle folder: when its vision tower has the same weights, reference its vision graph instead of storing a copy.",
     ),
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
+    quantize: str = typer.Option("none", "--quantize", help="Weight-only quantization: none (fp32), int8 or int4 (block-wise, activations stay fp32); the drift vs fp32 is recorded in the manifest."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
 ) -> None:
     """Export a Qwen2-VL generator checkpoint: vision + decoder (KV cache) graphs, embedding table, tokenizer, manifest."""
@@ -43,7 +44,7 @@ def export_generator_cmd(
     from ..paths import generator_dir
 
     target = out or generator_dir(None, models_dir)
-    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, force=force)
+    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=quantize, force=force)
     typer.echo(str(target))
 
 
