@@ -48,7 +48,7 @@ def worker(args) -> None:
     else:
         import colrag
 
-        r = colrag.Retriever.load(args.bundle, threads=args.threads)
+        r = colrag.Retriever.load(args.bundle[-1], threads=args.threads or None)
 
         def embed_page():
             return r.embed_images([image])
