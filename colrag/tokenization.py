@@ -13,8 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import IMAGE_PAD_ID, SYSTEM_PROMPT
-from .errors import BundleError
+from .constants import (
+    IMAGE_PAD,
+    IMAGE_PAD_ID,
+    RETRIEVER_PAGE_PROMPT,
+    RETRIEVER_QUERY_PREFIX,
+    RETRIEVER_QUERY_SUFFIX,
+    SYSTEM_PROMPT,
+)
+from .errors import BundleError, InputError
 
 
 class Tokenizer:
@@ -92,7 +99,7 @@ def expand_image_pads(ids: Sequence[int], image_token_counts: Sequence[int]) -> 
     """Replace the k-th <|image_pad|> id by image_token_counts[k] copies of it."""
     slots = [i for i, t in enumerate(ids) if t == IMAGE_PAD_ID]
     if len(slots) != len(image_token_counts):
-        raise ValueError(f"prompt has {len(slots)} image slots for {len(image_token_counts)} images")
+        raise InputError(f"the prompt has {len(slots)} image slots for {len(image_token_counts)} images (is there an image token in the text?)")
     out: list[int] = []
     prev = 0
     for slot, count in zip(slots, image_token_counts):
@@ -101,8 +108,33 @@ def expand_image_pads(ids: Sequence[int], image_token_counts: Sequence[int]) -> 
     return out + list(ids[prev:])
 
 
+def _check_user_text(text: str) -> None:
+    if "<|image_pad|>" in text or "<|video_pad|>" in text:
+        raise InputError("the text contains an image or video token (<|image_pad|> / <|video_pad|>); remove it")
+
+
+def retriever_page_ids(tokenizer: Tokenizer, n_image_tokens: int, prompt: str = RETRIEVER_PAGE_PROMPT) -> list[int]:
+    """ColQwen2's page prompt with <|image_pad|> expanded to n_image_tokens copies."""
+    if prompt.count(IMAGE_PAD) != 1:
+        raise BundleError(f"the retriever page prompt must hold exactly one {IMAGE_PAD}: {prompt!r}")
+    return expand_image_pads(tokenizer.encode(prompt), [n_image_tokens])
+
+
+def retriever_query_ids(tokenizer: Tokenizer, query: str, prefix: str = RETRIEVER_QUERY_PREFIX, suffix: str = RETRIEVER_QUERY_SUFFIX) -> list[int]:
+    """ColQwen2's query: "Query: " + q + "<|endoftext|>" * 10 + "\n" (as ColQwen2Processor.process_queries)."""
+    _check_user_text(query)
+    return tokenizer.encode(prefix + query + suffix)
+
+
 def chat_prompt_ids(tokenizer: Tokenizer, question: str, image_token_counts: Sequence[int], system: str = SYSTEM_PROMPT) -> list[int]:
-    """The Qwen2-VL-Instruct chat prompt: system turn, user turn with the images first, assistant header."""
+    """The Qwen2-VL-Instruct chat prompt: system turn, user turn with the images first, assistant header.
+
+    The text is tokenised in one piece with one <|image_pad|> per image (so whitespace and
+    NFC normalisation at the seams tokenise exactly as in transformers), then each pad id is
+    spliced out to the image's token count.
+    """
+    _check_user_text(question)
+    _check_user_text(system)
     images = "<|vision_start|><|image_pad|><|vision_end|>" * len(image_token_counts)
     text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n"
     return expand_image_pads(tokenizer.encode(text), image_token_counts)
