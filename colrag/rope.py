@@ -31,7 +31,10 @@ def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, spati
         pieces, cur, i = [], 0, 0
         while i < len(ids):
             if ids[i] == image_token_id:
-                t, h, w = next(grids)
+                grid = next(grids, None)
+                if grid is None:
+                    raise ValueError("input_ids hold more images than image_grid_thw has rows")
+                t, h, w = grid
                 lh, lw = h // spatial_merge_size, w // spatial_merge_size
                 tt, hh, ww = np.meshgrid(np.arange(t), np.arange(lh), np.arange(lw), indexing="ij")
                 pieces.append(np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + cur)  # (3, t*lh*lw)

@@ -63,3 +63,26 @@ def test_two_images_in_one_chat_prompt(reference_model):
 def test_decode_positions_continue_after_the_prompt():
     pos = decode_position_ids(past_length=10, rope_deltas=np.array([[-3]]))
     assert pos.shape == (3, 1, 1) and (pos == 7).all()
+
+
+def test_image_row_and_text_only_row_in_one_batch(reference_model):
+    grids = np.array([[1, 6, 10]])
+    ids, mask = pad_left([[9, 9, 9, 9], image_seq([1, 2], grids[0], [3, 4, 5])], 151643)
+    got = get_rope_index(ids, grids, mask)
+    want = reference(reference_model, ids, grids, mask)
+    assert got[0].dtype == np.int64 and got[1].shape == (2, 1)
+    assert (got[0] == want[0]).all() and (got[1] == want[1]).all()
+
+
+def test_real_chat_prompt_with_two_images(reference_model, tokenizer_dir):
+    from colrag.tokenization import Tokenizer, chat_prompt_ids
+
+    grids = np.array([[1, 36, 50], [1, 20, 14]])
+    seq = chat_prompt_ids(Tokenizer.from_dir(tokenizer_dir), "この2枚の図を比べて", [int(g.prod()) // 4 for g in grids])
+    ids, mask = pad_left([seq, seq[:12]], 151643)  # second row: the text-only system turn, left padded
+    got = get_rope_index(ids, grids, mask)
+    want = reference(reference_model, ids, grids, mask)
+    assert (got[0] == want[0]).all() and (got[1] == want[1]).all()
+    # the next decode step continues where transformers' generate would
+    step = decode_position_ids(past_length=ids.shape[1], rope_deltas=got[1])
+    assert (step[:, 0, 0] == got[0][:, 0].max() + 1).all()
