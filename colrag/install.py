@@ -1,0 +1,436 @@
+"""`colrag models install`: download the two checkpoints and export them to bundles.
+
+    checkpoint (Hugging Face Hub, pinned revision) ──snapshot_download──► HF cache
+        ──sha256 of LFS blobs checked──► export_retriever / export_generator ──► <models>/retriever, <models>/generator
+
+Downloads go through huggingface_hub into its own cache (HF_HOME / HF_HUB_CACHE), so an
+interrupted install resumes where it stopped, a second install re-uses the files, and
+`HF_HUB_OFFLINE=1` installs from the cache alone. Only the files the exporters read are
+fetched (ALLOW_PATTERNS). The exporters record the size and sha256 of every bundle file,
+and the source repository and commit, in the bundle's manifest.
+
+Before anything is downloaded, free disk and total memory are checked against the
+estimates below; `force=True` skips that refusal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .bundle import load_manifest, sha256_file
+from .errors import BundleError, ColragError, InputError
+from .export.quantize import QUANT_SCHEMES
+
+PARTS = ("retriever", "generator")
+QUANTIZE_CHOICES = ("none", *QUANT_SCHEMES)
+
+# Files of a checkpoint repository the exporters need: configs, weights, tokenizer, chat template.
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer*"]
+
+# Environment overrides of the resource estimates (bytes), for unusual setups and tests.
+MIN_FREE_ENV = "COLRAG_INSTALL_MIN_FREE_BYTES"
+MIN_RAM_ENV = "COLRAG_INSTALL_MIN_RAM_BYTES"
+
+GB = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One checkpoint colrag installs, and what installing it costs."""
+
+    part: str  # "retriever" | "generator": the bundle folder name under the models dir
+    repo_id: str
+    revision: str
+    download_bytes: int  # the checkpoint files matched by ALLOW_PATTERNS (bf16 safetensors + tokenizer)
+    bundle_bytes: int  # the exported fp32 bundle; a quantized export writes it first, then the smaller graphs
+
+
+# Pinned revisions. "main" is a placeholder: the commit shas of the two repositories could
+# not be looked up where this was written (no model hub reachable). Pin each to a commit
+# sha (40 hex digits) so that every install exports the same weights; huggingface_hub then
+# skips the revision lookup, and the manifest's `revision` shows the sha either way.
+RETRIEVER = ModelSpec(
+    part="retriever",
+    repo_id="vidore/colqwen2-v1.0-hf",
+    revision="main",  # TODO: pin a commit sha
+    download_bytes=int(4.5 * GB),  # 2.2 B parameters in bf16
+    bundle_bytes=int(8.9 * GB),  # fp32: vision 2.7 GB + text graph 5.3 GB + embedding table 0.9 GB
+)
+GENERATOR = ModelSpec(
+    part="generator",
+    repo_id="Qwen/Qwen2-VL-2B-Instruct",
+    revision="main",  # TODO: pin a commit sha
+    download_bytes=int(4.5 * GB),
+    bundle_bytes=int(9.8 * GB),  # fp32: decoder with its own lm_head 6.2 GB + embedding table 0.9 GB + vision 2.7 GB (none when shared)
+)
+SPECS = {spec.part: spec for spec in (RETRIEVER, GENERATOR)}
+
+# Peak memory of exporting one 2B checkpoint: the fp32 model (≈ 9 GB) while the dynamo
+# exporter traces the largest graph (the decoder's export alone peaked at 7.3 GB).
+MIN_RAM_BYTES = 14 * GB
+DISK_MARGIN = 1.1  # 10 % on top of the estimates: logs, temporary files, filesystem overhead
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- resources ---------------------------------------------------------------------------
+
+
+def total_memory_bytes() -> int | None:
+    """Physical memory of this machine, without psutil; None when it cannot be told."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or would, once created)."""
+    return shutil.disk_usage(_existing_parent(path)).free
+
+
+def _env_bytes(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        raise InputError(f"{name}={value!r} is not a number of bytes") from None
+
+
+def cached_bytes(cache_dir: Path, repo_id: str) -> int:
+    """Bytes of `repo_id` already in the huggingface_hub cache (complete and partial blobs)."""
+    blobs = cache_dir / ("models--" + repo_id.replace("/", "--")) / "blobs"
+    if not blobs.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in blobs.iterdir() if p.is_file())
+
+
+@dataclass
+class ResourceCheck:
+    problems: list[str]
+    warnings: list[str]
+
+
+def check_resources(
+    specs: list[ModelSpec],
+    downloads: list[ModelSpec],
+    models_dir: Path,
+    cache_dir: Path | None,
+    *,
+    free: Callable[[Path], int] = free_bytes,
+    memory: Callable[[], int | None] = total_memory_bytes,
+) -> ResourceCheck:
+    """Compare free disk and total memory with what installing `specs` needs.
+
+    `downloads` are the specs still to be fetched into `cache_dir` (bytes already cached
+    count as fetched). The disk need can be overridden with COLRAG_INSTALL_MIN_FREE_BYTES,
+    the memory need with COLRAG_INSTALL_MIN_RAM_BYTES.
+    """
+    problems: list[str] = []
+    warnings: list[str] = []
+    bundle_need = int(sum(s.bundle_bytes for s in specs) * DISK_MARGIN)
+    download_need = 0
+    if cache_dir is not None:
+        download_need = int(sum(max(0, s.download_bytes - cached_bytes(cache_dir, s.repo_id)) for s in downloads) * DISK_MARGIN)
+    needs: dict[Path, int] = {}
+    devices: dict[Path, int] = {}
+    for folder, need in ((models_dir, bundle_need), (cache_dir, download_need)):
+        if folder is None or need <= 0:
+            continue
+        root = _existing_parent(folder)
+        dev = root.stat().st_dev
+        same = next((p for p, d in devices.items() if d == dev), None)
+        if same is not None:
+            needs[same] += need
+        else:
+            devices[root] = dev
+            needs[root] = need
+    override = _env_bytes(MIN_FREE_ENV)
+    if override is not None:  # one figure for everything, checked against the models dir
+        needs = {_existing_parent(models_dir): override}
+    for folder, need in needs.items():
+        have = free(folder)
+        if have < need:
+            problems.append(
+                f"not enough free disk: installing {' and '.join(s.part for s in specs)} needs about {need / GB:.1f} GB "
+                f"on the filesystem of {folder}, {have / GB:.1f} GB are free"
+            )
+    ram_need = _env_bytes(MIN_RAM_ENV)
+    ram_need = MIN_RAM_BYTES if ram_need is None else ram_need
+    ram = memory()
+    if ram is None:
+        warnings.append("could not tell this machine's memory; exporting a 2B model needs about 14 GB")
+    elif ram < ram_need:
+        problems.append(f"not enough memory: exporting needs about {ram_need / GB:.0f} GB of RAM, this machine has {ram / GB:.1f} GB")
+    return ResourceCheck(problems, warnings)
+
+
+# -- downloading --------------------------------------------------------------------------
+
+
+def hub_cache_dir() -> Path:
+    """huggingface_hub's cache folder (HF_HUB_CACHE, else HF_HOME/hub)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _require_hub():
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        raise ColragError("downloading models needs huggingface_hub: pip install 'colrag[install]'") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
+    """Fetch `spec`'s checkpoint files into the huggingface_hub cache; returns the snapshot folder.
+
+    Resumes partial downloads; with HF_HUB_OFFLINE=1 only the cache is used. Every
+    expected failure becomes a one-line ColragError saying what to do.
+    """
+    _require_hub()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{spec.repo_id} (revision {spec.revision})"
+    alternative = f"or export a checkpoint you already have with `colrag models install --{spec.part}-from DIR`"
+    offline = hub_offline()
+    _log(f"{spec.part}: {'looking up' if offline else 'downloading'} {where} {'in' if offline else 'into'} {cache_dir or hub_cache_dir()}")
+    try:
+        path = snapshot_download(
+            spec.repo_id,
+            revision=spec.revision,
+            allow_patterns=ALLOW_PATTERNS,
+            cache_dir=str(cache_dir) if cache_dir else None,
+        )
+    except LocalEntryNotFoundError as exc:  # offline, unreachable, or an incomplete cached snapshot
+        if offline:
+            raise ColragError(
+                f"offline (HF_HUB_OFFLINE is set) and {where} is not complete in the cache {cache_dir or hub_cache_dir()}: "
+                f"unset HF_HUB_OFFLINE and connect to the internet, {alternative}"
+            ) from exc
+        raise ColragError(
+            f"cannot reach the Hugging Face Hub to download {where}, and the cache does not hold it: "
+            f"check your connection (or HF_ENDPOINT / proxy settings) and run again — finished files are kept — {alternative}"
+        ) from exc
+    except GatedRepoError as exc:
+        raise ColragError(f"{spec.repo_id} is gated: accept its terms on the Hub and log in (hf auth login), {alternative}") from exc
+    except RevisionNotFoundError as exc:
+        raise ColragError(f"{spec.repo_id} has no revision {spec.revision!r} on the Hub: {_first_line(exc)}") from exc
+    except RepositoryNotFoundError as exc:
+        raise ColragError(f"{spec.repo_id} was not found on the Hub (or needs a token): {_first_line(exc)}") from exc
+    except HfHubHTTPError as exc:
+        raise ColragError(f"the Hugging Face Hub refused the download of {where}: {_first_line(exc)}") from exc
+    except OSError as exc:  # connection dropped for good, disk full, consistency check failed...
+        raise ColragError(f"downloading {where} failed: {_first_line(exc)}; run again to resume") from exc
+    except Exception as exc:  # httpx errors (proxy, protocol) are not OSErrors
+        if exc.__class__.__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
+            raise ColragError(f"downloading {where} failed: {exc.__class__.__name__}: {_first_line(exc)}; run again to resume") from exc
+        raise
+    path = Path(path)
+    verify_snapshot(path)
+    return path
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def verify_snapshot(snapshot: Path) -> int:
+    """Re-hash every large-file (LFS) blob of a cached snapshot against its sha256; returns how many.
+
+    In the huggingface_hub cache, a snapshot file is a link to `blobs/<etag>`, and the
+    etag of an LFS file is its sha256: a blob damaged on disk or by a bad resume is
+    caught here, removed (so that the next run downloads it again), and reported.
+    """
+    checked = 0
+    for file in sorted(snapshot.rglob("*")):
+        if not file.is_file():
+            continue
+        blob = file.resolve()
+        if not _SHA256.match(blob.name):
+            continue  # a small git file: its etag is a git blob id, not a content hash
+        digest = sha256_file(blob)
+        if digest != blob.name:
+            blob.unlink(missing_ok=True)
+            file.unlink(missing_ok=True)
+            raise ColragError(
+                f"{file.relative_to(snapshot)} was downloaded corrupt (sha256 {digest[:12]}…, expected {blob.name[:12]}…); "
+                "it was removed: run the install again to download it anew"
+            )
+        checked += 1
+    return checked
+
+
+# -- installing ----------------------------------------------------------------------------
+
+
+@dataclass
+class InstallResult:
+    part: str
+    bundle: Path
+    status: str  # "installed" | "kept"
+    source: str | None
+    revision: str | None
+    files: int
+    bytes: int
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "bundle": str(self.bundle)}
+
+
+def _healthy(bundle: Path, part: str) -> dict | None:
+    try:
+        return load_manifest(bundle, part)
+    except BundleError:
+        return None
+
+
+def _result(part: str, bundle: Path, status: str, manifest: dict) -> InstallResult:
+    return InstallResult(
+        part=part,
+        bundle=bundle,
+        status=status,
+        source=manifest.get("source"),
+        revision=manifest.get("revision"),
+        files=len(manifest["files"]),
+        bytes=sum(int(f.get("size", 0)) for f in manifest["files"].values()),
+    )
+
+
+def _check_checkpoint_dir(path: Path, part: str) -> Path:
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise InputError(f"--{part}-from {path}: not a checkpoint folder (no config.json)")
+    return path
+
+
+def _export(part: str, src: Path, target: Path, *, quantize: str, share_vision_with: Path | None) -> dict:
+    if part == "retriever":
+        from .export.retriever import export_retriever
+
+        return export_retriever(src, target, quantize=quantize, force=True)
+    try:
+        from .export.generator import export_generator
+    except ImportError as exc:
+        raise ColragError(f"this colrag cannot export the generator yet ({_first_line(exc)}); install with --only retriever") from exc
+    return export_generator(src, target, share_vision_with=share_vision_with, quantize=quantize, force=True)
+
+
+def install(
+    models_dir: Path,
+    *,
+    only: str | None = None,
+    retriever_from: Path | None = None,
+    generator_from: Path | None = None,
+    quantize: str = "none",
+    force: bool = False,
+    reinstall: bool = False,
+) -> list[InstallResult]:
+    """Install the retriever and/or generator bundles into `models_dir`.
+
+    A part whose bundle already loads is kept unless `reinstall`. Checkpoints come from
+    `<part>_from` folders when given, else from the Hub (SPECS). `force` skips the disk
+    and memory refusal. Progress goes to stderr.
+    """
+    if only is not None and only not in PARTS:
+        raise InputError(f"unknown part {only!r}: choose {' or '.join(PARTS)}")
+    if quantize not in QUANTIZE_CHOICES:
+        raise InputError(f"unknown quantization {quantize!r}: choose {', '.join(QUANTIZE_CHOICES)}")
+    sources = {"retriever": retriever_from, "generator": generator_from}
+    for part, src in sources.items():
+        if src is not None and only is not None and part != only:
+            raise InputError(f"--{part}-from was given with --only {only}")
+    parts = [only] if only else list(PARTS)
+    models_dir = Path(models_dir).expanduser()
+    results: dict[str, InstallResult] = {}
+    todo: list[str] = []
+    for part in parts:
+        target = models_dir / part
+        manifest = None if reinstall else _healthy(target, part)
+        if manifest is not None:
+            _log(f"{part}: a bundle is already installed at {target} (pass --reinstall to replace it)")
+            results[part] = _result(part, target, "kept", manifest)
+        else:
+            todo.append(part)
+    if not todo:
+        return [results[p] for p in parts]
+
+    from .export import require_export_deps
+
+    require_export_deps()  # before gigabytes are downloaded for nothing
+    local = {part: _check_checkpoint_dir(sources[part], part) for part in todo if sources[part] is not None}
+    downloads = [SPECS[p] for p in todo if p not in local]
+    cache_dir = None
+    if downloads:
+        _require_hub()
+        cache_dir = hub_cache_dir()
+    check = check_resources([SPECS[p] for p in todo], downloads, models_dir, cache_dir if not hub_offline() else None)
+    for w in check.warnings:
+        _log(f"warning: {w}")
+    if check.problems:
+        if not force:
+            raise ColragError("; ".join(check.problems) + " (pass --force to try anyway)")
+        for p in check.problems:
+            _log(f"warning: {p} (going on: --force)")
+
+    checkpoints = dict(local)
+    for spec in downloads:  # download everything first: network trouble shows before the long exports
+        checkpoints[spec.part] = download(spec)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for part in todo:
+        target = models_dir / part
+        share = None
+        if part == "generator":
+            retriever = models_dir / "retriever"
+            if _healthy(retriever, "retriever") is not None:
+                share = retriever  # used only if its vision tower has the same weights (checked by hash)
+        if part == "retriever":
+            generator = _healthy(models_dir / "generator", "generator")
+            if generator is not None and generator.get("shared_vision") and "generator" not in todo:
+                _log("warning: the installed generator shares this retriever's vision graph: reinstall it too (--reinstall --only generator)")
+        _log(f"{part}: exporting {checkpoints[part]} to {target} (quantize: {quantize})")
+        manifest = _export(part, checkpoints[part], target, quantize=quantize, share_vision_with=share)
+        results[part] = _result(part, target, "installed", manifest)
+    return [results[p] for p in parts]
