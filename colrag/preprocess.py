@@ -1,18 +1,14 @@
 """The Qwen2-VL image processor, ported to numpy + Pillow.
 
-Reference: the processor a checkpoint's `AutoProcessor` / `Qwen2VLProcessor` builds in
-transformers 5.x, which is the torchvision-backed `Qwen2VLImageProcessor` (the
-processor cannot even be built without torchvision: its video processor needs it).
-`Qwen2VLImageProcessorPil`, used only by `AutoImageProcessor` when torchvision is
-missing, resizes with PIL's 22-bit fixed-point bicubic instead of torch's int16 one:
-about 0.5% of the uint8 pixels differ by 1-2 levels, i.e. up to 0.030 (max abs) in
-`pixel_values` against the torchvision path. We match the torchvision path bit for bit
-(`resize_bicubic`): measured max abs diff 0.0 on pages, slides, 3000x60 and 20x20
-images at both pixel caps.
+Reference: transformers' `Qwen2VLImageProcessorPil`, i.e. the PIL-based processor that
+colpali-engine trained ColQwen2 with (transformers 4.x's Qwen2VLImageProcessor) and that
+transformers 5 still uses where torchvision is absent. transformers 5 with torchvision
+resizes with torch's int16 bicubic instead: about 0.5% of uint8 pixels then differ by
+1-2 levels (up to 0.030 in pixel_values). We follow the PIL path, bit for bit.
 
 Steps: RGB (alpha composited on white), smart_resize to multiples of 28 inside the
-pixel caps, antialiased bicubic on uint8, (x - 255*mean) / (255*std) in float32, the
-frame duplicated along time, and the patch layout the vision tower expects.
+pixel caps, PIL BICUBIC on uint8, (x - 255*mean) / (255*std) in float32, the frame
+duplicated along time, and the patch layout the vision tower expects.
 """
 
 from __future__ import annotations
@@ -126,10 +122,14 @@ def to_rgb(image):
 def preprocess_image(image, config: ImageProcessorConfig | None = None, *, min_pixels: int | None = None, max_pixels: int | None = None) -> PreprocessedImage:
     """One PIL image → pixel_values (gh*gw, 1176) float32, grid_thw (1, gh, gw), n_tokens gh*gw/4."""
     cfg = config or ImageProcessorConfig()
-    pixels = np.asarray(to_rgb(image))  # (H, W, 3) uint8
+    from PIL import Image
+
+    image = to_rgb(image)
     factor = cfg.patch_size * cfg.merge_size
-    h, w = smart_resize(pixels.shape[0], pixels.shape[1], factor, min_pixels or cfg.min_pixels, max_pixels or cfg.max_pixels)
-    pixels = resize_bicubic(pixels, h, w)
+    h, w = smart_resize(image.height, image.width, factor, min_pixels or cfg.min_pixels, max_pixels or cfg.max_pixels)
+    if (w, h) != image.size:
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
+    pixels = np.asarray(image)  # (H, W, 3) uint8
     # transformers fuses rescale into normalise: (x - mean/rescale) / (std/rescale), float32.
     inv_rescale = np.float32(255.0)
     mean = np.asarray(cfg.image_mean, np.float32) * inv_rescale
@@ -137,87 +137,6 @@ def preprocess_image(image, config: ImageProcessorConfig | None = None, *, min_p
     normed = (pixels.astype(np.float32) - mean) / std  # (H, W, 3)
     pv, gh, gw = _patchify(normed.transpose(2, 0, 1), cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
     return PreprocessedImage(pv, np.array([1, gh, gw], dtype=np.int64), gh * gw // (cfg.merge_size**2))
-
-
-def _cubic(x: np.ndarray) -> np.ndarray:
-    """Keys' cubic convolution kernel with a = -0.5 (PIL's and torch's antialiased bicubic)."""
-    a = -0.5
-    x = np.abs(x)
-    near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
-
-
-def _int16_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Taps of torch's uint8 antialiased bicubic resize along one axis.
-
-    Mirrors `_compute_indices_min_size_weights_aa` + `_compute_index_ranges_int16_weights`
-    (aten/src/ATen/native/cpu/UpSampleKernel.cpp): float64 weights normalised per output
-    pixel, then scaled to int16 with the largest precision that keeps the biggest weight
-    below 2**15. Returns indices (out, K) clipped into range, int32 weights (out, K) (0 past
-    each pixel's support) and the precision in bits.
-    """
-    scale = in_size / out_size
-    support = 2.0 * scale if scale >= 1.0 else 2.0
-    invscale = 1.0 / scale if scale >= 1.0 else 1.0
-    k = int(math.ceil(support)) * 2 + 1
-    center = scale * (np.arange(out_size, dtype=np.float64) + 0.5)
-    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C++ casts truncate toward 0
-    xsize = np.clip(np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin, 0, k)
-    taps = np.arange(k)
-    w = _cubic((taps[None, :] + xmin[:, None] - center[:, None] + 0.5) * invscale)
-    w = np.where(taps[None, :] < xsize[:, None], w, 0.0)
-    total = w.sum(axis=1, keepdims=True)
-    w = np.divide(w, total, out=np.zeros_like(w), where=total != 0)
-    wt_max = w.max()
-    precision = 0
-    while precision < 22 and int(0.5 + wt_max * (1 << (precision + 1))) < (1 << 15):
-        precision += 1
-    v = w * (1 << precision)
-    w16 = np.where(v < 0, np.trunc(v - 0.5), np.trunc(v + 0.5)).astype(np.int32)
-    idx = np.minimum(xmin[:, None] + taps[None, :], in_size - 1)
-    return idx, w16, precision
-
-
-def _resample_rows(src: np.ndarray, idx: np.ndarray, w16: np.ndarray, precision: int) -> np.ndarray:
-    """One separable pass along axis 0 of (n, ..., C) uint8: exact integer maths, rounded, clamped."""
-    acc = np.full((idx.shape[0], *src.shape[1:]), 1 << (precision - 1), dtype=np.int32)
-    extra = (1,) * (src.ndim - 1)
-    for tap in range(idx.shape[1]):
-        acc += w16[:, tap].reshape(-1, *extra) * src[idx[:, tap]]
-    acc >>= precision
-    return np.clip(acc, 0, 255).astype(np.uint8)
-
-
-def resize_bicubic(pixels: np.ndarray, height: int, width: int, *, band: int = 64) -> np.ndarray:
-    """(H, W, C) uint8 → (height, width, C) uint8, bit-exact with torch's CPU uint8 resize.
-
-    That is `torchvision.transforms.v2.functional.resize(uint8, BICUBIC, antialias=True)`
-    on CPU (its AVX2/NEON kernels and the generic fallback all use these int16 weights):
-    horizontal pass, then vertical pass, each rounded to uint8. Output rows are made in
-    bands, so the extra memory is O(band x output width), not the full intermediate.
-    """
-    in_h, in_w = pixels.shape[:2]
-    if (in_h, in_w) == (height, width):
-        return pixels.copy()
-    horiz = _int16_weights(in_w, width) if in_w != width else None
-    if in_h == height:
-        return _horizontal(pixels, horiz)
-    v_idx, v_w, v_prec = _int16_weights(in_h, height)
-    out = np.empty((height, width, pixels.shape[2]), dtype=np.uint8)
-    for start in range(0, height, band):
-        stop = min(start + band, height)
-        lo, hi = int(v_idx[start:stop].min()), int(v_idx[start:stop].max()) + 1
-        rows = pixels[lo:hi] if horiz is None else _horizontal(pixels[lo:hi], horiz)
-        out[start:stop] = _resample_rows(rows, v_idx[start:stop] - lo, v_w[start:stop], v_prec)
-    return out
-
-
-def _horizontal(rows: np.ndarray, horiz) -> np.ndarray:
-    if horiz is None:
-        return rows
-    idx, w16, precision = horiz
-    return _resample_rows(rows.swapaxes(0, 1), idx, w16, precision).swapaxes(0, 1)
 
 
 def _patchify(image: np.ndarray, patch: int, merge: int, temporal: int) -> tuple[np.ndarray, int, int]:
