@@ -15,6 +15,7 @@ estimates below; `force=True` skips that refusal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -431,6 +432,7 @@ def install(
             if generator is not None and generator.get("shared_vision") and "generator" not in todo:
                 _log("warning: the installed generator shares this retriever's vision graph: reinstall it too (--reinstall --only generator)")
         _log(f"{part}: exporting {checkpoints[part]} to {target} (quantize: {quantize})")
-        manifest = _export(part, checkpoints[part], target, quantize=quantize, share_vision_with=share)
+        with contextlib.redirect_stdout(sys.stderr):  # torch.onnx prints its progress: keep stdout for results
+            manifest = _export(part, checkpoints[part], target, quantize=quantize, share_vision_with=share)
         results[part] = _result(part, target, "installed", manifest)
     return [results[p] for p in parts]
