@@ -146,20 +146,3 @@ def test_chat_template_is_the_checkpoint_file(tokenizers_pair, tokenizer_dir):
 
     _, tok = tokenizers_pair
     assert tok.chat_template == json.loads((tokenizer_dir / "chat_template.json").read_text())["chat_template"]
-
-
-@pytest.mark.parametrize("n_images", [0, 1, 2])
-def test_chat_prompt_equals_qwen2vl_processor(tokenizers_pair, tokenizer_dir, n_images):
-    """Qwen2VLProcessor end to end: template, images, pad expansion (needs torchvision to be built)."""
-    pytest.importorskip("torchvision")
-    from PIL import Image
-    from transformers import AutoProcessor
-
-    ours, _ = tokenizers_pair
-    processor = AutoProcessor.from_pretrained(tokenizer_dir)
-    images = [Image.new("RGB", size, (30, 60, 90)) for size in [(640, 480), (300, 900)][:n_images]]
-    content = [{"type": "image"}] * n_images + [{"type": "text", "text": "この表の合計は？"}]
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
-    batch = processor(text=[text], images=images or None, return_tensors="np")
-    counts = [int(g.prod()) // 4 for g in batch["image_grid_thw"]] if n_images else []
-    assert chat_prompt_ids(ours, "この表の合計は？", counts) == batch["input_ids"][0].tolist()
