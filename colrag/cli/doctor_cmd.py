@@ -1,0 +1,38 @@
+"""`colrag doctor`: check the installation, one line per check; exit 1 if any check FAILs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import app
+from .models_cmd import MODELS_DIR_OPTION
+
+
+@app.command("doctor")
+def doctor_cmd(
+    index: Optional[str] = typer.Option(
+        None, "--index", envvar="COLRAG_INDEX",
+        help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
+    ),
+    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    full: bool = typer.Option(False, "--full", help="Also re-hash every bundle file (sha256) and read every index vector: slower."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+) -> None:
+    """Check Python, the libraries, the model bundles, the index and free disk: ok / warn / FAIL, each with a fix."""
+    from ..doctor import FAIL, as_dicts, run_checks
+
+    checks = run_checks(models_dir=models_dir, index=index, full=full)
+    if as_json:
+        typer.echo(json.dumps(as_dicts(checks), indent=2))
+    else:
+        for check in checks:
+            typer.echo(check.line())
+    failed = [c for c in checks if c.status == FAIL]
+    if failed:
+        if not as_json:
+            typer.echo(f"{len(failed)} check(s) failed: {', '.join(c.name for c in failed)}", err=True)
+        raise typer.Exit(1)
