@@ -44,7 +44,6 @@ from .common import (
     CONFIG_FILES,
     TOKENIZER_FILES,
     copy_checkpoint_files,
-    export_graph,
     max_abs_diff,
     read_source_identity,
     save_embedding_table,
@@ -54,6 +53,37 @@ from .common import (
 EXPORT_GRID = (1, 16, 12)
 CHECK_GRID = (1, 10, 22)
 TOLERANCE = 1e-4
+
+
+def export_graph(module, args: tuple, path: Path, *, input_names, output_names, dynamic_shapes, opset: int = 18) -> float:
+    """colrag.export.common.export_graph, plus releasing the weights from the in-memory ONNX model.
+
+    onnxscript's rewriter keeps its last pattern match in module-level rule objects,
+    which keeps the last optimised ONNX IR graph alive, and with it every weight of
+    the exported module (the IR initializers wrap the torch tensors): at full size
+    that is the whole decoder, still resident when onnxruntime and the quantizer run.
+    Dropping the initializers' tensors after saving lets `del model` free them.
+    """
+    import torch
+
+    start = time.perf_counter()
+    module.eval()
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module, args, dynamo=True, input_names=list(input_names), output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes, opset_version=opset, external_data=True, optimize=True, verify=False,
+        )
+    program.save(str(path), external_data=True)
+    graph = program.model.graph
+    values = set(graph.initializers.values()) | set(graph.inputs) | set(getattr(graph.inputs, "_ref_counter", ()))
+    for node in graph:
+        values.update(v for v in node.inputs if v is not None)
+    for value in values:
+        value.const_value = None
+    graph.initializers.clear()
+    del program, graph, values
+    gc.collect()
+    return time.perf_counter() - start
 
 
 def _log(msg: str) -> None:
@@ -68,28 +98,41 @@ def present_names(num_layers: int) -> list[str]:
     return [f"present_{kv}_{i}" for i in range(num_layers) for kv in ("key", "value")]
 
 
+_DECODER_CLASS = None
+
+
+def _decoder_class():
+    """The decoder wrapper class, defined once and without closures: torch.export keeps
+    references to the classes it traces, and a closure over the model would keep the
+    whole model alive for the rest of the export (several GB at full size)."""
+    global _DECODER_CLASS
+    if _DECODER_CLASS is None:
+        from torch import nn
+
+        from .modules import TextModel
+
+        class Decoder(nn.Module):
+            def __init__(self, language_model, lm_head):
+                super().__init__()
+                self.text = TextModel(language_model, with_cache=True)
+                self.lm_head = lm_head
+
+            def forward(self, inputs_embeds, position_ids, attention_mask, *past):
+                hidden, *present = self.text(inputs_embeds, position_ids, attention_mask, *past)  # (B, S, H)
+                logits = self.lm_head(hidden[:, -1:, :])  # (B, 1, vocab)
+                return (logits, *present)
+
+        _DECODER_CLASS = Decoder
+    return _DECODER_CLASS
+
+
 def _decoder_module(language_model, lm_head):
     """TextModel with a KV cache, plus lm_head on the last position.
 
     The caller has removed the embedding table from `language_model` (it is saved as
     embed_tokens.npy), so even a tied lm_head weight enters the graph once, as lm_head.
     """
-    from torch import nn
-
-    from .modules import TextModel
-
-    class Decoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.text = TextModel(language_model, with_cache=True)
-            self.lm_head = lm_head
-
-        def forward(self, inputs_embeds, position_ids, attention_mask, *past):
-            hidden, *present = self.text(inputs_embeds, position_ids, attention_mask, *past)  # (B, S, H)
-            logits = self.lm_head(hidden[:, -1:, :])  # (B, 1, vocab)
-            return (logits, *present)
-
-    return Decoder().eval()
+    return _decoder_class()(language_model, lm_head).eval()
 
 
 def _vision_inputs(grid_thw, seed: int):
