@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sqlite3
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,6 +138,8 @@ def check_index(path: Path, retriever_manifest: dict | None, *, full: bool) -> C
         with Index.open(path) as index:
             stats = index.stats()
             report = index.check(vectors=full)
+    except sqlite3.DatabaseError as exc:  # a damaged catalog file
+        return Check("index", FAIL, f"{path}: the catalog cannot be read ({_first_line(exc)})", f"rebuild it: colrag index DIR --index {path}")
     except ColragError as exc:
         if not (path / "manifest.json").is_file():
             return Check("index", FAIL, str(exc), "give --index the name or folder of an existing index")

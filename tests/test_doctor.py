@@ -135,3 +135,15 @@ def test_low_disk_warns(home, monkeypatch):
     monkeypatch.setattr(install, "free_bytes", lambda p: 10**8)
     check = {c.name: c for c in run_checks()}["disk"]
     assert check.status == WARN and "0.1 GB free" in check.detail and check.fix
+
+
+def test_unreadable_catalog_fails_with_a_rebuild_hint(home, tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 1, "a")
+    path = home / "indexes" / "default"
+    _build_index(path, docs, FakeRetriever())
+    for file in path.iterdir():
+        if file.name.startswith("catalog"):
+            file.write_bytes(b"not a database" * 100)
+    check = {c.name: c for c in run_checks()}["index"]
+    assert check.status == FAIL and "cannot be read" in check.detail and "colrag index DIR" in check.fix
