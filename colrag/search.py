@@ -1,13 +1,18 @@
 """Search: embed the query, gather candidate pages, rerank them by exact MaxSim.
 
 Candidate stage (parameters explained in docs/INDEX_FORMAT.md):
-  - an index with at most EXACT_ALL_PAGES visible pages: every page is a candidate,
-    so results equal brute-force MaxSim over the whole index exactly;
-  - a larger one: the FAISS token index (colrag.store.ann) returns, for each query
-    token, its TOKEN_HITS nearest page tokens; their pages form the candidate set,
-    grown (TOKEN_HITS doubled) until it holds at least max(MIN_CANDIDATES,
-    10 * top_k) pages, and cut to the MAX_RERANK best by their partial MaxSim.
-Rerank: colrag.scoring.maxsim over the stored fp16 vectors (as float32).
+  - an index with at most EXACT_ALL_PAGES visible pages, or without centroids yet
+    (colrag.store.codebook): every page is a candidate, so results equal brute-force
+    MaxSim over the whole index exactly;
+  - a larger one (PLAID-style centroid interaction): each query token picks its NPROBE
+    best centroids; a page on the inverted list (colrag.store.ann) of a probed centroid
+    gets, for that query token, the best such centroid's score (0 when none of its
+    centroids was probed); the sum over query tokens ranks the pages, and the best
+    CANDIDATES of them are reranked.
+Rerank: colrag.scoring.maxsim over the candidates' stored int8 rows, dequantized as
+Index.page_vectors does: every returned score is the exact MaxSim over the stored vectors
+(bit for bit when every page is scored; to float rounding, ~1e-7 relative, otherwise, as
+BLAS may sum a product in another order for another set of pages).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from .store import ann
 from .store.catalog import PageRecord
 from .store.index import Index, Snapshot
 
-EXACT_ALL_PAGES = 2000
-TOKEN_HITS = 256
-MIN_CANDIDATES = 100
-MAX_RERANK = 2000
+EXACT_ALL_PAGES = 500
+NPROBE = 8
+CANDIDATES = 128
+MAX_STALE_PAGES = 2000  # pages missing from a stale inverted file before a reader rebuilds it in memory
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,17 @@ class Hit:
         return asdict(self)
 
 
+@dataclass
+class _View:
+    """What one catalog generation needs for search, computed once per generation."""
+
+    snap: Snapshot
+    ivf: ann.CentroidIvf | None = None
+    ivf_pages: list[PageRecord | None] | None = None  # page of each inverted-file position (None: removed since)
+    live: np.ndarray | None = None  # (n_positions,) bool: the position's page is still visible
+    uncovered: list[PageRecord] | None = None  # visible pages the inverted file does not know (added since)
+
+
 class Searcher:
     def __init__(
         self,
@@ -45,17 +61,15 @@ class Searcher:
         retriever,
         *,
         exact_all_pages: int = EXACT_ALL_PAGES,
-        token_hits: int = TOKEN_HITS,
-        min_candidates: int = MIN_CANDIDATES,
-        max_rerank: int = MAX_RERANK,
+        nprobe: int = NPROBE,
+        candidates: int = CANDIDATES,
     ):
         self.index = index
         self.retriever = retriever
         self.exact_all_pages = exact_all_pages
-        self.token_hits = token_hits
-        self.min_candidates = min_candidates
-        self.max_rerank = max_rerank
-        self._ann: ann.TokenAnn | None = None
+        self.nprobe = nprobe
+        self.n_candidates = candidates
+        self._view: _View | None = None
 
     def search(self, query: str, top_k: int = 5) -> list[Hit]:
         if not query.strip():
@@ -66,42 +80,79 @@ class Searcher:
     def search_vectors(self, q: np.ndarray, top_k: int = 5) -> list[Hit]:
         if top_k < 1:
             raise InputError("--top-k must be at least 1")
-        snap = self.index.snapshot()
+        view = self._current_view()
+        snap = view.snap
         if not snap.pages:
             raise IndexStoreError(f"index {self.index.path} has no pages yet: run `colrag index DIR` first")
         q = np.asarray(q, dtype=np.float32)  # (n_q, dim)
-        pages = self.candidates(q, snap, top_k)
+        pages = self.candidates(q, top_k)
         scores = maxsim([q], [self.index.page_vectors(snap, p) for p in pages])[0]  # (n_candidates,)
         order = sorted(range(len(pages)), key=lambda i: (-scores[i], pages[i].path, pages[i].page_no))
         return [Hit(pages[i].path, pages[i].page_no, float(scores[i])) for i in order[:top_k]]
 
-    def candidates(self, q: np.ndarray, snap: Snapshot, top_k: int) -> list[PageRecord]:
-        if len(snap.pages) <= self.exact_all_pages:
-            return snap.pages
-        if self._ann is None or self._ann.generation != snap.generation:
-            # a writer saves the refreshed cache; a reader only extends it in memory
-            self._ann = ann.ensure(self.index, snap, save_to_disk=self.index.writable)
+    def _current_view(self) -> _View:
+        gen = self.index.generation()
+        if self._view is None or self._view.snap.generation != gen:
+            self._view = _View(self.index.snapshot())
+        return self._view
+
+    def _centroid_view(self, view: _View) -> None:
+        """Attach the inverted file: the cache (current or stale), or one built in memory."""
+        snap = view.snap
+        ivf = ann.load(self.index)
         by_id = {p.id: p for p in snap.pages}
-        want = min(len(by_id), max(self.min_candidates, 10 * top_k))
-        k = self.token_hits
-        while True:
-            scores, page_ids = self._ann.search(q, k)  # (n_q, k) each
-            partial = _partial_maxsim(scores, page_ids, by_id)
-            if len(partial) >= want or k >= self._ann.index.ntotal:
-                break
-            k *= 2
-        best = sorted(partial, key=lambda pid: -partial[pid])[: max(want, self.max_rerank)]
-        return [by_id[pid] for pid in best]
+        if ivf is not None and ivf.generation != snap.generation:
+            known = set(ivf.page_ids.tolist())
+            if sum(p.id not in known for p in snap.pages) > MAX_STALE_PAGES:
+                ivf = None
+        if ivf is None:
+            # a writer saves what it builds; a reader keeps it in memory for this process
+            ivf = ann.ensure(self.index, snap, save_to_disk=self.index.writable)
+        view.ivf = ivf
+        view.ivf_pages = [by_id.get(i) for i in ivf.page_ids.tolist()]
+        view.live = np.fromiter((p is not None for p in view.ivf_pages), dtype=bool, count=len(view.ivf_pages))
+        known = set(ivf.page_ids.tolist())
+        view.uncovered = [p for p in snap.pages if p.id not in known]
+
+    def candidates(self, q: np.ndarray, top_k: int) -> list[PageRecord]:
+        view = self._current_view()
+        snap = view.snap
+        if len(snap.pages) <= max(self.exact_all_pages, top_k) or snap.codebook is None:
+            return snap.pages
+        if view.ivf is None:
+            self._centroid_view(view)
+        book = self.index.codebook(snap)
+        scores = centroid_scores(q, book.fine, view.ivf, self.nprobe)  # (n_positions,)
+        live = view.live
+        scores[~live] = -np.inf
+        want = min(int(live.sum()), max(self.n_candidates, top_k))
+        best = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
+        best = best[np.isfinite(scores[best])]
+        return [view.ivf_pages[i] for i in best] + view.uncovered
 
 
-def _partial_maxsim(scores: np.ndarray, page_ids: np.ndarray, live: dict) -> dict[int, float]:
-    """Per candidate page: sum over query tokens of the best hit seen in that page (a lower bound of MaxSim)."""
-    best: dict[int, float] = {}
-    for row_scores, row_pages in zip(scores, page_ids):
-        seen: dict[int, float] = {}
-        for s, pid in zip(row_scores.tolist(), row_pages.tolist()):
-            if pid >= 0 and pid in live and pid not in seen:
-                seen[pid] = s  # hits come best first
-        for pid, s in seen.items():
-            best[pid] = best.get(pid, 0.0) + s
-    return best
+def centroid_scores(q: np.ndarray, centroids: np.ndarray, ivf: ann.CentroidIvf, nprobe: int) -> np.ndarray:
+    """Approximate MaxSim of every inverted-file page: sum over query tokens of the best score
+    among the token's `nprobe` best centroids that the page holds (0 when it holds none)."""
+    sim = q @ centroids.T  # (n_q, n_centroids)
+    n_q = len(q)
+    nprobe = min(nprobe, sim.shape[1])
+    probe = np.argpartition(-sim, nprobe - 1, axis=1)[:, :nprobe]  # (n_q, nprobe) unordered
+    probe_sim = np.take_along_axis(sim, probe, axis=1)  # (n_q, nprobe)
+    rank = np.argsort(-probe_sim, axis=1)
+    probe = np.take_along_axis(probe, rank, axis=1)  # (n_q, nprobe) best first
+    probe_sim = np.take_along_axis(probe_sim, rank, axis=1)
+    best = np.zeros((len(ivf.page_ids), n_q), dtype=np.float32)  # (n_pages, n_q)
+    flat = best.reshape(-1)
+    offsets, entries = ivf.offsets, ivf.entries
+    # worst probe first: a better centroid of the same (page, token) overwrites it
+    for r in range(nprobe - 1, -1, -1):
+        cs = probe[:, r]
+        lists = [entries[offsets[c] : offsets[c + 1]] for c in cs]
+        sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=n_q)
+        if not sizes.sum():
+            continue
+        pos = np.concatenate(lists).astype(np.int64)  # (sum sizes,)
+        tok = np.repeat(np.arange(n_q), sizes)
+        flat[pos * n_q + tok] = np.repeat(probe_sim[:, r], sizes)
+    return best.sum(axis=1)  # (n_pages,)

@@ -4,8 +4,9 @@ The fake has the Retriever API (embed_images, embed_queries, dim, max_pixels,
 bundle_id, name) and is cheap: a page becomes a grid of cells, each cell's
 downsampled pixels projected by a seeded random matrix onto the unit sphere.
 
-`python -m tests.index_helpers INDEX PATH... [--slow S]` indexes with the fake,
-printing one line per page on stdout (the crash test kills it mid-run).
+`python -m tests.index_helpers INDEX PATH... [--slow S] [--codebook-rows N]` indexes with
+the fake, printing one line per page on stdout (the crash tests kill it mid-run);
+--codebook-rows lowers the size at which the index trains its centroids.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ class FakeRetriever:
         return out
 
 
+def clustered_rows(n: int, seed: int, n_dirs: int = 64, noise: float = 0.08, dim: int = 128) -> np.ndarray:
+    """(n, dim) unit rows around a few of `n_dirs` shared directions (fixed by dim), like a page's tokens."""
+    dirs = _unit(np.random.default_rng(12345).standard_normal((n_dirs, dim)))
+    rng = np.random.default_rng(seed)
+    mine = rng.choice(n_dirs, size=min(n_dirs, 6), replace=False)
+    return _unit(dirs[rng.choice(mine, size=n)] + noise * rng.standard_normal((n, dim)).astype(np.float32))
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
@@ -105,10 +114,16 @@ def main(argv: list[str]) -> int:
     from colrag.indexer import Indexer
     from colrag.store import Index, RetrieverInfo
 
+    from colrag.store import codebook
+
     slow = 0.0
     if "--slow" in argv:
         i = argv.index("--slow")
         slow = float(argv[i + 1])
+        del argv[i : i + 2]
+    if "--codebook-rows" in argv:
+        i = argv.index("--codebook-rows")
+        codebook.CODEBOOK_MIN_ROWS = int(argv[i + 1])
         del argv[i : i + 2]
     index_path, *paths = argv
     retriever = FakeRetriever(slow=slow)

@@ -1,4 +1,5 @@
-"""Search equals brute-force MaxSim; the FAISS candidate stage keeps the top pages."""
+"""Search equals brute-force MaxSim over the stored (int8, dequantized) vectors; the centroid
+candidate stage keeps the top pages."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from colrag.indexer import Indexer
 from colrag.scoring import maxsim
 from colrag.search import Searcher
 from colrag.store import Index, RetrieverInfo
-from tests.index_helpers import FakeRetriever, make_pdf
+from colrag.store import ann
+from colrag.store import codebook as cb
+from tests.index_helpers import FakeRetriever, clustered_rows, make_pdf
 
 QUERIES = ["revenue by region", "chart of energy use", "page 2", "a blue box", "zz"]
 
@@ -21,8 +24,14 @@ def small_index(tmp_path_factory):
     for i in range(6):
         make_pdf(root / "docs" / f"doc{i}.pdf", 4, f"doc{i}")
     retriever = FakeRetriever()
-    with Index.open_writer(root / "ix", RetrieverInfo.of(retriever)) as index:
-        report = Indexer(index, retriever).run([root / "docs"])
+    saved = cb.CODEBOOK_MIN_ROWS
+    cb.CODEBOOK_MIN_ROWS = 200  # centroids after a few pages, so the candidate stage can be forced
+    try:
+        with Index.open_writer(root / "ix", RetrieverInfo.of(retriever)) as index:
+            report = Indexer(index, retriever, ann_min_pages=0).run([root / "docs"])
+            assert index.snapshot().codebook is not None and ann.load(index) is not None
+    finally:
+        cb.CODEBOOK_MIN_ROWS = saved
     assert report.ok and report.pages == 24
     return root / "ix", retriever
 
@@ -45,15 +54,52 @@ def test_search_equals_brute_force(small_index, query):
 
 
 @pytest.mark.parametrize("query", QUERIES)
-def test_faiss_candidates_keep_the_top_pages(small_index, query):
+def test_centroid_stage_reranks_exactly(small_index, query):
+    """The fake's queries are random vectors, near-tied against every page (no test of recall:
+    see the clustered test below): candidates are reranked by exact MaxSim."""
     path, retriever = small_index
     with Index.open(path) as index:
-        # force the FAISS path on a small index, with few token hits per query token
-        searcher = Searcher(index, retriever, exact_all_pages=0, token_hits=4, min_candidates=8, max_rerank=8)
+        expected = brute_force(index, retriever, query)
+        exact = {(f, p): s for f, p, s in expected}
+        everything = Searcher(index, retriever, exact_all_pages=0, nprobe=4, candidates=24).search(query, top_k=24)
+        assert [(h.file, h.page) for h in everything] == [(f, p) for f, p, _ in expected]
+        searcher = Searcher(index, retriever, exact_all_pages=0, nprobe=4, candidates=8)
+        assert len(searcher.candidates(retriever.embed_queries([query])[0], 3)) == 8
         hits = searcher.search(query, top_k=3)
-        expected = brute_force(index, retriever, query)[:3]
-    assert [(h.file, h.page) for h in hits] == [(f, p) for f, p, _ in expected]
-    assert [h.score for h in hits] == pytest.approx([s for _, _, s in expected], abs=0)
+    for h in hits:
+        assert h.score == pytest.approx(exact[(h.file, h.page)], rel=1e-6)
+
+
+def test_centroid_stage_recall_on_clustered_pages(tmp_path, monkeypatch):
+    """Pages of clustered tokens, queries made of one page's noisy tokens: the candidate stage
+    returns the exact top 5 (scores equal to brute force) for nearly every query."""
+    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 24000)  # trained on all 300 pages: 1,024 centroids
+    retriever = FakeRetriever()
+    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
+        for d in range(10):
+            doc = index.begin_document(f"/d{d}.pdf", 1, 1, f"s{d}", 30)
+            index.add_pages(doc, [(i + 1, 10, 10, clustered_rows(80, seed=d * 100 + i, n_dirs=256)) for i in range(30)])
+            index.finish_document(doc)
+        ann.ensure(index, index.snapshot(), save_to_disk=True)
+    rng = np.random.default_rng(0)
+    with Index.open(tmp_path / "ix") as index:
+        snap = index.snapshot()
+        searcher = Searcher(index, retriever, exact_all_pages=0, nprobe=8, candidates=30)
+        found = 0
+        for n in range(20):
+            page = snap.pages[rng.integers(len(snap.pages))]
+            rows = index.page_vectors(snap, page)[rng.choice(page.n_tokens, 20, replace=False)]
+            q = rows + 0.05 * rng.standard_normal(rows.shape).astype(np.float32)
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            hits = searcher.search_vectors(q, top_k=5)
+            assert (hits[0].file, hits[0].page) == (page.path, page.page_no)
+            exact = maxsim([q], [index.page_vectors(snap, p) for p in snap.pages])[0]
+            top = {(snap.pages[i].path, snap.pages[i].page_no): exact[i] for i in np.argsort(-exact)[:5]}
+            for h in hits:  # a page found has its exact score
+                if (h.file, h.page) in top:
+                    found += 1
+                    assert h.score == pytest.approx(top[(h.file, h.page)], rel=1e-6)
+        assert found >= 0.95 * 100  # recall@5
 
 
 def test_each_page_finds_itself(small_index):
@@ -61,7 +107,7 @@ def test_each_page_finds_itself(small_index):
     path, retriever = small_index
     with Index.open(path) as index:
         snap = index.snapshot()
-        searcher = Searcher(index, retriever, exact_all_pages=0, token_hits=2, min_candidates=1, max_rerank=5)
+        searcher = Searcher(index, retriever, exact_all_pages=0, nprobe=2, candidates=5)
         for page in snap.pages[::5]:
             q = np.asarray(index.page_vectors(snap, page), dtype=np.float32)
             (best,) = searcher.search_vectors(q, top_k=1)
@@ -78,9 +124,8 @@ def test_empty_index_and_bad_arguments(tmp_path):
             Searcher(index, retriever).search("   ")
 
 
-def test_indexer_keeps_the_faiss_cache_current(tmp_path):
-    from colrag.store import ann
-
+def test_indexer_keeps_the_centroid_cache_current(tmp_path, monkeypatch):
+    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 50)
     retriever = FakeRetriever()
     docs = tmp_path / "docs"
     make_pdf(docs / "a.pdf", 3, "a")
@@ -92,9 +137,31 @@ def test_indexer_keeps_the_faiss_cache_current(tmp_path):
         Indexer(index, retriever, ann_min_pages=0).run([docs])
         cached = ann.load(index)
         snap = index.snapshot()
-        assert cached.generation == snap.generation and set(cached.token_pages.tolist()) == {p.id for p in snap.pages}
-        Indexer(index, retriever).run([docs])  # small again by the default threshold: no cache kept
-        assert ann.load(index) is None
+        assert cached.generation == snap.generation and set(cached.page_ids.tolist()) == {p.id for p in snap.pages}
     with Index.open(tmp_path / "ix") as index:
-        hits = Searcher(index, retriever, exact_all_pages=0, min_candidates=2).search("b page 2", top_k=5)
+        hits = Searcher(index, retriever, exact_all_pages=0, candidates=2).search("b page 2", top_k=5)
         assert [(h.file, h.page) for h in hits] == [(h.file, h.page) for h in Searcher(index, retriever).search("b page 2", top_k=5)]
+    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
+        Indexer(index, retriever).run([docs])  # small by the default threshold: no cache kept
+        assert ann.load(index) is None
+
+
+def test_reader_with_a_stale_cache_sees_new_and_removed_pages(tmp_path, monkeypatch):
+    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 500)
+    retriever = FakeRetriever()
+    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
+        for d in range(4):
+            doc = index.begin_document(f"/d{d}.pdf", 1, 1, f"s{d}", 5)
+            index.add_pages(doc, [(i + 1, 10, 10, clustered_rows(60, seed=d * 10 + i, n_dirs=32)) for i in range(5)])
+            index.finish_document(doc)
+        ann.ensure(index, index.snapshot(), save_to_disk=True)
+        new = clustered_rows(60, seed=999, n_dirs=32)
+        doc = index.begin_document("/new.pdf", 1, 1, "n", 1)
+        index.add_pages(doc, [(1, 10, 10, new)])
+        index.finish_document(doc)
+        index.remove_documents(["/d0.pdf"])
+    with Index.open(tmp_path / "ix") as index:
+        searcher = Searcher(index, retriever, exact_all_pages=0, candidates=3)
+        hits = searcher.search_vectors(index.page_vectors(index.snapshot(), index.snapshot().pages[-1]), top_k=20)
+        assert (hits[0].file, hits[0].page) == ("/new.pdf", 1)
+        assert "/d0.pdf" not in {h.file for h in hits}

@@ -4,18 +4,21 @@ It is the single source of truth. A page's vectors exist for readers only once t
 transaction that records the page (and the segment's new committed length) has
 committed; bytes past a segment's committed length are garbage a crash left behind.
 
-Schema (SCHEMA_VERSION 1):
+Schema (SCHEMA_VERSION 2; version 1 held float16 vectors and is not read: re-index):
     documents(id, path, size, mtime_ns, sha256, n_pages, status, error, updated_at)
         status: 'indexing' (pages being added, invisible to search), 'done', 'failed'
         at most one 'done'/'failed' row and one 'indexing' row per path
     pages(id, doc_id, page_no (1-based), width, height, segment_id, row_offset, n_tokens)
     page_errors(doc_id, page_no, kind ('error'|'warning'), message)
     segments(id, name, committed_rows)
-    meta(key, value): 'generation' grows by one with every commit that changes pages
+    meta(key, value): 'generation' grows by one with every commit that changes pages;
+        'codebook' (JSON {"file", "coarse", "fine", "trained_on"}) once the index has centroids:
+        from that commit on, every segment's codes file covers its committed rows
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from ..errors import IndexStoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CATALOG_FILE = "catalog.sqlite"
 
 _SCHEMA = """
@@ -118,6 +121,8 @@ def init_schema(conn: sqlite3.Connection) -> None:
         )
     if version == SCHEMA_VERSION:
         return
+    if version != 0:
+        raise IndexStoreError(f"the catalog has the old schema version {version}: re-index your PDFs into a new --index")
     with transaction(conn):
         # executescript() would COMMIT on its own: run the statements one by one inside the transaction
         for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
@@ -133,7 +138,7 @@ def check_schema(conn: sqlite3.Connection) -> None:
             f"the catalog has schema version {version}; this colrag reads up to {SCHEMA_VERSION}: upgrade colrag"
         )
     if version < SCHEMA_VERSION:
-        raise IndexStoreError(f"the catalog has schema version {version}; run `colrag index` to upgrade it")
+        raise IndexStoreError(f"the catalog has the old schema version {version}: re-index your PDFs into a new --index")
 
 
 @contextmanager
@@ -166,6 +171,11 @@ def bump_generation(conn: sqlite3.Connection) -> int:
 def generation(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
     return int(row[0]) if row else 0
+
+
+def codebook_meta(conn: sqlite3.Connection) -> dict | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'codebook'").fetchone()
+    return json.loads(row[0]) if row else None
 
 
 def now() -> float:

@@ -1,11 +1,13 @@
-"""An index folder: manifest + SQLite catalog + fp16 vector segments + a FAISS cache.
+"""An index folder: manifest + SQLite catalog + int8 vector segments + centroid codes + a cache.
 
     indexes/<name>/
-        manifest.json        format, schema version, retriever identity, dims, render budget
-        catalog.sqlite       documents, pages, page errors, segments (WAL mode)
-        vectors/seg-*.f16    page token vectors, raw float16 rows, append-only
-        ann/                 FAISS candidate index (a cache, rebuildable from vectors/)
-        write.lock           held (fcntl) by the one process writing
+        manifest.json          format, schema version, retriever identity, dims, render budget
+        catalog.sqlite         documents, pages, page errors, segments, codebook (WAL mode)
+        vectors/seg-*.i8       page token vectors, int8 rows (unit norm implied), append-only
+        vectors/seg-*.codes    each row's centroid id (uint16), appended with the rows
+        vectors/codebook.npy   the centroids (written once, when the index reaches CODEBOOK_MIN_ROWS)
+        ann/                   centroid -> pages inverted file (a cache, rebuildable from the codes)
+        write.lock             held (fcntl) by the one process writing
 
 Readers (`Index.open`) never lock; a writer (`Index.open_writer`) holds write.lock.
 A page becomes visible to search when its document's status turns 'done', in the
@@ -27,9 +29,13 @@ from ..bundle import atomic_write_json
 from ..errors import IndexStoreError
 from ..render import RenderOptions
 from . import catalog as cat
+from . import codebook as cb
 from .catalog import Document, PageRecord, transaction
 from .lock import LOCK_FILE, WriterLock
-from .vectors import SEGMENTS_DIR, VECTOR_DTYPE, SegmentReader, SegmentWriter, segment_name, segment_number
+from .vectors import (
+    CODE_DTYPE, CODES_SUFFIX, SEGMENTS_DIR, VECTOR_DTYPE, SegmentReader, SegmentWriter, codes_name, dequantize, quantize,
+    segment_name, segment_number,
+)
 
 INDEX_FORMAT = "colrag-index"
 MANIFEST_FILE = "manifest.json"
@@ -58,6 +64,7 @@ class Snapshot:
     generation: int
     pages: list[PageRecord]  # ordered by (segment, row offset)
     segments: dict[int, tuple[str, int]]  # id -> (file name, committed rows)
+    codebook: dict | None = None  # meta 'codebook' ({"file", "coarse", "fine"}): every segment has codes
 
 
 @dataclass
@@ -80,7 +87,9 @@ def _manifest_for(info: RetrieverInfo, render: RenderOptions) -> dict[str, Any]:
         "dim": info.dim,
         "max_pixels": info.max_pixels,
         "render": render.as_dict(),
-        "vector_dtype": "float16",
+        "vector_dtype": "int8",
+        "vector_encoding": "int8 per row, max |x| -> 127, unit norm implied (x = q / ||q||)",
+        "code_dtype": "uint16",
     }
 
 
@@ -102,7 +111,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"index {path} has schema version {version!r}, newer than this colrag reads ({SCHEMA_VERSION}): upgrade colrag"
         )
     if version < SCHEMA_VERSION:
-        raise IndexStoreError(f"index {path} has the old schema version {version}; rebuild it into a new --index")
+        raise IndexStoreError(
+            f"index {path} has the old schema version {version} (float16 vectors); this colrag reads version "
+            f"{SCHEMA_VERSION} (int8 vectors + centroid codes): re-index your PDFs into a new --index "
+            "(or delete this folder and run `colrag index` again)"
+        )
     return manifest
 
 
@@ -129,6 +142,7 @@ class Index:
         self.reader = SegmentReader(path / SEGMENTS_DIR, self.dim)
         self._writer: SegmentWriter | None = None
         self._writer_segment_id: int | None = None
+        self._codebook: cb.Codebook | None = None
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -226,12 +240,43 @@ class Index:
                 f"SELECT {cat.PAGE_COLUMNS} FROM pages p JOIN documents d ON d.id = p.doc_id "
                 "WHERE d.status = 'done' ORDER BY p.segment_id, p.row_offset"
             ).fetchall()
-        return Snapshot(gen, [cat.to_page(r) for r in rows], segments)
+            book = cat.codebook_meta(self.conn)
+        return Snapshot(gen, [PageRecord(*r) for r in rows], segments, book)
 
-    def page_vectors(self, snap: Snapshot, page: PageRecord) -> np.ndarray:
-        """The page's (n_tokens, dim) float16 rows (a read-only memmap view)."""
+    def page_rows(self, snap: Snapshot, page: PageRecord) -> np.ndarray:
+        """The page's stored (n_tokens, dim) int8 rows (a read-only memmap view)."""
         name, rows = snap.segments[page.segment_id]
         return self.reader.rows(name, rows)[page.row_offset : page.row_offset + page.n_tokens]
+
+    def page_vectors(self, snap: Snapshot, page: PageRecord) -> np.ndarray:
+        """The page's (n_tokens, dim) float32 unit rows, dequantized from the stored int8."""
+        return dequantize(self.page_rows(snap, page))
+
+    def page_codes(self, snap: Snapshot, page: PageRecord) -> np.ndarray:
+        """The page's (n_tokens,) uint16 centroid ids (the snapshot must have a codebook)."""
+        name, rows = snap.segments[page.segment_id]
+        return self.reader.codes(name, rows)[page.row_offset : page.row_offset + page.n_tokens]
+
+    def segment_codes(self, snap: Snapshot, segment_id: int) -> np.ndarray:
+        name, rows = snap.segments[segment_id]
+        return self.reader.codes(name, rows)
+
+    def segment_rows(self, snap: Snapshot, segment_id: int) -> np.ndarray:
+        name, rows = snap.segments[segment_id]
+        return self.reader.rows(name, rows)
+
+    def codebook(self, snap: Snapshot) -> cb.Codebook | None:
+        """The centroids the snapshot's codes refer to (None while the index is too small to have them)."""
+        if snap.codebook is None:
+            return None
+        if self._codebook is None:
+            file = self.path / SEGMENTS_DIR / snap.codebook["file"]
+            try:
+                arr = np.load(file, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise IndexStoreError(f"unreadable codebook {file} ({exc}): the index is damaged; rebuild it") from None
+            self._codebook = cb.Codebook.from_array(arr, int(snap.codebook["coarse"]))
+        return self._codebook
 
     def documents(self, status: str | None = None) -> list[Document]:
         q = "SELECT * FROM documents" + (" WHERE status = ?" if status else "") + " ORDER BY path, status"
@@ -280,8 +325,9 @@ class Index:
                 "SELECT COUNT(*) FROM page_errors e JOIN documents d ON d.id = e.doc_id WHERE d.status = 'done' AND e.kind = 'error'"
             ).fetchone()[0]
             gen = cat.generation(c)
+            book = cat.codebook_meta(c)
         size = _disk_usage(self.path)
-        row_bytes = self.dim * VECTOR_DTYPE.itemsize
+        row_bytes = self.dim * VECTOR_DTYPE.itemsize + (CODE_DTYPE.itemsize if book else 0)
         return {
             "index": str(self.path),
             "retriever": self.manifest.get("retriever", {}),
@@ -295,6 +341,7 @@ class Index:
             "bytes_on_disk": size,
             "vector_bytes": int(rows) * row_bytes,
             "dead_vector_bytes": int(rows - all_tokens) * row_bytes,
+            "centroids": int(book["coarse"]) * int(book["fine"]) if book else 0,
             "failed": failed,
         }
 
@@ -308,6 +355,7 @@ class Index:
             report.problems.append("catalog rows point at missing documents or segments")
         row_bytes = self.dim * VECTOR_DTYPE.itemsize
         with cat.snapshot(c):
+            book = cat.codebook_meta(c)
             segments = {r["id"]: (r["name"], r["committed_rows"]) for r in c.execute("SELECT * FROM segments")}
             pages = c.execute("SELECT * FROM pages ORDER BY segment_id, row_offset").fetchall()
             docs = c.execute(
@@ -326,7 +374,16 @@ class Index:
                 report.problems.append(f"segment {name} has {size} bytes, the catalog committed {rows * row_bytes}")
             elif size > rows * row_bytes:
                 report.notes.append(f"segment {name} has {size - rows * row_bytes} uncommitted tail bytes (ignored)")
+            if book:
+                codes = self.path / SEGMENTS_DIR / codes_name(name)
+                csize = codes.stat().st_size if codes.is_file() else -1
+                if csize < rows * CODE_DTYPE.itemsize:
+                    report.problems.append(f"codes of segment {name} are missing or short ({max(csize, 0)} bytes, need {rows * CODE_DTYPE.itemsize})")
         known = {name for name, _ in segments.values()}
+        if book:
+            known |= {codes_name(name) for name, _ in segments.values()} | {book["file"]}
+            if not (self.path / SEGMENTS_DIR / book["file"]).is_file():
+                report.problems.append(f"the codebook {SEGMENTS_DIR}/{book['file']} is missing")
         seg_dir = self.path / SEGMENTS_DIR
         if seg_dir.is_dir():
             for file in seg_dir.iterdir():
@@ -348,33 +405,38 @@ class Index:
             if d["n_pages"] is not None and d["seen"] != d["n_pages"]:
                 report.problems.append(f"{d['path']}: {d['seen']} of its {d['n_pages']} pages are recorded")
         if vectors and not report.problems:
+            n_centroids = int(book["coarse"]) * int(book["fine"]) if book else 0
             for sid, (name, rows) in segments.items():
                 mat = self.reader.rows(name, rows)
+                codes = self.reader.codes(name, rows) if book else None
                 for start in range(0, rows, 1 << 16):
-                    block = np.asarray(mat[start : start + (1 << 16)], dtype=np.float32)
-                    norms = np.linalg.norm(block, axis=1)
-                    if not np.all(np.isfinite(block)):
-                        report.problems.append(f"segment {name} holds non-finite values near row {start}")
+                    # a quantized unit vector has max |q| = 127 (a zeroed row cannot be one)
+                    peak = np.abs(np.asarray(mat[start : start + (1 << 16)], dtype=np.int16)).max(axis=1)
+                    if np.any(peak != 127):
+                        bad = start + int(np.argmax(peak != 127))
+                        report.problems.append(f"segment {name} row {bad} is not a quantized unit vector (max |q| {peak[bad - start]})")
                         break
-                    # live rows are unit vectors (fp16 rounding aside); dead rows were too
-                    if np.any(np.abs(norms - 1.0) > 0.02):
-                        bad = start + int(np.argmax(np.abs(norms - 1.0) > 0.02))
-                        report.problems.append(f"segment {name} row {bad} is not a unit vector (norm {norms[bad - start]:.3f})")
+                    if codes is not None and np.any(codes[start : start + (1 << 16)] >= n_centroids):
+                        report.problems.append(f"codes of segment {name} near row {start} exceed the {n_centroids} centroids")
                         break
         return report
 
     # -- writing -------------------------------------------------------------------
     def _repair(self) -> None:
         """Drop crash leftovers: uncommitted segment tails and files no commit references."""
-        segments = {r["name"]: r["committed_rows"] for r in self.conn.execute("SELECT name, committed_rows FROM segments")}
-        row_bytes = self.dim * VECTOR_DTYPE.itemsize
+        committed = {r["name"]: r["committed_rows"] for r in self.conn.execute("SELECT name, committed_rows FROM segments")}
+        book = cat.codebook_meta(self.conn)
+        keep = {name: rows * self.dim * VECTOR_DTYPE.itemsize for name, rows in committed.items()}
+        if book:  # codes exist (and are committed) only once the catalog names a codebook
+            keep |= {codes_name(name): rows * CODE_DTYPE.itemsize for name, rows in committed.items()}
+            keep[book["file"]] = None
         seg_dir = self.path / SEGMENTS_DIR
         for file in seg_dir.iterdir():
-            if file.name not in segments:
-                file.unlink()  # written by a writer that died before its first commit
-            elif file.stat().st_size > segments[file.name] * row_bytes:
+            if file.name not in keep:
+                file.unlink()  # written by a writer that died before the commit referencing it
+            elif keep[file.name] is not None and file.stat().st_size > keep[file.name]:
                 with open(file, "r+b") as f:
-                    f.truncate(segments[file.name] * row_bytes)
+                    f.truncate(keep[file.name])
                     os.fsync(f.fileno())
 
     def _segment_writer(self) -> SegmentWriter:
@@ -385,14 +447,15 @@ class Index:
             self._writer = None
         row = self.conn.execute("SELECT id, name, committed_rows FROM segments ORDER BY id DESC LIMIT 1").fetchone()
         seg_dir = self.path / SEGMENTS_DIR
+        with_codes = cat.codebook_meta(self.conn) is not None
         if row is not None:
-            w = SegmentWriter(seg_dir, self.dim, row["name"], row["committed_rows"])
+            w = SegmentWriter(seg_dir, self.dim, row["name"], row["committed_rows"], with_codes)
             if not w.full:
                 self._writer, self._writer_segment_id = w, row["id"]
                 return w
             w.close()
         number = (segment_number(row["name"]) or 0) + 1 if row is not None else 1
-        self._writer = SegmentWriter(seg_dir, self.dim, segment_name(number), 0)
+        self._writer = SegmentWriter(seg_dir, self.dim, segment_name(number), 0, with_codes)
         self._writer_segment_id = None  # inserted into the catalog with its first commit
         return self._writer
 
@@ -417,14 +480,31 @@ class Index:
         (page_no, kind, message) of an 'indexing' document, in one commit."""
         self._need_writer()
         writer = self._segment_writer() if pages else None
+        new_book: dict | None = None
+        starting = False
         try:
-            placed = []
-            for page_no, width, height, vecs in pages:
+            for page_no, _, _, vecs in pages:
                 if len(vecs) == 0:
                     raise ValueError(f"page {page_no} has no vectors")
-                placed.append((page_no, width, height, writer.append(vecs), len(vecs)))
+                if np.ndim(vecs) != 2 or np.shape(vecs)[1] != self.dim:
+                    raise ValueError(f"page {page_no}: vectors of shape {np.shape(vecs)}, expected (n, {self.dim})")
+            if pages:
+                q8 = quantize(np.concatenate([np.asarray(v, dtype=np.float32) for _, _, _, v in pages]))  # (n_rows, dim)
+                if not writer.with_codes and self._rows_stored() + len(q8) >= cb.CODEBOOK_MIN_ROWS:
+                    starting = True
+                    new_book = self._start_codebook(writer, q8)
+                book = self._loaded_codebook() if writer.with_codes else None
+                codes = book.assign(dequantize(q8)) if book is not None else None  # (n_rows,)
+                placed, start = [], 0
+                for page_no, width, height, vecs in pages:
+                    n = len(vecs)
+                    off = writer.append(q8[start : start + n], None if codes is None else codes[start : start + n])
+                    placed.append((page_no, width, height, off, n))
+                    start += n
             rows = writer.sync() if writer else 0
             with transaction(self.conn) as c:
+                if new_book is not None:
+                    c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('codebook', ?)", (json.dumps(new_book),))
                 if writer is not None:
                     if self._writer_segment_id is None:
                         cur = c.execute("INSERT INTO segments (name, committed_rows) VALUES (?, ?)", (writer.name, rows))
@@ -439,11 +519,66 @@ class Index:
                 c.executemany("INSERT INTO page_errors (doc_id, page_no, kind, message) VALUES (?, ?, ?, ?)", [(doc_id, *e) for e in errors])
         except BaseException:
             if writer is not None:
-                writer.rollback()
+                writer.rollback(drop_codes=starting)
+            if starting:  # the codebook never committed: no codes may stay behind
+                self._codebook = None
+                seg_dir = self.path / SEGMENTS_DIR
+                for f in [*seg_dir.glob("*" + CODES_SUFFIX), seg_dir / cb.CODEBOOK_FILE]:
+                    f.unlink(missing_ok=True)
             raise
         if writer is not None:
             writer.committed()
             self._writer_segment_id = seg_id
+
+    def _rows_stored(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(SUM(committed_rows), 0) FROM segments").fetchone()[0])
+
+    def _loaded_codebook(self) -> cb.Codebook:
+        if self._codebook is None:
+            book = cat.codebook_meta(self.conn)
+            arr = np.load(self.path / SEGMENTS_DIR / book["file"], allow_pickle=False)
+            self._codebook = cb.Codebook.from_array(arr, int(book["coarse"]))
+        return self._codebook
+
+    def _start_codebook(self, writer: SegmentWriter, new_rows: np.ndarray) -> dict:
+        """Train the centroids on the stored rows + the batch being added, and write the codes of
+        every committed row (files only: the caller's transaction commits them with the codebook)."""
+        rng = np.random.default_rng(0)
+        segs = self.conn.execute("SELECT id, name, committed_rows FROM segments ORDER BY id").fetchall()
+        stored = sum(r["committed_rows"] for r in segs)
+        total = stored + len(new_rows)
+        want = np.sort(rng.choice(total, size=min(total, cb.TRAIN_ROWS), replace=False))
+        sample, base = [], 0
+        for r in segs:
+            sel = want[(want >= base) & (want < base + r["committed_rows"])] - base
+            if len(sel):
+                sample.append(dequantize(self.reader.rows(r["name"], r["committed_rows"])[sel]))
+            base += r["committed_rows"]
+        sample.append(dequantize(new_rows[want[want >= stored] - stored]))
+        book = cb.train(np.concatenate(sample))
+        seg_dir = self.path / SEGMENTS_DIR
+        tmp = seg_dir / (cb.CODEBOOK_FILE + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, book.to_array(), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(seg_dir / cb.CODEBOOK_FILE)
+        self._codebook = book
+        for r in segs:
+            mat = self.reader.rows(r["name"], r["committed_rows"])
+            codes = np.concatenate(
+                [book.assign(dequantize(mat[s : s + (1 << 16)])) for s in range(0, len(mat), 1 << 16)] or [np.zeros(0, np.uint16)]
+            )
+            if r["name"] == writer.name:
+                writer.start_codes(codes)
+            else:
+                with open(seg_dir / codes_name(r["name"]), "wb") as f:
+                    f.write(codes.astype(CODE_DTYPE).tobytes())
+                    f.flush()
+                    os.fsync(f.fileno())
+        if not writer.with_codes:  # a segment the catalog does not know yet
+            writer.start_codes(np.zeros(0, dtype=CODE_DTYPE))
+        return {"file": cb.CODEBOOK_FILE, "coarse": book.n_coarse, "fine": book.n_fine, "trained_on": int(total)}
 
     def finish_document(self, doc_id: int) -> None:
         """Make a document's pages visible, replacing the previous version of its path."""
