@@ -13,10 +13,12 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+# name: (bits, block_size). Block 128 with accuracy_level 4: on a 1600x1280x5120 MatMul
+# (2 cores, AVX512-VNNI) int8 ran at 352 GOP/s against 131 for fp32 and 190 with block 32,
+# relative error 0.9% (int4: 365 GOP/s, 9%). Measured with bench/bench_matmul.py.
 QUANT_SCHEMES = {
-    # name: (bits, block_size)
-    "int8": (8, 32),
-    "int4": (4, 32),
+    "int8": (8, 128),
+    "int4": (4, 128),
 }
 
 
