@@ -75,6 +75,17 @@ def _load_image(image):
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _as_list(images) -> list:
+    """images as a list: None, one image (PIL or path) or a sequence of them."""
+    from PIL import Image
+
+    if images is None:
+        return []
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    return list(images)
+
+
 class Generator:
     def __init__(self, bundle_dir: Path, manifest: dict, vision, decoder, embed_table: np.ndarray, tokenizer, image_config):
         self.bundle_dir = bundle_dir
@@ -264,7 +275,7 @@ class Generator:
         """Run prefill then decode; yield each new token id as soon as it is chosen."""
         if max_new_tokens < 1:
             raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
-        images = list(images or ())
+        images = _as_list(images)
         prompt_ids, embeds, position_ids, rope_delta = self._prefill_inputs(prompt, images, result, max_pixels, system)
         sampler = Sampler(params, self.eos_ids, min_new_tokens)
         seen = list(prompt_ids)  # the repetition penalty covers the prompt too, as in transformers

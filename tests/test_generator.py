@@ -255,6 +255,7 @@ def test_generation_stops_on_eos(generator, monkeypatch):
 def test_stream_equals_generate(generator):
     img = synthetic_image(200, 120, 8)
     out = generator.generate("What is shown?", images=[img], max_new_tokens=12)
+    assert generator.generate("What is shown?", images=img, max_new_tokens=12).token_ids == out.token_ids  # one image, not a list
     result = colrag.generator.Generation()
     pieces = list(generator.stream("What is shown?", images=[img], max_new_tokens=12, result=result))
     assert result.token_ids == out.token_ids
