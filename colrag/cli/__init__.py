@@ -60,6 +60,13 @@ def main() -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # Disk full, permission denied, a folder that vanished: the environment, not a bug.
+        if os.environ.get("COLRAG_DEBUG"):
+            raise
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        typer.echo(f"error: {exc.strerror or exc}{where} (COLRAG_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

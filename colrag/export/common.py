@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -64,7 +66,8 @@ def export_graph(module, args: tuple, path: Path, *, input_names, output_names, 
 
     start = time.perf_counter()
     module.eval()
-    with torch.no_grad():
+    # torch.onnx prints its progress on stdout; stdout is for results (paths, JSON).
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
         program = torch.onnx.export(
             module,
             args,

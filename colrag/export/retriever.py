@@ -101,7 +101,10 @@ def export_retriever(src: str | Path, out: str | Path, *, opset: int = 18, quant
     src, out = Path(src).expanduser(), Path(out).expanduser()
     if not (src / "config.json").is_file():
         raise ColragError(f"{src} is not a checkpoint folder (no config.json)")
-    config = AutoConfig.from_pretrained(src)
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except (OSError, ValueError) as exc:
+        raise ColragError(f"cannot read the checkpoint config in {src}: {str(exc).splitlines()[0]}") from exc
     if config.model_type != "colqwen2":
         raise ColragError(f"{src} holds a {config.model_type!r} checkpoint; the retriever export needs ColQwen2 (e.g. vidore/colqwen2-v1.0-hf)")
     if out.exists() and any(out.iterdir()) and not force:
@@ -113,7 +116,10 @@ def export_retriever(src: str | Path, out: str | Path, *, opset: int = 18, quant
     work.mkdir(parents=True)
     try:
         _log(f"loading {src} ...")
-        model = ColQwen2ForRetrieval.from_pretrained(src, dtype=torch.float32).eval()
+        try:
+            model = ColQwen2ForRetrieval.from_pretrained(src, dtype=torch.float32).eval()
+        except (OSError, ValueError) as exc:  # missing or unreadable weight files
+            raise ColragError(f"cannot load the weights in {src}: {str(exc).splitlines()[0]}") from exc
         try:
             processor = AutoProcessor.from_pretrained(src)
         except Exception as exc:  # a checkpoint without processor files cannot be used
