@@ -270,6 +270,16 @@ class Generator:
         result.n_image_tokens = int(slots.sum())
         return ids[0], embeds, np.asarray(position_ids, dtype=np.int64), int(np.asarray(rope_deltas).reshape(-1)[0])
 
+    def _decoder_step(self, feeds: dict, past: list) -> tuple[np.ndarray, list]:
+        """One decoder run. The k/v cache goes in and out as onnxruntime values, so it stays
+        where the provider keeps it (GPU memory with CUDA) instead of a host round trip per token."""
+        import onnxruntime as ort
+
+        values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in feeds.items()}
+        values.update((name, v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v)) for name, v in zip(self._past_names, past))
+        outs = self._decoder.run_with_ort_values(self._output_names, values)
+        return outs[0].numpy(), list(outs[1:])  # logits (1, 1, V) on the host; present k/v as they are
+
     def _tokens(self, prompt, images, result: Generation, *, max_new_tokens: int, max_pixels, system: str,
                 params: SamplingParams, min_new_tokens: int) -> Iterator[int]:
         """Run prefill then decode; yield each new token id as soon as it is chosen."""
@@ -282,9 +292,9 @@ class Generator:
 
         start = time.perf_counter()
         empty = np.zeros((1, self.num_kv_heads, 0, self.head_dim), dtype=np.float32)
-        feeds = {"inputs_embeds": embeds, "position_ids": position_ids, "attention_mask": np.ones((1, embeds.shape[1]), dtype=np.int64)}
-        feeds.update({name: empty for name in self._past_names})
-        logits, *past = self._decoder.run(self._output_names, feeds)  # (1, 1, V), 2L × (1, kv, S, hd)
+        n_past = embeds.shape[1]
+        feeds = {"inputs_embeds": embeds, "position_ids": position_ids, "attention_mask": np.ones((1, n_past), dtype=np.int64)}
+        logits, past = self._decoder_step(feeds, [empty] * len(self._past_names))  # (1, 1, V), 2L × (1, kv, S, hd)
         token = sampler(logits[0, -1], seen, 0)
         result.prefill_s = time.perf_counter() - start
 
@@ -299,13 +309,12 @@ class Generator:
             if result.finish_reason:
                 return
             step = time.perf_counter()
-            total = past[0].shape[2] + 1  # past length + this token
             feeds = {
                 "inputs_embeds": np.asarray(self._embed_table[[token]], dtype=np.float32)[None],  # (1, 1, H)
-                "position_ids": np.full((3, 1, 1), total - 1 + rope_delta, dtype=np.int64),  # past length + rope delta
-                "attention_mask": np.ones((1, total), dtype=np.int64),
+                "position_ids": np.full((3, 1, 1), n_past + rope_delta, dtype=np.int64),  # past length + rope delta
+                "attention_mask": np.ones((1, n_past + 1), dtype=np.int64),
             }
-            feeds.update(zip(self._past_names, past))
-            logits, *past = self._decoder.run(self._output_names, feeds)
+            logits, past = self._decoder_step(feeds, past)
+            n_past += 1
             token = sampler(logits[0, -1], seen, len(result.token_ids))
             result.decode_s += time.perf_counter() - step  # model time only, not the consumer's
