@@ -61,7 +61,15 @@ def read_source_identity(src: Path) -> dict:
 
 
 def export_graph(module, args: tuple, path: Path, *, input_names, output_names, dynamic_shapes, opset: int = 18) -> float:
-    """torch.onnx.export(dynamo=True) with weights in external data; returns seconds taken."""
+    """torch.onnx.export(dynamo=True) with weights in external data; returns seconds taken.
+
+    After saving, the weights are released from the in-memory ONNX model: onnxscript's
+    rewriter keeps its last pattern match in module-level rule objects, which keeps the
+    optimised IR graph alive and, through its initializers, every weight of the module
+    (the whole 6 GB decoder at full size, still resident while checks and quantization run).
+    """
+    import gc
+
     import torch
 
     start = time.perf_counter()
@@ -81,7 +89,15 @@ def export_graph(module, args: tuple, path: Path, *, input_names, output_names, 
             verify=False,
         )
     program.save(str(path), external_data=True)
-    del program
+    graph = program.model.graph
+    values = set(graph.initializers.values()) | set(graph.inputs) | set(getattr(graph.inputs, "_ref_counter", ()))
+    for node in graph:
+        values.update(v for v in node.inputs if v is not None)
+    for value in values:
+        value.const_value = None
+    graph.initializers.clear()
+    del program, graph, values
+    gc.collect()
     return time.perf_counter() - start
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..bundle import load_manifest, sha256_file, write_manifest
+from ..bundle import load_manifest, write_manifest
 from ..constants import EOS_IDS, GENERATOR_MAX_PIXELS, GENERATOR_MIN_PIXELS
 from ..errors import ColragError
 from . import require_export_deps
@@ -44,6 +44,7 @@ from .common import (
     CONFIG_FILES,
     TOKENIZER_FILES,
     copy_checkpoint_files,
+    export_graph,
     max_abs_diff,
     read_source_identity,
     save_embedding_table,
@@ -53,37 +54,6 @@ from .common import (
 EXPORT_GRID = (1, 16, 12)
 CHECK_GRID = (1, 10, 22)
 TOLERANCE = 1e-4
-
-
-def export_graph(module, args: tuple, path: Path, *, input_names, output_names, dynamic_shapes, opset: int = 18) -> float:
-    """colrag.export.common.export_graph, plus releasing the weights from the in-memory ONNX model.
-
-    onnxscript's rewriter keeps its last pattern match in module-level rule objects,
-    which keeps the last optimised ONNX IR graph alive, and with it every weight of
-    the exported module (the IR initializers wrap the torch tensors): at full size
-    that is the whole decoder, still resident when onnxruntime and the quantizer run.
-    Dropping the initializers' tensors after saving lets `del model` free them.
-    """
-    import torch
-
-    start = time.perf_counter()
-    module.eval()
-    with torch.no_grad():
-        program = torch.onnx.export(
-            module, args, dynamo=True, input_names=list(input_names), output_names=list(output_names),
-            dynamic_shapes=dynamic_shapes, opset_version=opset, external_data=True, optimize=True, verify=False,
-        )
-    program.save(str(path), external_data=True)
-    graph = program.model.graph
-    values = set(graph.initializers.values()) | set(graph.inputs) | set(getattr(graph.inputs, "_ref_counter", ()))
-    for node in graph:
-        values.update(v for v in node.inputs if v is not None)
-    for value in values:
-        value.const_value = None
-    graph.initializers.clear()
-    del program, graph, values
-    gc.collect()
-    return time.perf_counter() - start
 
 
 def _log(msg: str) -> None:
