@@ -10,7 +10,7 @@ import typer
 
 from ..cli import models_app
 
-export_app = typer.Typer(help="Export a transformers checkpoint folder to a colrag model bundle (needs colrag[export]).", no_args_is_help=True)
+export_app = typer.Typer(help="Export a transformers checkpoint folder to a colrag model bundle (needs the export extra: torch, transformers, onnx).", no_args_is_help=True)
 models_app.add_typer(export_app, name="export")
 
 MODELS_DIR_OPTION = typer.Option(None, "--models-dir", envvar="COLRAG_MODELS", help="Folder holding the retriever/ and generator/ bundles [default: $COLRAG_HOME/models].")
