@@ -17,7 +17,10 @@ BLAS may sum a product in another order for another set of pages).
 
 from __future__ import annotations
 
+import ctypes
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +34,7 @@ EXACT_ALL_PAGES = 500
 NPROBE = 8
 CANDIDATES = 128
 MAX_STALE_PAGES = 2000  # pages missing from a stale inverted file before a reader rebuilds it in memory
+BLAS_THREADS = 1  # numpy's OpenBLAS threads during a search (see _blas_threads)
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,20 @@ class Searcher:
     def search_vectors(self, q: np.ndarray, top_k: int = 5) -> list[Hit]:
         if top_k < 1:
             raise InputError("--top-k must be at least 1")
+        with _blas_threads(BLAS_THREADS):
+            return self._search(q, top_k)
+
+    def _search(self, q: np.ndarray, top_k: int) -> list[Hit]:
         view = self._current_view()
         snap = view.snap
         if not snap.pages:
             raise IndexStoreError(f"index {self.index.path} has no pages yet: run `colrag index DIR` first")
         q = np.asarray(q, dtype=np.float32)  # (n_q, dim)
         pages = self.candidates(q, top_k)
-        scores = maxsim([q], [self.index.page_vectors(snap, p) for p in pages])[0]  # (n_candidates,)
+        if pages is snap.pages:  # every page: the very computation a brute-force check does
+            scores = maxsim([q], [self.index.page_vectors(snap, p) for p in pages])[0]  # (n_pages,)
+        else:
+            scores = maxsim_int8(q, [self.index.page_rows(snap, p) for p in pages])  # (n_candidates,)
         order = sorted(range(len(pages)), key=lambda i: (-scores[i], pages[i].path, pages[i].page_no))
         return [Hit(pages[i].path, pages[i].page_no, float(scores[i])) for i in order[:top_k]]
 
@@ -131,6 +142,27 @@ class Searcher:
         return [view.ivf_pages[i] for i in best] + view.uncovered
 
 
+def maxsim_int8(q: np.ndarray, pages: list[np.ndarray], block_rows: int = 1 << 15) -> np.ndarray:
+    """MaxSim of one query (n_q, dim) against pages of stored int8 rows, dequantized on the fly:
+    score = sum_i max_t (q_i . r_t) / ||r_t||, computed on blocks of ~block_rows rows (cache-sized),
+    the 1 / ||r_t|| applied to the similarities rather than to the rows (one pass less)."""
+    scores = np.zeros(len(pages), dtype=np.float32)
+    i = 0
+    while i < len(pages):
+        j, n = i, 0
+        while j < len(pages) and (n == 0 or n + len(pages[j]) <= block_rows):
+            n += len(pages[j])
+            j += 1
+        block = np.concatenate(pages[i:j]).astype(np.float32)  # (n, dim)
+        inv_norm = 1.0 / np.sqrt(np.einsum("ij,ij->i", block, block))  # (n,)
+        sim = q @ block.T  # (n_q, n)
+        sim *= inv_norm
+        starts = np.cumsum([0] + [len(p) for p in pages[i : j - 1]])
+        scores[i:j] = np.maximum.reduceat(sim, starts, axis=1).sum(axis=0)  # (j - i,)
+        i = j
+    return scores
+
+
 def centroid_scores(q: np.ndarray, centroids: np.ndarray, ivf: ann.CentroidIvf, nprobe: int) -> np.ndarray:
     """Approximate MaxSim of every inverted-file page: sum over query tokens of the best score
     among the token's `nprobe` best centroids that the page holds (0 when it holds none)."""
@@ -156,3 +188,37 @@ def centroid_scores(q: np.ndarray, centroids: np.ndarray, ivf: ann.CentroidIvf, 
         tok = np.repeat(np.arange(n_q), sizes)
         flat[pos * n_q + tok] = np.repeat(probe_sim[:, r], sizes)
     return best.sum(axis=1)  # (n_pages,)
+
+
+_SET_LOCAL_THREADS: list = []
+
+
+@contextmanager
+def _blas_threads(n: int):
+    """Run numpy's OpenBLAS with n threads in this thread (best effort; OpenBLAS >= 0.3.27).
+
+    A search multiplies many small matrices (25 query tokens x a few hundred pages); with
+    every core busy elsewhere, OpenBLAS's own threads spin and wait: measured on the
+    2-core machine under load 3-4, 512 candidate pages took 150-240 ms with 2 BLAS
+    threads and 43 ms with 1.
+    """
+    if not _SET_LOCAL_THREADS:
+        fn = None
+        libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+        for lib in sorted(libs.glob("*openblas*.so*")) if libs.is_dir() else []:
+            try:
+                fn = ctypes.CDLL(str(lib)).openblas_set_num_threads_local
+                fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+                break
+            except (OSError, AttributeError):
+                fn = None
+        _SET_LOCAL_THREADS.append(fn)
+    fn = _SET_LOCAL_THREADS[0]
+    if fn is None or n <= 0:
+        yield
+        return
+    previous = fn(n)
+    try:
+        yield
+    finally:
+        fn(previous)

@@ -11,7 +11,8 @@ centroids (colrag.search).
 The codebook is trained once, from the first CODEBOOK_MIN_ROWS stored tokens (plus the
 batch being added), when an index first reaches that size; it is never retrained
 (PLAID does the same: a sample of a collection is enough to place its centroids).
-File: vectors/codebook.npy, float32 (K1 + K1 * K2, dim): the coarse rows then the fine
+File: vectors/codebook.npy, float16 (K1 + K1 * K2, dim) (the centroids are rounded to float16
+when trained, so the codes a writer assigns equal those the stored file gives): the coarse rows then the fine
 rows; K1 and K2 are recorded in the catalog (meta 'codebook') in the transaction that
 commits the first codes.
 """
@@ -53,23 +54,22 @@ class Codebook:
     def assign(self, x: np.ndarray) -> np.ndarray:
         """(n, dim) float rows -> (n,) uint16 codes: best coarse centroid, then its best fine one."""
         x = np.asarray(x, dtype=np.float32)  # (n, dim)
-        codes = np.empty(len(x), dtype=np.uint16)
         k2 = self.n_fine
-        for start in range(0, len(x), _ASSIGN_CHUNK):
-            block = x[start : start + _ASSIGN_CHUNK]  # (b, dim)
-            coarse = np.argmax(block @ self.coarse.T, axis=1)  # (b,)
-            order = np.argsort(coarse, kind="stable")
-            bounds = np.searchsorted(coarse[order], np.arange(self.n_coarse + 1))
-            out = np.empty(len(block), dtype=np.int64)
-            for g in np.flatnonzero(np.diff(bounds)):
-                rows = order[bounds[g] : bounds[g + 1]]
-                fine = self.fine[g * k2 : (g + 1) * k2]  # (K2, dim)
-                out[rows] = g * k2 + np.argmax(block[rows] @ fine.T, axis=1)
-            codes[start : start + len(block)] = out
+        coarse = np.concatenate(
+            [np.argmax(x[s : s + _ASSIGN_CHUNK] @ self.coarse.T, axis=1) for s in range(0, len(x), _ASSIGN_CHUNK)]
+            or [np.zeros(0, dtype=np.int64)]
+        )  # (n,)
+        order = np.argsort(coarse, kind="stable")
+        bounds = np.searchsorted(coarse[order], np.arange(self.n_coarse + 1))
+        codes = np.empty(len(x), dtype=np.uint16)
+        for g in np.flatnonzero(np.diff(bounds)):
+            rows = order[bounds[g] : bounds[g + 1]]
+            fine = self.fine[g * k2 : (g + 1) * k2]  # (K2, dim)
+            codes[rows] = g * k2 + np.argmax(x[rows] @ fine.T, axis=1)
         return codes
 
     def to_array(self) -> np.ndarray:
-        return np.concatenate([self.coarse, self.fine]).astype(np.float32)  # (K1 + K1*K2, dim)
+        return np.concatenate([self.coarse, self.fine]).astype(np.float16)  # (K1 + K1*K2, dim)
 
     @classmethod
     def from_array(cls, arr: np.ndarray, n_coarse: int) -> "Codebook":
@@ -95,7 +95,7 @@ def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     for _ in range(KMEANS_ITERS):
         owner = np.argmax(x @ c.T, axis=1)  # (n,)
         sums = np.zeros_like(c)
-        np.add.at(sums, owner, x) if len(x) < 4096 else _segment_sums(x, owner, sums)
+        _segment_sums(x, owner, sums)
         counts = np.bincount(owner, minlength=k)
         empty = counts == 0
         if empty.any():  # reseed empty clusters with random points
@@ -126,11 +126,12 @@ def train(sample: np.ndarray, seed: int = 0) -> Codebook:
     for g in range(k1):
         members = x[owner == g]
         if len(members) > 4 * k2:
-            fine[g * k2 : (g + 1) * k2] = _kmeans(members[: 256 * k2], k2, seed + g)
+            fine[g * k2 : (g + 1) * k2] = _kmeans(members[: 32 * k2], k2, seed + g)
         else:  # few tokens in this cell: they are their own centroids, the rest repeat the coarse one
             block = np.concatenate([members[:k2], np.repeat(coarse[g : g + 1], k2, axis=0)])[:k2]
             fine[g * k2 : (g + 1) * k2] = block
-    return Codebook(coarse, fine)
+    # rounded to float16 (the stored precision) before any code is assigned with them
+    return Codebook(coarse.astype(np.float16).astype(np.float32), fine.astype(np.float16).astype(np.float32))
 
 
 def _pad(x: np.ndarray, k: int) -> np.ndarray:
