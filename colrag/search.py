@@ -84,10 +84,6 @@ class Searcher:
     def search_vectors(self, q: np.ndarray, top_k: int = 5) -> list[Hit]:
         if top_k < 1:
             raise InputError("--top-k must be at least 1")
-        with _blas_threads(BLAS_THREADS):
-            return self._search(q, top_k)
-
-    def _search(self, q: np.ndarray, top_k: int) -> list[Hit]:
         view = self._current_view()
         snap = view.snap
         if not snap.pages:
@@ -97,7 +93,8 @@ class Searcher:
         if pages is snap.pages:  # every page: the very computation a brute-force check does
             scores = maxsim([q], [self.index.page_vectors(snap, p) for p in pages])[0]  # (n_pages,)
         else:
-            scores = maxsim_int8(q, [self.index.page_rows(snap, p) for p in pages])  # (n_candidates,)
+            with _blas_threads(BLAS_THREADS):
+                scores = maxsim_int8(q, [self.index.page_rows(snap, p) for p in pages])  # (n_candidates,)
         order = sorted(range(len(pages)), key=lambda i: (-scores[i], pages[i].path, pages[i].page_no))
         return [Hit(pages[i].path, pages[i].page_no, float(scores[i])) for i in order[:top_k]]
 
@@ -133,7 +130,8 @@ class Searcher:
         if view.ivf is None:
             self._centroid_view(view)
         book = self.index.codebook(snap)
-        scores = centroid_scores(q, book.fine, view.ivf, self.nprobe)  # (n_positions,)
+        with _blas_threads(BLAS_THREADS):
+            scores = centroid_scores(q, book.fine, view.ivf, self.nprobe)  # (n_positions,)
         live = view.live
         scores[~live] = -np.inf
         want = min(int(live.sum()), max(self.n_candidates, top_k))
