@@ -202,7 +202,7 @@ def disk_breakdown(folder: Path) -> dict:
     return parts
 
 
-def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candidates: int | None) -> dict:
+def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candidates: int | None, sweep=()) -> dict:
     folder = bench_dir() / str(n_pages)
     synth = Synth()
     info_file = folder.parent / f"{n_pages}.build.json"
@@ -247,6 +247,17 @@ def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candid
                         first_ok.append(got[0] == (kinds[i].split("#")[0], int(kinds[i].split("#")[1])))
         pages = len(index.snapshot().pages)
         tokens = index.stats()["tokens"]
+        swept = []
+        for npr, cand in sweep:  # recall / latency trade-off, one run each
+            s = Searcher(index, None, nprobe=npr, candidates=cand)
+            s.search_vectors(queries[0], 5)
+            t_all, rec = [], []
+            for i, q in enumerate(queries):
+                t = time.perf_counter()
+                hits = s.search_vectors(q, 5)
+                t_all.append(time.perf_counter() - t)
+                rec.append(len({(h.file, h.page) for h in hits} & {(f, p) for f, p, _ in truth[i]}) / 5)
+            swept.append({"nprobe": npr, "candidates": cand, "recall5": float(np.mean(rec)), "p50_ms": float(np.median(t_all) * 1000)})
     qfile = folder.parent / "query0.npy"
     np.save(qfile, queries[0])
     opened = open_time(folder, qfile)
@@ -262,7 +273,7 @@ def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candid
         "target_first": float(np.mean(first_ok)) if first_ok else None,
         "bytes_per_page": sum(disk.values()) / pages, "disk": {k: v / pages for k, v in disk.items()},
         **{f"open_{k}": v for k, v in opened.items()}, "build": build_info, "params": kwargs,
-        "load": os.getloadavg(),
+        "load": os.getloadavg(), "sweep": swept,
     }
 
 
@@ -273,6 +284,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--nprobe", type=int)
     ap.add_argument("--candidates", type=int)
+    ap.add_argument("--sweep", nargs="*", default=[], metavar="NPROBE,CANDIDATES", help="also measure these settings (one run each)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--build-only", action="store_true", help="build (or finish) the indexes, measure nothing")
     args = ap.parse_args()
@@ -284,7 +296,8 @@ def main() -> int:
             (folder.parent / f"{n}.build.json").write_text(json.dumps(info))
             print(json.dumps({"pages": n, **info}))
             continue
-        res = run_size(n, args.queries, args.runs, args.nprobe, args.candidates)
+        sweep = [tuple(int(x) for x in item.split(",")) for item in args.sweep]
+        res = run_size(n, args.queries, args.runs, args.nprobe, args.candidates, sweep)
         if args.json:
             print(json.dumps(res))
             continue
@@ -300,6 +313,10 @@ def main() -> int:
         if b:
             print(f"| build | {b.get('build_s', 0):.0f} s (inverted file {b.get('ivf_build_s', 0):.1f} s), max RSS {b.get('max_rss_mb', 0):.0f} MB |")
         print(f"| load average (1, 5, 15 min) after | {', '.join(f'{x:.2f}' for x in res['load'])} |")
+        if res["sweep"]:
+            print("\n| nprobe | candidates | recall@5 | p50 ms |\n|---|---|---|---|")
+            for row in res["sweep"]:
+                print(f"| {row['nprobe']} | {row['candidates']} | {row['recall5']:.3f} | {row['p50_ms']:.1f} |")
         sys.stdout.flush()
     return 0
 

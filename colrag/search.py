@@ -32,7 +32,7 @@ from .store.index import Index, Snapshot
 
 EXACT_ALL_PAGES = 500
 NPROBE = 8
-CANDIDATES = 128
+CANDIDATES = 256
 MAX_STALE_PAGES = 2000  # pages missing from a stale inverted file before a reader rebuilds it in memory
 BLAS_THREADS = 1  # numpy's OpenBLAS threads during a search (see _blas_threads)
 
