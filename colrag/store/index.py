@@ -488,6 +488,8 @@ class Index:
                     raise ValueError(f"page {page_no} has no vectors")
                 if np.ndim(vecs) != 2 or np.shape(vecs)[1] != self.dim:
                     raise ValueError(f"page {page_no}: vectors of shape {np.shape(vecs)}, expected (n, {self.dim})")
+                if not np.all(np.isfinite(vecs)):
+                    raise ValueError(f"page {page_no}: non-finite vectors")
             if pages:
                 q8 = quantize(np.concatenate([np.asarray(v, dtype=np.float32) for _, _, _, v in pages]))  # (n_rows, dim)
                 if not writer.with_codes and self._rows_stored() + len(q8) >= cb.CODEBOOK_MIN_ROWS:
