@@ -124,6 +124,19 @@ def test_pages_are_visible_only_when_their_document_is_done(tmp_path):
         assert index.check().ok
 
 
+def test_reader_reuses_its_snapshot_until_the_generation_moves(tmp_path):
+    with Index.open_writer(tmp_path / "ix", INFO) as index:
+        add_doc(index, "/a.pdf", 2)
+        with Index.open(tmp_path / "ix") as reader:
+            first = reader.snapshot()
+            assert reader.snapshot() is first
+            doc = add_doc(index, "/b.pdf", 1, finish=False)
+            assert reader.snapshot() is first  # pages of an unfinished document are invisible anyway
+            index.finish_document(doc)
+            assert [p.path for p in reader.snapshot().pages] == ["/a.pdf", "/a.pdf", "/b.pdf"]
+        assert index.snapshot() is not index.snapshot()  # a writer always reads afresh
+
+
 def test_uncommitted_tail_is_ignored_then_truncated(tmp_path):
     with Index.open_writer(tmp_path / "ix", INFO) as index:
         add_doc(index, "/a.pdf", 2)

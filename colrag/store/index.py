@@ -143,6 +143,7 @@ class Index:
         self._writer: SegmentWriter | None = None
         self._writer_segment_id: int | None = None
         self._codebook: cb.Codebook | None = None
+        self._snapshot: Snapshot | None = None  # a reader's last snapshot, reused while the generation holds
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -233,6 +234,11 @@ class Index:
         return cat.generation(self.conn)
 
     def snapshot(self) -> Snapshot:
+        """The visible pages. A read-only Index reuses its last snapshot while the catalog
+        generation is unchanged (the visible pages are then the same; at 100,000 pages a
+        snapshot takes ~0.25 s to read)."""
+        if self.lock is None and self._snapshot is not None and self._snapshot.generation == self.generation():
+            return self._snapshot
         with cat.snapshot(self.conn):
             gen = cat.generation(self.conn)
             segments = {r["id"]: (r["name"], r["committed_rows"]) for r in self.conn.execute("SELECT * FROM segments")}
@@ -241,7 +247,10 @@ class Index:
                 "WHERE d.status = 'done' ORDER BY p.segment_id, p.row_offset"
             ).fetchall()
             book = cat.codebook_meta(self.conn)
-        return Snapshot(gen, [PageRecord(*r) for r in rows], segments, book)
+        snap = Snapshot(gen, [PageRecord(*r) for r in rows], segments, book)
+        if self.lock is None:
+            self._snapshot = snap
+        return snap
 
     def page_rows(self, snap: Snapshot, page: PageRecord) -> np.ndarray:
         """The page's stored (n_tokens, dim) int8 rows (a read-only memmap view)."""
