@@ -266,3 +266,20 @@ def test_cli_refuses_an_index_of_another_retriever(tmp_path, real_bundle):
     run_indexer(tmp_path / "ix", [docs])  # built with the fake
     r = colrag("search", "x", "--index", tmp_path / "ix", "--retriever", real_bundle)
     assert r.returncode == 1 and "built with retriever" in r.stderr
+
+
+def test_search_explain_writes_readable_heatmaps(tmp_path, real_bundle):
+    from PIL import Image
+
+    docs = tmp_path / "docs"
+    make_pdf(docs / "report.pdf", 2, "report")
+    ix = tmp_path / "ix"
+    assert colrag("index", docs, "--index", ix, "--retriever", real_bundle).returncode == 0
+    out = tmp_path / "maps"
+    r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--top-k", "2", "--explain", "--explain-dir", out)
+    assert r.returncode == 0, r.stderr
+    paths = [line.split(": ", 1)[1] for line in r.stderr.splitlines() if line.startswith("heatmap for result")]
+    assert len(paths) == 2 and all(Path(p).parent == out for p in paths)
+    with Image.open(paths[0]) as png:
+        pixels = np.asarray(png.convert("RGB"))
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 5  # a page-sized, non-uniform picture

@@ -171,6 +171,9 @@ def search_cmd(
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     retriever: Optional[Path] = RETRIEVER_OPTION,
     threads: Optional[int] = THREADS_OPTION,
+    explain: bool = typer.Option(False, "--explain", help="Also write, for each result, a PNG of the page with a heatmap of the image patches that matched the query (late-interaction similarity map); paths go to stderr."),
+    explain_dir: Path = typer.Option(Path("."), "--explain-dir", help="Folder for the --explain PNGs.", file_okay=False),
+    password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted PDFs (for --explain, which re-renders pages)."),
 ) -> None:
     """Rank the indexed pages for a query by late-interaction (MaxSim) score."""
     from ..errors import IndexStoreError
@@ -186,11 +189,31 @@ def search_cmd(
         model = _load_retriever(retriever, models_dir, threads)
         check_retriever(target, idx.manifest, RetrieverInfo.of(model))
         hits = Searcher(idx, model).search(query, top_k)
+        if explain:
+            for rank, hit in enumerate(hits, 1):
+                path = _explain_hit(idx, model, query, hit, explain_dir / f"explain-{rank}-{Path(hit.file).stem}-p{hit.page}.png", password)
+                typer.echo(f"heatmap for result {rank}: {path}", err=True)
     if as_json:
         typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
         return
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank}\t{h.score:.4f}\t{h.file}\tpage {h.page}")
+
+
+def _explain_hit(idx, model, query: str, hit, out: Path, password: Optional[str]) -> Path:
+    """Re-render the hit's page exactly as it was indexed and draw its similarity map."""
+    from ..errors import IndexStoreError
+    from ..explain import explain_page
+    from ..render import open_pdf, render_page
+
+    snap = idx.snapshot()
+    record = next((p for p in snap.pages if p.path == hit.file and p.page_no == hit.page), None)
+    if record is None:
+        raise IndexStoreError(f"{hit.file} page {hit.page} is no longer in the index")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open_pdf(hit.file, password) as doc:
+        image = render_page(doc, hit.page - 1, idx.render).image
+    return explain_page(model, query, image, idx.page_vectors(snap, record), out)
 
 
 @app.command("status")
