@@ -109,6 +109,20 @@ def verify_bundle(bundle_dir: str | os.PathLike, kind: str | None = None) -> dic
     return manifest
 
 
+def load_embedding_table(bundle_dir: str | os.PathLike, manifest: dict[str, Any]):
+    """The bundle's token-embedding table, memory-mapped: (vocab, hidden) float32."""
+    import numpy as np
+
+    path = bundle_file(bundle_dir, manifest, manifest["graphs"]["embed_tokens"])
+    try:
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise BundleError(f"{bundle_dir}: unreadable embedding table: {exc}") from exc
+    if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
+        raise BundleError(f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})")
+    return table
+
+
 def bundle_id(manifest: dict[str, Any]) -> str:
     """A stable identity of a bundle's content: the hash of its files' checksums."""
     listing = json.dumps({k: v.get("sha256") for k, v in sorted(manifest["files"].items())}, sort_keys=True)

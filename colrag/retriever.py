@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import bundle_file, bundle_id, load_manifest
+from .bundle import bundle_file, bundle_id, load_embedding_table, load_manifest
 from .constants import IMAGE_PAD_ID, PAD_ID
-from .errors import BundleError, InputError
+from .errors import InputError
 from .preprocess import ImageProcessorConfig, preprocess_image, vision_rot_pos_ids
 from .rope import get_rope_index
 from .runtime import create_session
-from .tokenization import Tokenizer, pad_left
+from .tokenization import Tokenizer, pad_left, retriever_page_ids, retriever_query_ids
 
 
 class Retriever:
@@ -42,10 +42,8 @@ class Retriever:
         self.bundle_id = bundle_id(manifest)
         self.name = str(manifest.get("source", bundle_dir.name))
         self.vision_hash = manifest.get("vision_hash")
-        prompts = manifest["prompts"]
-        self._page_ids = self._expandable_page_ids(prompts["page"])
-        self._query_prefix = prompts["query_prefix"]
-        self._query_suffix = prompts["query_suffix"]
+        self._prompts = manifest["prompts"]  # the exact texts of the exported checkpoint's processor
+        self.page_ids(1)  # fail at load, not at the first page, if the page prompt is malformed
         self._image_token_id = int(manifest.get("image_token_id", IMAGE_PAD_ID))
 
     @classmethod
@@ -53,12 +51,7 @@ class Retriever:
         bundle_dir = Path(bundle_dir).expanduser()
         manifest = load_manifest(bundle_dir, "retriever")
         graphs = manifest["graphs"]
-        try:
-            table = np.load(bundle_file(bundle_dir, manifest, graphs["embed_tokens"]), mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise BundleError(f"{bundle_dir}: unreadable embedding table: {exc}") from exc
-        if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
-            raise BundleError(f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})")
+        table = load_embedding_table(bundle_dir, manifest)
         vision = create_session(bundle_file(bundle_dir, manifest, graphs["vision"]), threads=threads, device=device)
         text = create_session(bundle_file(bundle_dir, manifest, graphs["text"]), threads=threads, device=device)
         tokenizer = Tokenizer.from_dir(bundle_dir)
@@ -66,19 +59,12 @@ class Retriever:
         return cls(bundle_dir, manifest, vision, text, table, tokenizer, image_config)
 
     # -- prompts -----------------------------------------------------------------
-    def _expandable_page_ids(self, page_prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(page_prompt)
-        if ids.count(IMAGE_PAD_ID) != 1:
-            raise BundleError(f"{self.bundle_dir}: the page prompt must hold exactly one <|image_pad|>")
-        return ids
-
     def page_ids(self, n_image_tokens: int) -> list[int]:
         """The page prompt with <|image_pad|> expanded to one id per image token."""
-        i = self._page_ids.index(IMAGE_PAD_ID)
-        return self._page_ids[:i] + [IMAGE_PAD_ID] * n_image_tokens + self._page_ids[i + 1 :]
+        return retriever_page_ids(self.tokenizer, n_image_tokens, self._prompts["page"])
 
     def query_ids(self, query: str) -> list[int]:
-        return self.tokenizer.encode(self._query_prefix + query + self._query_suffix)
+        return retriever_query_ids(self.tokenizer, query, self._prompts["query_prefix"], self._prompts["query_suffix"])
 
     # -- embedding ---------------------------------------------------------------
     def image_features(self, image) -> tuple[np.ndarray, np.ndarray]:
