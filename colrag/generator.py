@@ -13,6 +13,10 @@ new token sits at past length + rope delta on all three axes. One decoder graph
 serves prefill (empty past) and decode; it returns logits for the last position.
 Greedy by default; temperature / top-p / top-k / repetition penalty follow
 transformers' semantics (colrag.sampling).
+
+The k/v of the prompt up to the last image are kept in a bounded prefix cache
+(colrag.prefix_cache): a second question about the same image(s) runs neither the
+vision tower nor the page's prefill, only the question's few tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from .bundle import bundle_file, bundle_id, load_manifest
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_DECODE_PIXELS, SYSTEM_PROMPT
 from .errors import BundleError, InputError
+from .prefix_cache import Prefix, PrefixCache, prefix_key
 from .runtime import create_session
 from .sampling import Sampler, SamplingParams
 
@@ -44,6 +49,7 @@ class Generation:
     vision_s: float = 0.0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    prefix_cached: bool = False  # the images' part of the prompt came from the prefix cache (no vision, short prefill)
 
     @property
     def n_new_tokens(self) -> int:
@@ -87,8 +93,10 @@ def _as_list(images) -> list:
 
 
 class Generator:
-    def __init__(self, bundle_dir: Path, manifest: dict, vision, decoder, embed_table: np.ndarray, tokenizer, image_config):
+    def __init__(self, bundle_dir: Path, manifest: dict, vision, decoder, embed_table: np.ndarray, tokenizer, image_config,
+                 prefix_cache: PrefixCache | None = None):
         self.bundle_dir = bundle_dir
+        self.prefix_cache = prefix_cache
         self.manifest = manifest
         self._vision = vision
         self._decoder = decoder
@@ -112,7 +120,11 @@ class Generator:
 
     # -- loading -------------------------------------------------------------------
     @classmethod
-    def load(cls, bundle_dir: str | os.PathLike, *, threads: int | None = None, device: str | None = None) -> "Generator":
+    def load(cls, bundle_dir: str | os.PathLike, *, threads: int | None = None, device: str | None = None,
+             prefix_cache: PrefixCache | None | bool = True) -> "Generator":
+        """prefix_cache: True (default) keeps recent pages' prompt k/v in memory, so a second
+        question on the same image skips the vision tower and most of the prefill; pass a
+        PrefixCache (e.g. with a folder, to keep them across processes) or False for none."""
         from .preprocess import ImageProcessorConfig
         from .tokenization import Tokenizer
 
@@ -129,7 +141,9 @@ class Generator:
         decoder = create_session(bundle_file(bundle_dir, manifest, graphs["decoder"]), threads=threads, device=device)
         tokenizer = Tokenizer.from_dir(bundle_dir)
         image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
-        return cls(bundle_dir, manifest, vision, decoder, table, tokenizer, image_config)
+        if prefix_cache is True:
+            prefix_cache = PrefixCache()
+        return cls(bundle_dir, manifest, vision, decoder, table, tokenizer, image_config, prefix_cache or None)
 
     @staticmethod
     def _vision_graph(bundle_dir: Path, manifest: dict) -> Path:
@@ -161,14 +175,22 @@ class Generator:
     # -- inputs ----------------------------------------------------------------------
     def image_features(self, image, *, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vision tower output for one image: (image_embeds (n_tokens, hidden), grid_thw (3,))."""
-        from .preprocess import preprocess_image, vision_rot_pos_ids
+        pre = self._preprocess(image, max_pixels)
+        return self._vision_embeds(pre), np.asarray(pre.grid_thw, dtype=np.int64)
+
+    def _preprocess(self, image, max_pixels: int | None):
+        from .preprocess import preprocess_image
 
         cap = self.max_pixels if max_pixels is None else min(int(max_pixels), self.max_pixels)
         cap = max(cap, self.min_pixels)
-        pre = preprocess_image(_load_image(image), self.image_config, min_pixels=self.min_pixels, max_pixels=cap)
+        return preprocess_image(_load_image(image), self.image_config, min_pixels=self.min_pixels, max_pixels=cap)
+
+    def _vision_embeds(self, pre) -> np.ndarray:
+        from .preprocess import vision_rot_pos_ids
+
         rot = vision_rot_pos_ids(pre.grid_thw, self.spatial_merge_size)  # (N, 2)
         (embeds,) = self._vision.run(None, {"pixel_values": pre.pixel_values, "rot_pos_ids": rot})  # (N/4, hidden)
-        return embeds, np.asarray(pre.grid_thw, dtype=np.int64)
+        return embeds
 
     def prompt_ids(self, prompt: str, image_token_counts: Sequence[int] = (), system: str = SYSTEM_PROMPT) -> list[int]:
         from .tokenization import chat_prompt_ids
@@ -244,31 +266,44 @@ class Generator:
         return self.tokenizer.decode([t for t in token_ids if t not in self.eos_ids])
 
     def _prefill_inputs(self, prompt: str, images: Sequence, result: Generation, max_pixels: int | None, system: str):
+        """Everything the prefill needs. With a prefix cache hit, only the tokens after the
+        images are left to run: (prompt ids, embeds (1, S', H), positions (3, 1, S'), rope delta, past or None, key)."""
         from .rope import get_rope_index
 
         if not isinstance(prompt, str):
             raise InputError(f"a prompt must be text, got {type(prompt).__name__}")
         start = time.perf_counter()
-        feats = [self.image_features(img, max_pixels=max_pixels) for img in images]
-        result.vision_s = time.perf_counter() - start if feats else 0.0
-        ids = np.asarray([self.prompt_ids(prompt, [len(f[0]) for f in feats], system=system)], dtype=np.int64)  # (1, S)
-        embeds = np.asarray(self._embed_table[ids.reshape(-1)], dtype=np.float32)[None]  # (1, S, H)
+        pres = [self._preprocess(img, max_pixels) for img in images]
+        grids = np.stack([np.asarray(p.grid_thw, dtype=np.int64) for p in pres]) if pres else None  # (n_images, 3)
+        counts = [int(np.prod(g)) // self.spatial_merge_size**2 for g in grids] if pres else []
+        ids = np.asarray([self.prompt_ids(prompt, counts, system=system)], dtype=np.int64)  # (1, S)
         slots = ids[0] == self.image_token_id  # (S,)
-        if feats:
-            image_embeds = np.concatenate([f[0] for f in feats])  # (n_image_tokens, H)
-            if int(slots.sum()) != len(image_embeds):
-                raise RuntimeError(f"{int(slots.sum())} image slots for {len(image_embeds)} image features")
-            embeds[0, slots] = image_embeds
-            grids = np.stack([f[1] for f in feats])  # (n_images, 3)
-        else:
-            grids = None
-        mask = np.ones_like(ids)  # (1, S)
+        if int(slots.sum()) != sum(counts):
+            raise RuntimeError(f"{int(slots.sum())} image slots for {sum(counts)} image tokens")
+
+        # The prefix: everything up to the last image; its k/v do not depend on the question.
+        n_prefix = int(np.flatnonzero(slots)[-1]) + 2 if pres else 0  # the last <|image_pad|>, then <|vision_end|>
+        key = None
+        past = None
+        if self.prefix_cache is not None and pres:
+            key = prefix_key(self.bundle_id, ids[0, :n_prefix], [p.pixel_values for p in pres])
+            shape = (len(self._past_names), self.num_kv_heads, self.head_dim)
+            cached = self.prefix_cache.get(key, ids[0, :n_prefix], shape)
+            if cached is not None:
+                past = cached.past
+        first = n_prefix if past is not None else 0
+        embeds = np.asarray(self._embed_table[ids[0, first:]], dtype=np.float32)[None]  # (1, S - first, H)
+        if pres and past is None:
+            embeds[0, slots] = np.concatenate([self._vision_embeds(p) for p in pres])  # (n_image_tokens, H)
+            result.vision_s = time.perf_counter() - start
         position_ids, rope_deltas = get_rope_index(
-            ids, grids, mask, spatial_merge_size=self.spatial_merge_size, image_token_id=self.image_token_id
+            ids, grids, np.ones_like(ids), spatial_merge_size=self.spatial_merge_size, image_token_id=self.image_token_id
         )  # (3, 1, S), (1, 1)
         result.n_prompt_tokens = int(ids.shape[1])
         result.n_image_tokens = int(slots.sum())
-        return ids[0], embeds, np.asarray(position_ids, dtype=np.int64), int(np.asarray(rope_deltas).reshape(-1)[0])
+        result.prefix_cached = past is not None
+        positions = np.asarray(position_ids, dtype=np.int64)[:, :, first:]  # (3, 1, S - first)
+        return ids[0], embeds, positions, int(np.asarray(rope_deltas).reshape(-1)[0]), past, (key, n_prefix)
 
     def _decoder_step(self, feeds: dict, past: list) -> tuple[np.ndarray, list]:
         """One decoder run. The k/v cache goes in and out as onnxruntime values, so it stays
@@ -286,17 +321,23 @@ class Generator:
         if max_new_tokens < 1:
             raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
         images = _as_list(images)
-        prompt_ids, embeds, position_ids, rope_delta = self._prefill_inputs(prompt, images, result, max_pixels, system)
+        prompt_ids, embeds, position_ids, rope_delta, past, (key, n_prefix) = self._prefill_inputs(
+            prompt, images, result, max_pixels, system)
         sampler = Sampler(params, self.eos_ids, min_new_tokens)
         seen = list(prompt_ids)  # the repetition penalty covers the prompt too, as in transformers
 
         start = time.perf_counter()
-        empty = np.zeros((1, self.num_kv_heads, 0, self.head_dim), dtype=np.float32)
-        n_past = embeds.shape[1]
+        if past is None:
+            past = [np.zeros((1, self.num_kv_heads, 0, self.head_dim), dtype=np.float32)] * len(self._past_names)
+        n_past = len(prompt_ids)
         feeds = {"inputs_embeds": embeds, "position_ids": position_ids, "attention_mask": np.ones((1, n_past), dtype=np.int64)}
-        logits, past = self._decoder_step(feeds, [empty] * len(self._past_names))  # (1, 1, V), 2L × (1, kv, S, hd)
+        logits, past = self._decoder_step(feeds, past)  # (1, 1, V), 2L × (1, kv, S, hd)
         token = sampler(logits[0, -1], seen, 0)
         result.prefill_s = time.perf_counter() - start
+        if key is not None and not result.prefix_cached:
+            # causal attention: the first n_prefix positions of the k/v are the prefix's own
+            prefix_past = [np.ascontiguousarray(v.numpy()[:, :, :n_prefix]) for v in past]  # 2L × (1, kv, P, hd)
+            self.prefix_cache.put(key, Prefix(np.array(prompt_ids[:n_prefix]), prefix_past))
 
         while True:
             result.token_ids.append(token)

@@ -65,3 +65,8 @@ def index_dir(name_or_path: str | os.PathLike | None = None) -> Path:
     if not value.replace("-", "").replace("_", "").isalnum():
         raise InputError(f"invalid index name {value!r}: use letters, digits, '-' and '_' (or give a path)")
     return colrag_home() / "indexes" / value
+
+
+def prefix_cache_dir() -> Path:
+    """Where `colrag ask` keeps the k/v of recently read pages (a bounded, disposable cache)."""
+    return colrag_home() / "cache" / "prefixes"

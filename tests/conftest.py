@@ -7,6 +7,12 @@ import pytest
 from tests.tiny_models import PDF_DIR, SHARED, TOKENIZER_DIR
 
 
+@pytest.fixture(autouse=True)
+def _own_colrag_home(tmp_path, monkeypatch):
+    """Every test gets its own COLRAG_HOME: nothing lands in the checkout or the user's data dir."""
+    monkeypatch.setenv("COLRAG_HOME", str(tmp_path / "colrag-home"))
+
+
 def require_shared() -> None:
     if not TOKENIZER_DIR.is_dir():
         pytest.skip(f"{SHARED} is absent: the real tokenizer and PDFs live there")

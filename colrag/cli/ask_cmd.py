@@ -143,11 +143,26 @@ def ask_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
     password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted indexed PDFs."),
     stats: bool = typer.Option(False, "--stats", help="Print timings (vision, prefill, decode) on stderr."),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache",
+        help="Keep what the model computed for the page(s) (bounded, under $COLRAG_HOME/cache/prefixes) so the next "
+             "question on the same page skips the vision tower and the page's prefill.",
+    ),
+    interactive: bool = typer.Option(
+        False, "--interactive", "-i",
+        help="After the answer, read follow-up questions from stdin, one per line (an empty line or EOF ends), and answer "
+             "each about the same page(s) with the models kept loaded. Each question is answered on its own, not as a conversation.",
+    ),
 ) -> None:
     """Answer a question from the indexed pages (or about --image files), citing the pages used."""
     from ..bundle import load_manifest
-    from ..generator import Generation, Generator
-    from ..paths import generator_dir
+    from ..errors import InputError
+    from ..generator import Generator
+    from ..paths import generator_dir, prefix_cache_dir
+    from ..prefix_cache import PrefixCache
+
+    if interactive and as_json:
+        raise InputError("--interactive streams answers as text; it cannot be combined with --json")
 
     gen_bundle = _require_bundle(generator_dir(generator, models_dir), "generator", "--generator")
     cap = int(load_manifest(gen_bundle, "generator")["max_pixels"])
@@ -159,8 +174,6 @@ def ask_cmd(
         images = list(image)
         for path in images:
             if not path.is_file():
-                from ..errors import InputError
-
                 raise InputError(f"image not found: {path}")
     else:
         hits = _retrieve(question, pages, index, models_dir, retriever, threads)
@@ -168,7 +181,7 @@ def ask_cmd(
         if show:
             _show(images, [f"{Path(h.file).stem}-p{h.page}" for h in hits])
 
-    model = Generator.load(gen_bundle, threads=threads)
+    model = Generator.load(gen_bundle, threads=threads, prefix_cache=PrefixCache(folder=prefix_cache_dir()) if cache else False)
     options = dict(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                    repetition_penalty=repetition_penalty, seed=seed, max_pixels=cap)
     sources = [{"file": h.file, "page": h.page, "score": round(float(h.score), 4)} for h in hits]
@@ -178,22 +191,42 @@ def ask_cmd(
         if image:
             payload["images"] = [str(p) for p in image]
         typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
-    else:
-        result = Generation()
-        out = sys.stdout
-        for piece in model.stream(question, images=images, result=result, **options):
-            out.write(piece)
-            out.flush()
-        out.write("\n")
-        if sources:
-            out.write("\nSources:\n")
-            for rank, s in enumerate(sources, 1):
-                out.write(f"  [{rank}] {s['file']}, page {s['page']} (score {s['score']:.4f})\n")
+        if stats:
+            _print_stats(result)
+        return
+    _stream_answer(model, question, images, options, sources, stats)
+    while interactive:
+        typer.echo("follow-up (empty line ends): ", err=True, nl=False)
+        line = sys.stdin.readline()
+        if not line.strip():
+            break
+        _stream_answer(model, line.strip(), images, options, sources, stats)
+
+
+def _stream_answer(model, question: str, images, options: dict, sources: list[dict], stats: bool) -> None:
+    """Stream one answer to stdout, then its sources."""
+    from ..generator import Generation
+
+    result = Generation()
+    out = sys.stdout
+    for piece in model.stream(question, images=images, result=result, **options):
+        out.write(piece)
         out.flush()
+    out.write("\n")
+    if sources:
+        out.write("\nSources:\n")
+        for rank, s in enumerate(sources, 1):
+            out.write(f"  [{rank}] {s['file']}, page {s['page']} (score {s['score']:.4f})\n")
+    out.flush()
     if stats:
-        typer.echo(
-            f"vision {result.vision_s:.2f}s, prefill {result.prefill_s:.2f}s ({result.n_prompt_tokens} tokens), "
-            f"decode {result.decode_s:.2f}s ({result.n_new_tokens} tokens, {result.decode_tokens_per_s:.2f} tok/s), "
-            f"stopped on {result.finish_reason}",
-            err=True,
-        )
+        _print_stats(result)
+
+
+def _print_stats(result) -> None:
+    cached = ", page prefix from cache" if result.prefix_cached else ""
+    typer.echo(
+        f"vision {result.vision_s:.2f}s, prefill {result.prefill_s:.2f}s ({result.n_prompt_tokens} tokens{cached}), "
+        f"decode {result.decode_s:.2f}s ({result.n_new_tokens} tokens, {result.decode_tokens_per_s:.2f} tok/s), "
+        f"stopped on {result.finish_reason}",
+        err=True,
+    )

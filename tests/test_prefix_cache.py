@@ -1,0 +1,134 @@
+"""The page-prefix cache: a follow-up question on the same image(s) skips the vision tower
+and the page's prefill, and still gives exactly transformers' greedy tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from typer.testing import CliRunner  # noqa: E402
+
+import colrag  # noqa: E402
+from colrag.prefix_cache import Prefix, PrefixCache  # noqa: E402
+from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: E402,F401
+from tests.test_generator import N_NEW, Reference, synthetic_image  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_qwen2vl_checkpoint):
+    return Reference(tiny_qwen2vl_checkpoint)
+
+
+def _greedy(gen, question, images):
+    return gen.generate(question, images=images, max_new_tokens=N_NEW, min_new_tokens=N_NEW)
+
+
+@pytest.mark.parametrize("sizes", [[(260, 180, 11)], [(200, 150, 12), (120, 180, 13)]], ids=["one-image", "two-images"])
+def test_follow_up_from_the_cache_equals_transformers(sizes, tiny_generator_bundle, reference):
+    gen = colrag.Generator.load(tiny_generator_bundle, threads=1)
+    images = [synthetic_image(w, h, s) for w, h, s in sizes]
+    first = _greedy(gen, "What does this chart show?", images)
+    assert not first.prefix_cached and first.vision_s > 0
+    for question in ("And what is the title?", "この図は何を示していますか?"):
+        follow = _greedy(gen, question, images)
+        assert follow.prefix_cached and follow.vision_s == 0.0
+        _, want = reference.generate(question, images)
+        assert len(set(want)) >= 8
+        assert follow.token_ids == want
+    assert gen.prefix_cache.hits == 2 and gen.prefix_cache.misses == 1
+
+
+def test_other_pixels_or_no_cache_mean_no_hit(tiny_generator_bundle):
+    gen = colrag.Generator.load(tiny_generator_bundle, threads=1)
+    a, b = synthetic_image(400, 300, 21), synthetic_image(400, 300, 22)
+    gen.generate("Describe.", images=[a], max_new_tokens=2)
+    assert not gen.generate("Describe.", images=[b], max_new_tokens=2).prefix_cached
+    # a lower resolution is another preprocessing, so another prefix
+    assert not gen.generate("Describe.", images=[a], max_new_tokens=2, max_pixels=64 * 28 * 28).prefix_cached
+    assert gen.generate("Why?", images=[a], max_new_tokens=2).prefix_cached
+    assert not gen.generate("Why?", max_new_tokens=2).prefix_cached  # text only: nothing to cache
+    plain = colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=False)
+    plain.generate("Describe.", images=[a], max_new_tokens=2)
+    assert plain.prefix_cache is None and not plain.generate("Why?", images=[a], max_new_tokens=2).prefix_cached
+
+
+def test_disk_cache_serves_another_process_and_survives_damage(tiny_generator_bundle, reference, tmp_path):
+    folder = tmp_path / "prefixes"
+    images = [synthetic_image(220, 160, 31)]
+    first = colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=PrefixCache(folder=folder))
+    first.generate("Describe the image.", images=images, max_new_tokens=2)
+    (stored,) = list(folder.glob("*.npz"))
+    assert not list(folder.glob(".tmp-*"))
+
+    # a new Generator (as in the next `colrag ask`) finds it on disk
+    second = colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=PrefixCache(folder=folder))
+    follow = _greedy(second, "What is the title?", images)
+    assert follow.prefix_cached
+    assert follow.token_ids == reference.generate("What is the title?", images)[1]
+
+    # a damaged file is a miss (and is replaced), never a wrong answer
+    stored.write_bytes(stored.read_bytes()[:1000])
+    third = colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=PrefixCache(folder=folder))
+    again = _greedy(third, "What is the title?", images)
+    assert not again.prefix_cached and again.token_ids == follow.token_ids
+    assert stored.stat().st_size > 1000
+
+
+def _prefix(n_tokens: int, value: float = 0.0) -> Prefix:
+    return Prefix(np.arange(n_tokens, dtype=np.int64), [np.full((1, 2, n_tokens, 16), value, np.float32) for _ in range(4)])
+
+
+def test_cache_bounds_and_checks(tmp_path):
+    one = _prefix(100).nbytes
+    cache = PrefixCache(memory_bytes=2 * one, folder=tmp_path, disk_bytes=int(2.5 * one))
+    shape = (4, 2, 16)
+    for i in range(4):
+        cache.put(f"k{i}", _prefix(100, float(i)))
+    assert len(cache._memory) == 2  # the two most recent
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.npz")) <= 2.5 * one
+    assert not (tmp_path / "k0.npz").exists() and (tmp_path / "k3.npz").exists()
+
+    fresh = PrefixCache(folder=tmp_path)
+    hit = fresh.get("k3", np.arange(100), shape)
+    assert hit is not None and float(hit.past[0][0, 0, 0, 0]) == 3.0
+    assert fresh.get("k3", np.arange(1, 101), shape) is None  # other ids under the same key: refused
+    assert PrefixCache(folder=tmp_path).get("k3", np.arange(100), (6, 2, 16)) is None  # other model shape: refused, dropped
+    assert not (tmp_path / "k3.npz").exists()
+    assert fresh.get("missing", np.arange(3), shape) is None
+
+
+def test_unwritable_cache_folder_only_costs_speed(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cache = PrefixCache(folder=blocker / "prefixes")
+    cache.put("k", _prefix(10))  # no exception
+    assert cache.get("k", np.arange(10), (4, 2, 16)) is not None  # memory still serves it
+
+
+def test_ask_follow_ups_use_the_cache(tiny_generator_bundle, tmp_path, monkeypatch):
+    from colrag.cli import _register_commands, app
+
+    _register_commands()
+    img = tmp_path / "page.png"
+    synthetic_image(240, 180, 41).save(img)
+    base = ["ask", "--image", str(img), "--generator", str(tiny_generator_bundle), "--max-tokens", "6", "--stats"]
+    first = CliRunner().invoke(app, [*base, "What is shown?"])
+    assert first.exit_code == 0, first.output
+    assert "from cache" not in first.stderr
+    second = CliRunner().invoke(app, [*base, "What is the title?"])
+    assert second.exit_code == 0 and "page prefix from cache" in second.stderr  # across runs, via the disk cache
+    off = CliRunner().invoke(app, [*base, "--no-cache", "What is the title?"])
+    assert off.exit_code == 0 and "from cache" not in off.stderr and off.stdout == second.stdout
+
+    want = colrag.Generator.load(tiny_generator_bundle, prefix_cache=False)
+    answers = [want.generate(q, images=[img], max_new_tokens=6).text for q in ("What is shown?", "Why?", "Where?")]
+    session = CliRunner().invoke(app, [*base, "-i", "What is shown?"], input="Why?\nWhere?\n\nignored\n")
+    assert session.exit_code == 0, session.output
+    assert session.stdout == "".join(a + "\n" for a in answers)
+    assert session.stderr.count("page prefix from cache") == 3  # the page was already cached by the first run
+
+    bad = CliRunner().invoke(app, [*base, "-i", "--json", "q"])
+    assert bad.exit_code != 0 and "--interactive" in str(bad.exception)
