@@ -49,16 +49,14 @@ def build_colqwen2(path: Path) -> Path:
 
 def build_qwen2vl(path: Path) -> Path:
     import torch
-    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers import Qwen2VLForConditionalGeneration
 
-    from tests.tiny_models import TOKENIZER_DIR
+    from tests.generator_fixtures import save_generator_processor
 
     torch.manual_seed(1)
     model = Qwen2VLForConditionalGeneration(qwen2vl_2b_config()).eval()
     model.to(torch.bfloat16).save_pretrained(path)
-    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tok,
-                     chat_template=tok.chat_template).save_pretrained(path)
+    save_generator_processor(path)  # tokenizer, image processor, chat template (a Qwen2VLProcessor needs torchvision)
     return path
 
 

@@ -1,0 +1,119 @@
+"""Answer speed: transformers Qwen2VLForConditionalGeneration fp32 vs colrag bundles, side by side.
+
+    python bench/bench_generate.py --checkpoint ~/.cache/colrag-bench/qwen2vl-2b-random \
+        --bundle fp32=~/.cache/colrag-bench/bundles/generator \
+        --bundle int8=~/.cache/colrag-bench/bundles/generator-int8 [--runs 2]
+
+One real PDF page rendered at the generator's resolution, the question "What does the
+chart show?", 32 new tokens greedy (min_new_tokens = 32 so every run decodes the same
+count). Each variant in a fresh process: one warm-up, then --runs runs (median ± half
+range). Time to first token = vision + prefill (+ first sampling step); for colrag
+with the page-prefix cache off, so every run pays the vision tower and the whole
+prefill. "follow-up" is the time to the first token of a second, different question on
+the same page with the cache on (what `colrag ask -i` and a repeated `colrag ask` get).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._util import PDF_DIR, machine, peak_rss_gb, render_page, run_worker, summary  # noqa: E402
+
+QUESTION = "What does the chart show?"
+FOLLOW_UPS = ["Which year is the highest?", "What is the title of the page?", "Summarise the page in one sentence."]
+NEW_TOKENS = 32
+MAX_PIXELS = 1280 * 28 * 28
+
+
+def worker(args) -> None:
+    image = render_page(Path(args.pdf), args.page, MAX_PIXELS)
+    rows = []
+    if args.worker == "torch":
+        import torch
+        from transformers import Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+        from colrag.tokenization import Tokenizer, chat_prompt_ids
+
+        model = Qwen2VLForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
+        proc = Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=MAX_PIXELS)
+        tok = Tokenizer.from_dir(args.checkpoint)
+
+        def run():
+            pix = proc(images=[image], return_tensors="pt")
+            ids = chat_prompt_ids(tok, QUESTION, [int(pix["image_grid_thw"][0].prod()) // 4])
+            inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long), **pix}
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+            ttft = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+            total = time.perf_counter() - t0
+            return ttft, (NEW_TOKENS - 1) / max(1e-9, total - ttft)
+    else:
+        import colrag
+
+        g = colrag.Generator.load(args.bundle[-1], prefix_cache=False)
+
+        def run():
+            out = g.generate(QUESTION, [image], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+            return out.vision_s + out.prefill_s, out.decode_tokens_per_s
+
+    for i in range(args.runs + 1):
+        r = run()
+        if i:
+            rows.append(r)
+    follow = []
+    if args.worker == "colrag":
+        from colrag.prefix_cache import PrefixCache
+
+        g.prefix_cache = PrefixCache()
+        g.generate(QUESTION, [image], max_new_tokens=1)  # the page is read once
+        for question in FOLLOW_UPS:
+            t0 = time.perf_counter()
+            out = g.generate(question, [image], max_new_tokens=1)
+            assert out.prefix_cached
+            follow.append(time.perf_counter() - t0)  # wall time: preprocessing + cache lookup + question prefill
+    print(json.dumps({"ttft": [r[0] for r in rows], "tps": [r[1] for r in rows], "follow": follow, "peak_gb": peak_rss_gb()}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--bundle", action="append", default=[])
+    ap.add_argument("--pdf", default=str(PDF_DIR / "03_chart_usda_ag_energy_roundup.pdf"))
+    ap.add_argument("--page", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--worker", choices=["torch", "colrag"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    common = ["--checkpoint", args.checkpoint, "--pdf", args.pdf, "--page", str(args.page), "--runs", str(args.runs)]
+    variants = [] if args.skip_torch else [("transformers fp32", ["--worker", "torch"])]
+    for spec in args.bundle:
+        name, _, path = spec.rpartition("=")
+        variants.append((f"colrag {name or 'bundle'}", ["--worker", "colrag", "--bundle", path]))
+    print(f"machine: {machine()}")
+    print(f"page: {Path(args.pdf).name} p{args.page} at max_pixels {MAX_PIXELS}; {NEW_TOKENS} new tokens greedy; runs: {args.runs} after 1 warm-up\n")
+    print("| variant | time to first token (s) | decode (tokens/s) | decode (s/token) | follow-up first token (s) | peak RSS (GB) |")
+    print("|---|---|---|---|---|---|")
+    for name, extra in variants:
+        res = run_worker(Path(__file__), common + extra)
+        if "error" in res:
+            print(f"| {name} | failed: {res['error']} | | | | |")
+            continue
+        spt = [1 / t for t in res["tps"]]
+        follow = summary(res["follow"]) if res["follow"] else "(no cache)"
+        print(f"| {name} | {summary(res['ttft'])} | {summary(res['tps'])} | {summary(spt)} | {follow} | {res['peak_gb']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
