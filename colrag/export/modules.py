@@ -116,6 +116,23 @@ class TextModel(nn.Module):
         neg = torch.full((), torch.finfo(dtype).min, dtype=dtype)
         return torch.where(allowed, zero, neg).unsqueeze(1)  # (B, 1, S, T)
 
+    def _grouped_attention(self, q, k, v, mask, groups: int):
+        """softmax(q kᵀ / √d + mask) v with `groups` query heads per k/v head, without copying k/v.
+
+        q (B, heads, S, hd); k, v (B, kv, T, hd); mask (B, 1, S, T). Query head h uses k/v head
+        h // groups (transformers' repeat_kv). Folding each group's query heads into the row
+        axis, (B, kv, groups·S, hd), lets every k/v head serve its group in one MatMul; the
+        repeat_interleave this replaces copied the whole cache 6× per layer and token
+        (Qwen2-VL-2B: 12 query heads, 2 k/v heads), which dominated decode at long prompts.
+        """
+        b, heads, s, hd = q.shape
+        kv = k.shape[1]
+        q = q.reshape(b, kv, groups * s, hd)  # row g·S + s of k/v head j is query head j·groups + g
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (hd**-0.5)  # (B, kv, groups·S, T)
+        scores = scores + mask.repeat(1, 1, groups, 1)  # the mask's S rows, once per group
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, kv, groups·S, hd)
+        return out.reshape(b, heads, s, hd)
+
     def forward(self, inputs_embeds, position_ids, attention_mask, *past):
         b, s, _ = inputs_embeds.shape
         cos, sin = mrope_cos_sin(position_ids, self.inv_freq, self.mrope_section)
@@ -136,10 +153,7 @@ class TextModel(nn.Module):
                 k = torch.cat((past[2 * i], k), dim=2)  # (B, kv, P+S, hd)
                 v = torch.cat((past[2 * i + 1], v), dim=2)
                 presents += [k, v]
-            if groups > 1:
-                k = k.repeat_interleave(groups, dim=1)  # (B, heads, T, hd)
-                v = v.repeat_interleave(groups, dim=1)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, S, hd)
+            out = self._grouped_attention(q, k, v, mask, groups)  # (B, heads, S, hd)
             out = out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
             x = x + attn.o_proj(out)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
