@@ -19,10 +19,10 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux → GB
 
 
-def summary(times: list[float]) -> str:
+def summary(times: list[float], digits: int = 2) -> str:
     med = statistics.median(times)
     spread = (max(times) - min(times)) / 2 if len(times) > 1 else 0.0
-    return f"{med:.2f} ± {spread:.2f}"
+    return f"{med:.{digits}f} ± {spread:.{digits}f}"
 
 
 def run_worker(script: Path, args: list[str]) -> dict:

@@ -53,9 +53,9 @@ def worker(args) -> None:
             ttft = time.perf_counter() - t0
             t0 = time.perf_counter()
             with torch.no_grad():
-                model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+                out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
             total = time.perf_counter() - t0
-            return ttft, (NEW_TOKENS - 1) / max(1e-9, total - ttft)
+            return ttft, (NEW_TOKENS - 1) / max(1e-9, total - ttft), out[0, len(ids):].tolist()
     else:
         import colrag
 
@@ -63,7 +63,7 @@ def worker(args) -> None:
 
         def run():
             out = g.generate(QUESTION, [image], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
-            return out.vision_s + out.prefill_s, out.decode_tokens_per_s
+            return out.vision_s + out.prefill_s, out.decode_tokens_per_s, out.token_ids
 
     for i in range(args.runs + 1):
         r = run()
@@ -80,7 +80,8 @@ def worker(args) -> None:
             out = g.generate(question, [image], max_new_tokens=1)
             assert out.prefix_cached
             follow.append(time.perf_counter() - t0)  # wall time: preprocessing + cache lookup + question prefill
-    print(json.dumps({"ttft": [r[0] for r in rows], "tps": [r[1] for r in rows], "follow": follow, "peak_gb": peak_rss_gb()}))
+    print(json.dumps({"ttft": [r[0] for r in rows], "tps": [r[1] for r in rows], "follow": follow, "tokens": rows[-1][2],
+                      "peak_gb": peak_rss_gb()}))
 
 
 def main() -> None:
@@ -105,14 +106,33 @@ def main() -> None:
     print(f"page: {Path(args.pdf).name} p{args.page} at max_pixels {MAX_PIXELS}; {NEW_TOKENS} new tokens greedy; runs: {args.runs} after 1 warm-up\n")
     print("| variant | time to first token (s) | decode (tokens/s) | decode (s/token) | follow-up first token (s) | peak RSS (GB) |")
     print("|---|---|---|---|---|---|")
+    tokens = {}
     for name, extra in variants:
         res = run_worker(Path(__file__), common + extra)
+        tokens[name] = res.get("tokens")
         if "error" in res:
             print(f"| {name} | failed: {res['error']} | | | | |")
             continue
         spt = [1 / t for t in res["tps"]]
         follow = summary(res["follow"]) if res["follow"] else "(no cache)"
-        print(f"| {name} | {summary(res['ttft'])} | {summary(res['tps'])} | {summary(spt)} | {follow} | {res['peak_gb']:.1f} |", flush=True)
+        print(f"| {name} | {summary(res['ttft'])} | {summary(res['tps'])} | {summary(spt, 3)} | {follow} | {res['peak_gb']:.1f} |", flush=True)
+    print_agreement(tokens)
+
+
+def print_agreement(tokens: dict) -> None:
+    """Greedy-token agreement of every variant with colrag fp32 (or the first colrag variant) on the same page."""
+    base_name = next((n for n in tokens if n == "colrag fp32"), next((n for n in tokens if n.startswith("colrag")), None))
+    base = tokens.get(base_name)
+    if not base:
+        return
+    print(f"\ngreedy tokens against {base_name} ({len(base)} new tokens):")
+    for name, ids in tokens.items():
+        if name == base_name or not ids:
+            continue
+        same = sum(a == b for a, b in zip(ids, base))
+        first = next((i for i, (a, b) in enumerate(zip(ids, base)) if a != b), None)
+        where = "identical" if first is None else f"first difference at token {first + 1}"
+        print(f"- {name}: {same}/{len(base)} positions equal, {where}")
 
 
 if __name__ == "__main__":
