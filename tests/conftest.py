@@ -49,3 +49,13 @@ def tiny_retriever_bundle(tiny_colqwen2_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "retriever"
     export_retriever(tiny_colqwen2_checkpoint, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_retriever_int8_bundle(tiny_colqwen2_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported with --quantize int8."""
+    from colrag.export.retriever import export_retriever
+
+    out = tmp_path_factory.mktemp("bundles") / "retriever-int8"
+    export_retriever(tiny_colqwen2_checkpoint, out, quantize="int8")
+    return out

@@ -11,13 +11,9 @@ import colrag  # noqa: E402
 from tests.test_retriever import synthetic_page  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(tiny_colqwen2_checkpoint, tmp_path_factory):
-    from colrag.export.retriever import export_retriever
-
-    out = tmp_path_factory.mktemp("bundles") / "retriever-int8"
-    export_retriever(tiny_colqwen2_checkpoint, out, quantize="int8")
-    return out
+@pytest.fixture
+def int8_bundle(tiny_retriever_int8_bundle):
+    return tiny_retriever_int8_bundle
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

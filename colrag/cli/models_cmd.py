@@ -94,3 +94,59 @@ def verify_cmd(
             typer.echo(f"FAILED\t{path}\t{exc}")
     if failed:
         raise typer.Exit(1)
+
+
+@models_app.command("compare")
+def compare_cmd(
+    bundle_a: Path = typer.Argument(..., help="Reference bundle (e.g. an fp32 export: `--quantize none`)."),
+    bundle_b: Path = typer.Argument(..., help="Bundle to check against it (e.g. the int8 one you use)."),
+    inputs: list[Path] = typer.Argument(..., help="Your PDFs, folders of PDFs and/or image files to compare on."),
+    pages: int = typer.Option(4, "--pages", min=1, help="How many pages to use (taken in turn from each document)."),
+    query: Optional[list[str]] = typer.Option(None, "--query", "-q", help="Retriever: a query to rank the pages with (repeat) \\[default: six generic report questions]. Generator: the question asked about each page \\[default: 'What does this page show?']."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Retriever: the ranking depth whose overlap is reported."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Generator: greedy tokens per answer."),
+    password: Optional[str] = typer.Option(None, "--password", help="Password for encrypted PDFs."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Measure how far BUNDLE_B drifts from BUNDLE_A on your own pages.
+
+    Retrievers: embedding cosine (pages, queries) and agreement of the page ranking.
+    Generators: greedy answers compared token by token. Use it to check that a
+    quantized bundle keeps accuracy with the real weights on your documents.
+    """
+    from dataclasses import asdict
+
+    from ..compare import DEFAULT_QUERIES, DEFAULT_QUESTION, bundle_kind, compare_generators, compare_retrievers, sample_pages
+    from ..constants import GENERATOR_MAX_PIXELS
+    from ..render import DEFAULT_TARGET_PIXELS
+
+    def note(message: str) -> None:
+        typer.echo(message, err=True)
+
+    kind = bundle_kind(bundle_a, bundle_b)
+    target = DEFAULT_TARGET_PIXELS if kind == "retriever" else GENERATOR_MAX_PIXELS
+    sample = sample_pages(inputs, pages, target, password, warn=note)
+    if kind == "retriever":
+        drift = compare_retrievers(bundle_a, bundle_b, sample, query or DEFAULT_QUERIES, top_k=top_k, threads=threads, progress=note)
+        if as_json:
+            typer.echo(json.dumps({"kind": kind, **asdict(drift)}, indent=2))
+            return
+        typer.echo(f"{drift.pages} pages, {drift.queries} queries")
+        typer.echo(f"page embeddings: cosine mean {drift.page_cosine_mean:.5f}, min {drift.page_cosine_min:.5f} (worst page: {drift.worst_page})")
+        typer.echo(f"query embeddings: cosine mean {drift.query_cosine_mean:.5f}, min {drift.query_cosine_min:.5f}")
+        typer.echo(f"ranking: same best page for {drift.top1_agreement:.0%} of queries, top-{drift.top_k} overlap {drift.top_k_overlap:.0%}")
+        for d in drift.disagreements:
+            typer.echo(f"  {d['query']!r}: A ranks {d['page_a']} first, B {d['page_b']}, which trails it by {d['gap']:.2%} in A's scores")
+        return
+    drift = compare_generators(bundle_a, bundle_b, sample, query or [DEFAULT_QUESTION], max_new_tokens=max_new_tokens,
+                               threads=threads, progress=note)
+    if as_json:
+        typer.echo(json.dumps({"kind": kind, **drift.as_dict()}, indent=2, ensure_ascii=False))
+        return
+    for a in drift.answers:
+        where = "identical" if a.first_difference is None else f"first difference at token {a.first_difference}"
+        typer.echo(f"{a.page}: {a.question!r}: {a.equal_positions}/{a.tokens} tokens equal, {where}")
+        if a.first_difference is not None:
+            typer.echo(f"  A: {a.answer_a!r}\n  B: {a.answer_b!r}")
+    typer.echo(f"{drift.identical}/{len(drift.answers)} answers identical; {drift.token_agreement:.1%} of token positions agree")
