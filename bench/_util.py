@@ -52,7 +52,7 @@ def machine() -> str:
 
 def render_page(pdf: Path, page_no: int, max_pixels: int):
     """Render a PDF page to about `max_pixels` pixels (what `colrag index` gives the retriever)."""
-    import fitz
+    import pymupdf as fitz  # the `fitz` name is deprecated
     from PIL import Image
 
     with fitz.open(pdf) as doc:

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--pdf", default=str(PDF_DIR / "01_chart_paper_tracemonkey.pdf"))
     ap.add_argument("--pages", type=int, default=4)
     args = ap.parse_args()
-    import fitz
+    import pymupdf as fitz  # the `fitz` name is deprecated
 
     print(f"machine: {machine()}")
     print(f"input: first {args.pages} pages of {Path(args.pdf).name}\n")

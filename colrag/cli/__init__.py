@@ -1,7 +1,7 @@
 """The `colrag` command. Thin: parses arguments, calls the library, prints.
 
 Each command group lives in its own module and registers itself on `app`;
-heavy imports (onnxruntime, numpy, fitz) happen inside the commands so that
+heavy imports (onnxruntime, numpy, pymupdf) happen inside the commands so that
 `colrag --version` and `--help` answer instantly.
 """
 
