@@ -101,7 +101,7 @@ def compare_cmd(
     bundle_a: Path = typer.Argument(..., help="Reference bundle (e.g. an fp32 export: `--quantize none`)."),
     bundle_b: Path = typer.Argument(..., help="Bundle to check against it (e.g. the int8 one you use)."),
     inputs: list[Path] = typer.Argument(..., help="Your PDFs, folders of PDFs and/or image files to compare on."),
-    pages: int = typer.Option(4, "--pages", min=1, help="How many pages to use (taken in turn from each document)."),
+    pages: int = typer.Option(4, "--pages", min=1, max=200, help="How many pages to use (taken in turn from each document; images are held in memory, hence the cap)."),
     query: Optional[list[str]] = typer.Option(None, "--query", "-q", help="Retriever: a query to rank the pages with (repeat) \\[default: six generic report questions]. Generator: the question asked about each page \\[default: 'What does this page show?']."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Retriever: the ranking depth whose overlap is reported."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Generator: greedy tokens per answer."),
