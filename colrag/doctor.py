@@ -96,8 +96,8 @@ def check_bundle(part: str, bundle: Path, *, full: bool) -> Check:
 
     fix = f"colrag models install --only {part}"
     if not bundle.exists():
-        need = "search and index" if part == "retriever" else "ask"
-        return Check(part, FAIL, f"no bundle at {bundle} (`colrag {need}` needs it)", fix)
+        need = "`colrag index` and `colrag search` need it" if part == "retriever" else "`colrag ask` needs it"
+        return Check(part, FAIL, f"no bundle at {bundle} ({need})", fix)
     try:
         manifest = (verify_bundle if full else load_manifest)(bundle, part)
         if part == "generator":
