@@ -375,3 +375,20 @@ def test_int8_export_records_drift_and_generates(tiny_qwen2vl_checkpoint, tmp_pa
     assert q["graphs"]["vision"]["quantized_matmuls"] > 0
     out = colrag.Generator.load(bundle, threads=1).generate("Describe.", images=[synthetic_image(120, 90, 1)], max_new_tokens=4)
     assert len(out.token_ids) == 4
+
+
+def test_dynamic_vision_scheme_generator(tiny_qwen2vl_checkpoint, tmp_path):
+    import onnx
+
+    from colrag.export.generator import export_generator
+
+    bundle = tmp_path / "int8-dynamic-vision"
+    manifest = export_generator(tiny_qwen2vl_checkpoint, bundle, quantize="int8-dynamic-vision")
+    verify_bundle(bundle, "generator")
+    graphs = manifest["quantization"]["graphs"]
+    assert graphs["vision"]["method"].startswith("dynamic") and graphs["decoder"]["block_size"] == 128
+    assert graphs["vision"]["vision_check_grid"]["min_cosine_vs_fp32"] >= 0.99
+    vision_ops = {n.op_type for n in onnx.load(bundle / "vision.onnx", load_external_data=False).graph.node}
+    assert "MatMulInteger" in vision_ops and "MatMulNBits" not in vision_ops
+    out = colrag.Generator.load(bundle, threads=1).generate("Describe.", images=[synthetic_image(120, 90, 1)], max_new_tokens=4)
+    assert len(out.token_ids) == 4

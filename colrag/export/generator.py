@@ -350,7 +350,7 @@ def _quantize_bundle(work: Path, scheme: str, checks: list[_Check]) -> dict:
         name = graph.removesuffix(".onnx")
         _log(f"quantizing the {name} graph ({scheme}) ...")
         q_path = work / f"{name}.q.onnx"
-        stats = quantize_graph(work / graph, q_path, scheme)
+        stats = quantize_graph(work / graph, q_path, scheme, vision=name == "vision")
         for check in checks:
             if check.graph == graph:
                 stats[check.label] = check.drift(work, q_path)

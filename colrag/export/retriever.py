@@ -243,7 +243,7 @@ def _quantize_bundle(work: Path, scheme: str, ort, hidden: int) -> dict:
         _log(f"quantizing the {name} graph ({scheme}) ...")
         fp32_path, q_path = work / f"{name}.onnx", work / f"{name}.q.onnx"
         want = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(None, feeds[name])[0]
-        stats = quantize_graph(fp32_path, q_path, scheme)
+        stats = quantize_graph(fp32_path, q_path, scheme, vision=name == "vision")
         got = ort.InferenceSession(str(q_path), providers=["CPUExecutionProvider"]).run(None, feeds[name])[0]
         a, b = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
         keep = np.linalg.norm(b, axis=1) > 0  # padding rows of the text output are zero
