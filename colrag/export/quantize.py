@@ -111,8 +111,14 @@ def _quantize_dynamic(src: Path, dst: Path, scheme: str) -> dict:
     dst.unlink(missing_ok=True)
     data = Path(str(dst) + ".data")
     data.unlink(missing_ok=True)
-    quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, weight_type=QuantType.QInt8,
-                     use_external_data_format=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic "consider pre-processing" warning on the root logger
+    try:
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, weight_type=QuantType.QInt8,
+                         use_external_data_format=True)
+    finally:
+        root.setLevel(level)
     if data.exists():
         os.chmod(data, 0o644)  # written 0600; bundles are meant to be shared read-only
     model = onnx.load(str(dst), load_external_data=False)
