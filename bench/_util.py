@@ -33,6 +33,31 @@ def run_worker(script: Path, args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def side_by_side_args(description: str, runs: int):
+    """The command line shared by the side-by-side benchmarks: one checkpoint for the torch
+    reference, colrag bundles as NAME=DIR, a real PDF page, and the hidden --worker switch."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="full-size checkpoint (bench/full_checkpoints.py)")
+    ap.add_argument("--bundle", action="append", default=[], help="colrag bundle, as DIR or NAME=DIR (repeatable)")
+    ap.add_argument("--pdf", default=str(PDF_DIR / "03_chart_usda_ag_energy_roundup.pdf"))
+    ap.add_argument("--page", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=runs)
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--worker", choices=["torch", "colrag"], help=argparse.SUPPRESS)
+    return ap
+
+
+def variants(args, default_name: str) -> list[tuple[str, list[str]]]:
+    """(table row name, worker arguments): transformers first unless skipped, then each bundle."""
+    rows = [] if args.skip_torch else [("transformers fp32", ["--worker", "torch"])]
+    for spec in args.bundle:
+        name, _, path = spec.rpartition("=")
+        rows.append((f"colrag {name or default_name}", ["--worker", "colrag", "--bundle", path]))
+    return rows
+
+
 def machine() -> str:
     flags = ""
     try:

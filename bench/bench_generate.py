@@ -15,14 +15,14 @@ the same page with the cache on (what `colrag ask -i` and a repeated `colrag ask
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._util import PDF_DIR, machine, peak_rss_gb, render_page, run_worker, summary  # noqa: E402
+from bench._util import machine, peak_rss_gb, render_page, run_worker, side_by_side_args, summary  # noqa: E402
+from bench._util import variants as bench_variants  # noqa: E402
 
 QUESTION = "What does the chart show?"
 FOLLOW_UPS = ["Which year is the highest?", "What is the title of the page?", "Summarise the page in one sentence."]
@@ -85,23 +85,12 @@ def worker(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--bundle", action="append", default=[])
-    ap.add_argument("--pdf", default=str(PDF_DIR / "03_chart_usda_ag_energy_roundup.pdf"))
-    ap.add_argument("--page", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--skip-torch", action="store_true")
-    ap.add_argument("--worker", choices=["torch", "colrag"], help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = side_by_side_args(__doc__, runs=2).parse_args()
     if args.worker:
         worker(args)
         return
     common = ["--checkpoint", args.checkpoint, "--pdf", args.pdf, "--page", str(args.page), "--runs", str(args.runs)]
-    variants = [] if args.skip_torch else [("transformers fp32", ["--worker", "torch"])]
-    for spec in args.bundle:
-        name, _, path = spec.rpartition("=")
-        variants.append((f"colrag {name or 'bundle'}", ["--worker", "colrag", "--bundle", path]))
+    variants = bench_variants(args, "bundle")
     print(f"machine: {machine()}")
     print(f"page: {Path(args.pdf).name} p{args.page} at max_pixels {MAX_PIXELS}; {NEW_TOKENS} new tokens greedy; runs: {args.runs} after 1 warm-up\n")
     print("| variant | time to first token (s) | decode (tokens/s) | decode (s/token) | follow-up first token (s) | peak RSS (GB) |")

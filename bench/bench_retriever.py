@@ -10,14 +10,14 @@ rendered to the retriever's pixel budget.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._util import PDF_DIR, machine, peak_rss_gb, render_page, run_worker, summary  # noqa: E402
+from bench._util import machine, peak_rss_gb, render_page, run_worker, side_by_side_args, summary  # noqa: E402
+from bench._util import variants as bench_variants  # noqa: E402
 
 QUERY = "What share of energy use does the chart attribute to fertilizer production?"
 MAX_PIXELS = 768 * 28 * 28
@@ -70,24 +70,14 @@ def worker(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="full-size ColQwen2 checkpoint (bench/full_checkpoints.py)")
-    ap.add_argument("--bundle", action="append", default=[], help="colrag bundle, as DIR or NAME=DIR (repeatable)")
-    ap.add_argument("--pdf", default=str(PDF_DIR / "03_chart_usda_ag_energy_roundup.pdf"))
-    ap.add_argument("--page", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=3)
+    ap = side_by_side_args(__doc__, runs=3)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--skip-torch", action="store_true")
-    ap.add_argument("--worker", choices=["torch", "colrag"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
         return
     common = ["--checkpoint", args.checkpoint, "--pdf", args.pdf, "--page", str(args.page), "--runs", str(args.runs), "--threads", str(args.threads)]
-    variants = [] if args.skip_torch else [("transformers fp32", ["--worker", "torch"])]
-    for spec in args.bundle:
-        name, _, path = spec.rpartition("=")
-        variants.append((f"colrag {name or 'fp32'}", ["--worker", "colrag", "--bundle", path]))
+    variants = bench_variants(args, "fp32")
     print(f"machine: {machine()}")
     print(f"page: {Path(args.pdf).name} p{args.page}; runs: {args.runs} (median ± half range, after 1 warm-up)\n")
     print("| variant | page embedding (s) | query embedding (s) | peak RSS (GB) |")
