@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
 import colrag  # noqa: E402
+from colrag.compare import row_cosines as cosines  # noqa: E402
 from tests.test_retriever import synthetic_page  # noqa: E402
 
 
 @pytest.fixture
 def int8_bundle(tiny_retriever_int8_bundle):
     return tiny_retriever_int8_bundle
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_int8_bundle_is_quantized_and_records_drift(int8_bundle):
