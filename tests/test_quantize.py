@@ -61,3 +61,43 @@ def test_dynamic_vision_scheme_quantizes_the_vision_tower_per_tensor(tiny_colqwe
     pages = [synthetic_page(640, 820, seed=21), synthetic_page(900, 600, seed=22)]
     for a, b in zip(fp32.embed_images(pages), dyn.embed_images(pages)):
         assert a.shape == b.shape and 0.99 <= cosines(a, b).mean() < 0.999999
+
+
+def _one_matmul_graph(path, k=256, n=64):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32) * 0.05
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path),
+                    save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+    return w
+
+
+@pytest.mark.parametrize("vision, bits", [(False, 4), (True, 8)])
+def test_int4_quantizes_only_the_language_model_to_4_bits(tmp_path, vision, bits):
+    """int4 pays in the memory-bound decode steps; a vision tower stays int8 (int4 there is slower and less accurate)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from colrag.export.quantize import quantize_graph
+
+    src, dst = tmp_path / "g.onnx", tmp_path / "g.q.onnx"
+    w = _one_matmul_graph(src)
+    stats = quantize_graph(src, dst, "int4", vision=vision)
+    assert stats["bits"] == bits and stats["quantized_matmuls"] == 1
+    (node,) = onnx.load(str(dst), load_external_data=False).graph.node
+    assert node.op_type == "MatMulNBits"
+    assert {a.name: a.i for a in node.attribute}["bits"] == bits
+    x = np.random.default_rng(1).standard_normal((8, w.shape[0])).astype(np.float32)
+    (y,) = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    ref = x @ w
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    assert err < (0.02 if bits == 8 else 0.2) and err > 0  # quantized, and close to fp32 at its bit width

@@ -36,7 +36,7 @@ def export_generator_cmd(
         help="A retriever bundle folder: when its vision tower has the same weights, reference its vision graph instead of storing a copy.",
     ),
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
-    quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 or int4 (weight-only, block-wise), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift); the drift vs fp32 is recorded in the manifest."),
+    quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 (weight-only, block-wise), int4 (4-bit language-model weights, int8 vision: faster decoding), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift); the drift vs fp32 is recorded in the manifest."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
 ) -> None:
     """Export a Qwen2-VL generator checkpoint: vision + decoder (KV cache) graphs, embedding table, tokenizer, manifest."""

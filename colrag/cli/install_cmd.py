@@ -40,7 +40,7 @@ def install_cmd(
     generator_from: Optional[Path] = typer.Option(
         None, "--generator-from", metavar="DIR", help="Qwen2-VL checkpoint folder on disk (like Qwen/Qwen2-VL-2B-Instruct) instead of a download."
     ),
-    quantize: Quantize = typer.Option("int8", "--quantize", help="Weight-only quantization of the exported graphs: int8 (default: ~1.8x faster matmuls than fp32, embedding cosine >= 0.997 vs fp32 measured on random weights), int4, int8-dynamic-vision (opt-in: pages ~20% faster, larger drift: check it with `colrag models compare`), or none (fp32)."),
+    quantize: Quantize = typer.Option("int8", "--quantize", help="Weight-only quantization of the exported graphs: int8 (default: ~1.8x faster matmuls than fp32, embedding cosine >= 0.997 vs fp32 measured on random weights), int4 (4-bit language-model weights, int8 vision: faster decoding, more drift), int8-dynamic-vision (opt-in: pages ~20% faster, larger drift: check it with `colrag models compare`), or none (fp32)."),
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     force: bool = typer.Option(False, "--force", help="Go on even when the disk or memory check says it will not fit."),
     reinstall: bool = typer.Option(False, "--reinstall", help="Replace bundles that are already installed (they are kept otherwise)."),

@@ -22,7 +22,7 @@ def export_retriever_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder to write [default: <models-dir>/retriever]."),
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
-    quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 or int4 (weight-only, block-wise), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift)."),
+    quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 (weight-only, block-wise), int4 (4-bit language-model weights, int8 vision: faster decoding), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
 ) -> None:
     """Export a ColQwen2 retriever checkpoint: vision + text graphs, embedding table, tokenizer, manifest."""

@@ -29,6 +29,11 @@ QUANT_SCHEMES = {
     "int4": (4, 128),
     "int8-dynamic-vision": (8, 128),  # (bits, block) of the language model; the vision tower: see above
 }
+# The vision tower of a weight-only scheme is always int8: it runs ~3,000 patches at once
+# (compute-bound), where int4 weights are both slower (322 vs 385 GOP/s) and ~10x less
+# accurate (rel. error 9.8e-2 vs 8.5e-3, bench/bench_matmul.py). int4 pays only where
+# weight bytes dominate: the generator's one-token decode steps (docs/BENCHMARKS.md).
+VISION_WEIGHT_ONLY = (8, 128)
 DYNAMIC_VISION_SCHEMES = ("int8-dynamic-vision",)
 
 
@@ -83,7 +88,7 @@ def quantize_graph(src: Path, dst: Path, scheme: str = "int8", accuracy_level: i
     import logging
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    bits, block = QUANT_SCHEMES[scheme]
+    bits, block = VISION_WEIGHT_ONLY if vision else QUANT_SCHEMES[scheme]
     model = onnx.load(str(src), load_external_data=True)
     rewritten = _gemm_to_matmul(model)
     config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=accuracy_level, bits=bits, op_types_to_quantize=("MatMul",))
