@@ -9,10 +9,11 @@ import pytest
 from colrag.errors import IndexStoreError, InputError
 from colrag.indexer import Indexer
 from colrag.scoring import maxsim
-from colrag.search import Searcher
+from colrag.search import Searcher, best_centroids, maxsim_int8
 from colrag.store import Index, RetrieverInfo
 from colrag.store import ann
 from colrag.store import codebook as cb
+from colrag.store.vectors import dequantize, quantize
 from tests.index_helpers import FakeRetriever, clustered_rows, make_pdf
 
 QUERIES = ["revenue by region", "chart of energy use", "page 2", "a blue box", "zz"]
@@ -165,3 +166,27 @@ def test_reader_with_a_stale_cache_sees_new_and_removed_pages(tmp_path, monkeypa
         hits = searcher.search_vectors(index.page_vectors(index.snapshot(), index.snapshot().pages[-1]), top_k=20)
         assert (hits[0].file, hits[0].page) == ("/new.pdf", 1)
         assert "/d0.pdf" not in {h.file for h in hits}
+
+
+@pytest.mark.parametrize("n_centroids, k", [(4096, 8), (4096, 1), (1000, 8), (256, 8)])
+def test_best_centroids_are_the_exact_top_k(n_centroids, k):
+    """Grouped selection (4096 = 64 groups), k = 1, a count that is no multiple of the group, too few groups."""
+    sim_t = np.random.default_rng(n_centroids + k).standard_normal((n_centroids, 25)).astype(np.float32)
+    ids, vals = best_centroids(sim_t, k)
+    assert ids.shape == vals.shape == (25, k)
+    want = np.argsort(-sim_t, axis=0)[:k].T  # (n_q, k)
+    assert [set(row) for row in ids.tolist()] == [set(row) for row in want.tolist()]
+    np.testing.assert_array_equal(vals, np.take_along_axis(sim_t.T, ids, axis=1))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_maxsim_int8_equals_maxsim_over_dequantized_rows(workers):
+    rng = np.random.default_rng(workers)
+    sizes = [1, 700, 2500, *rng.integers(1, 900, size=150).tolist()]  # one page larger than a block
+    pages = [quantize(rng.standard_normal((n, 128)).astype(np.float32)) for n in sizes]
+    q = rng.standard_normal((20, 128)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    want = maxsim([q], [dequantize(p) for p in pages])[0]
+    got = maxsim_int8(q, pages, block_rows=2000, workers=workers)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert maxsim_int8(q, [], workers=workers).shape == (0,)
