@@ -20,7 +20,9 @@ Latency is Searcher.search_vectors (after the query is embedded), warm (the inde
 opened once and queried `--runs` times over every query). Recall@5 compares the
 returned top 5 with exact brute-force MaxSim over every stored (dequantized) vector.
 Open time is measured in a new process: import + Index.open + Searcher + the first
-search (which loads the snapshot and the inverted file).
+search (which loads the snapshot and the inverted file). Cold searches: 8 queries in a
+new process right after the index's files were dropped from the page cache
+(posix_fadvise DONTNEED; Linux), i.e. every candidate page read from disk.
 """
 
 from __future__ import annotations
@@ -181,6 +183,37 @@ def open_time(folder: Path, query_file: Path, repeats: int = 3) -> dict:
     return {"import_s": med[0], "open_snapshot_s": med[1], "first_search_s": med[2]}
 
 
+def evict(folder: Path) -> bool:
+    """Drop the index's files from the page cache (Linux; files no process maps). False if unsupported."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for f in folder.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return True
+
+
+def cold_searches(folder: Path, queries_file: Path) -> list[float] | None:
+    """Seconds per search in a new process right after the index left the page cache (the first
+    searches on an index not used for a while; this machine pages out what is idle for ~60 s)."""
+    if not evict(folder):
+        return None
+    code = (
+        "import time, sys, numpy as np\n"
+        "from colrag.store import Index; from colrag.search import Searcher\n"
+        "ix = Index.open(sys.argv[1]); s = Searcher(ix, None); qs = np.load(sys.argv[2])\n"
+        "for q in qs:\n"
+        "    t = time.perf_counter(); s.search_vectors(q, 5); print(time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(folder), str(queries_file)], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return [float(x) for x in out.stdout.split()]
+
+
 def disk_breakdown(folder: Path) -> dict:
     parts = {"vectors": 0, "codes": 0, "codebook": 0, "ivf": 0, "catalog": 0, "other": 0}
     for p in folder.rglob("*"):
@@ -250,7 +283,8 @@ def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candid
         swept = []
         for npr, cand in sweep:  # recall / latency trade-off, one run each
             s = Searcher(index, None, nprobe=npr, candidates=cand)
-            s.search_vectors(queries[0], 5)
+            for q in queries:  # warm: this setting's extra candidates into the page cache, like the main runs
+                s.search_vectors(q, 5)
             t_all, rec = [], []
             for i, q in enumerate(queries):
                 t = time.perf_counter()
@@ -261,6 +295,9 @@ def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candid
     qfile = folder.parent / "query0.npy"
     np.save(qfile, queries[0])
     opened = open_time(folder, qfile)
+    cold_file = folder.parent / "cold_queries.npy"
+    np.save(cold_file, np.stack([q for q in queries[1:9]]))  # every query has 25 tokens
+    cold = cold_searches(folder, cold_file)
     disk = disk_breakdown(folder)
     is_random = np.array([k == "random" for k in kinds])
     per_run_p50 = np.median(lat, axis=1) * 1000
@@ -273,6 +310,7 @@ def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candid
         "target_first": float(np.mean(first_ok)) if first_ok else None,
         "bytes_per_page": sum(disk.values()) / pages, "disk": {k: v / pages for k, v in disk.items()},
         **{f"open_{k}": v for k, v in opened.items()}, "build": build_info, "params": kwargs,
+        "cold_search_s": cold,
         "load": os.getloadavg(), "sweep": swept,
     }
 
@@ -309,6 +347,9 @@ def main() -> int:
         print(f"| top 5 within 1% of the exact 5th score | {res['recall5_within_1pct']:.3f} |")
         print(f"| bytes per page | {res['bytes_per_page']:,.0f} (vectors {d['vectors']:,.0f}, codes {d['codes']:,.0f}, inverted file {d['ivf']:,.0f}, catalog {d['catalog']:,.0f}, codebook {d['codebook']:,.0f}) |")
         print(f"| open (new process) | import {res['open_import_s'] * 1000:.0f} ms, Index.open + snapshot {res['open_open_snapshot_s'] * 1000:.0f} ms, first search {res['open_first_search_s'] * 1000:.0f} ms |")
+        if res["cold_search_s"]:
+            c = np.array(res["cold_search_s"]) * 1000
+            print(f"| cold: 8 searches in a new process after evicting the index from the page cache | median {np.median(c):.0f} ms, first {c[0]:.0f} ms, max {c.max():.0f} ms |")
         b = res["build"]
         if b:
             print(f"| build | {b.get('build_s', 0):.0f} s (inverted file {b.get('ivf_build_s', 0):.1f} s), max RSS {b.get('max_rss_mb', 0):.0f} MB |")

@@ -95,6 +95,7 @@ class Searcher:
             raise IndexStoreError(f"index {self.index.path} has no pages yet: run `colrag index DIR` first")
         q = np.asarray(q, dtype=np.float32)  # (n_q, dim)
         pages = self.candidates(q, top_k)
+        self.index.prefetch(snap, pages)  # cold pages: one parallel read instead of one fault after another
         if pages is snap.pages:  # every page: the very computation a brute-force check does
             scores = maxsim([q], [self.index.page_vectors(snap, p) for p in pages])[0]  # (n_pages,)
         else:

@@ -190,3 +190,24 @@ def test_maxsim_int8_equals_maxsim_over_dequantized_rows(workers):
     got = maxsim_int8(q, pages, block_rows=2000, workers=workers)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert maxsim_int8(q, [], workers=workers).shape == (0,)
+
+
+def test_search_prefetches_the_pages_it_reranks(small_index, monkeypatch):
+    from colrag.store.vectors import SegmentReader
+
+    path, retriever = small_index
+    asked = []
+    real = SegmentReader.willneed
+
+    def spy(self, name, committed_rows, spans):
+        asked.extend((name, first, n) for first, n in spans)
+        real(self, name, committed_rows, spans)  # the real madvise runs too: it must not fail
+
+    monkeypatch.setattr(SegmentReader, "willneed", spy)
+    with Index.open(path) as index:
+        searcher = Searcher(index, retriever, exact_all_pages=0, nprobe=4, candidates=8)
+        q = retriever.embed_queries(["revenue by region"])[0]
+        snap = index.snapshot()
+        want = sorted((snap.segments[p.segment_id][0], p.row_offset, p.n_tokens) for p in searcher.candidates(q, 3))
+        searcher.search_vectors(q, 3)
+    assert len(want) == 8 and sorted(asked) == want

@@ -257,6 +257,15 @@ class Index:
         name, rows = snap.segments[page.segment_id]
         return self.reader.rows(name, rows)[page.row_offset : page.row_offset + page.n_tokens]
 
+    def prefetch(self, snap: Snapshot, pages: list[PageRecord]) -> None:
+        """Hint that these pages' rows are about to be read (SegmentReader.willneed)."""
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for page in pages:
+            spans.setdefault(page.segment_id, []).append((page.row_offset, page.n_tokens))
+        for segment_id, wanted in spans.items():
+            name, rows = snap.segments[segment_id]
+            self.reader.willneed(name, rows, wanted)
+
     def page_vectors(self, snap: Snapshot, page: PageRecord) -> np.ndarray:
         """The page's (n_tokens, dim) float32 unit rows, dequantized from the stored int8."""
         return dequantize(self.page_rows(snap, page))

@@ -18,6 +18,7 @@ remains of an interrupted write: the next writer truncates them before appending
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from pathlib import Path
@@ -99,6 +100,27 @@ class SegmentReader:
     def codes(self, name: str, committed_rows: int) -> np.ndarray:
         """The (committed_rows,) uint16 centroid ids of one segment (it must have codes)."""
         return self._map(codes_name(name), committed_rows, CODE_DTYPE, ())
+
+    def willneed(self, name: str, committed_rows: int, spans: list[tuple[int, int]]) -> None:
+        """Ask the OS to start reading these (first_row, n_rows) spans of a segment's rows now.
+
+        Best effort, and only a hint (madvise MADV_WILLNEED): a search reranks a few
+        hundred pages scattered over the index; when they are not in the page cache, faulting
+        them in one at a time waits for one disk read after another, while announcing them
+        all first lets the disk serve them in parallel (measured on a 100,000-page index
+        evicted from the cache: 281 ms instead of 9.2 s per search, docs/INDEX_FORMAT.md)."""
+        arr = self.rows(name, committed_rows)
+        mm = getattr(arr, "_mmap", None)  # np.memmap's mmap.mmap object
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        row_bytes = self.dim * VECTOR_DTYPE.itemsize
+        for first, n in spans:
+            start = first * row_bytes
+            aligned = start - start % mmap.PAGESIZE  # madvise wants a page-aligned start
+            try:
+                mm.madvise(mmap.MADV_WILLNEED, aligned, start + n * row_bytes - aligned)
+            except (OSError, ValueError):
+                return
 
     def close(self) -> None:
         self._maps.clear()
