@@ -31,6 +31,7 @@ from .scoring import maxsim
 from .store import ann
 from .store.catalog import PageRecord
 from .store.index import Index, Snapshot
+from .store.vectors import willneed
 
 EXACT_ALL_PAGES = 500
 NPROBE = 8
@@ -229,6 +230,8 @@ def centroid_scores(q: np.ndarray, centroids: np.ndarray, ivf: ann.CentroidIvf, 
     best = np.zeros((len(ivf.page_ids), n_q), dtype=np.float32)  # (n_pages, n_q)
     flat = best.reshape(-1)
     offsets, entries = ivf.offsets, ivf.entries
+    starts, ends = offsets[probe].reshape(-1), offsets[probe + 1].reshape(-1)  # every list this search reads
+    willneed(entries, [(int(a) * entries.itemsize, int(b - a) * entries.itemsize) for a, b in zip(starts, ends)])
     # worst probe first: a better centroid of the same (page, token) overwrites it
     for r in range(nprobe - 1, -1, -1):
         cs = probe[:, r]

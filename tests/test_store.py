@@ -323,3 +323,25 @@ def test_kill_9_while_writing_codes_then_resume(tmp_path):
         book = index.codebook(snap)
         for page in snap.pages:
             np.testing.assert_array_equal(index.page_codes(snap, page), book.assign(index.page_vectors(snap, page)))
+
+
+def test_willneed_advises_page_aligned_spans_of_the_mapping():
+    import mmap
+
+    from colrag.store.vectors import willneed
+
+    calls = []
+
+    class FakeMapping(bytearray):  # stands in for mmap.mmap: a buffer with madvise
+        def madvise(self, *args):
+            calls.append(args)
+
+    class Mapped(np.ndarray):
+        pass
+
+    mapping = FakeMapping(4 * mmap.PAGESIZE)
+    arr = np.frombuffer(mapping, dtype=np.uint8)[128:].view(Mapped)  # data starts 128 bytes into the mapping, like an .npy
+    arr._mmap = mapping
+    willneed(arr, [(mmap.PAGESIZE + 10, 100), (0, 8)])
+    assert calls == [(mmap.MADV_WILLNEED, mmap.PAGESIZE, 128 + 10 + 100), (mmap.MADV_WILLNEED, 0, 128 + 8)]
+    willneed(np.zeros(10), [(0, 10)])  # an array in memory: nothing to advise, no error

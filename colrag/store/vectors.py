@@ -102,28 +102,34 @@ class SegmentReader:
         return self._map(codes_name(name), committed_rows, CODE_DTYPE, ())
 
     def willneed(self, name: str, committed_rows: int, spans: list[tuple[int, int]]) -> None:
-        """Ask the OS to start reading these (first_row, n_rows) spans of a segment's rows now.
-
-        Best effort, and only a hint (madvise MADV_WILLNEED): a search reranks a few
-        hundred pages scattered over the index; when they are not in the page cache, faulting
-        them in one at a time waits for one disk read after another, while announcing them
-        all first lets the disk serve them in parallel (measured on a 100,000-page index
-        evicted from the cache: 281 ms instead of 9.2 s per search, docs/INDEX_FORMAT.md)."""
-        arr = self.rows(name, committed_rows)
-        mm = getattr(arr, "_mmap", None)  # np.memmap's mmap.mmap object
-        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_WILLNEED"):
-            return
+        """Ask the OS to start reading these (first_row, n_rows) spans of a segment's rows now (see willneed)."""
         row_bytes = self.dim * VECTOR_DTYPE.itemsize
-        for first, n in spans:
-            start = first * row_bytes
-            aligned = start - start % mmap.PAGESIZE  # madvise wants a page-aligned start
-            try:
-                mm.madvise(mmap.MADV_WILLNEED, aligned, start + n * row_bytes - aligned)
-            except (OSError, ValueError):
-                return
+        willneed(self.rows(name, committed_rows), [(first * row_bytes, n * row_bytes) for first, n in spans])
 
     def close(self) -> None:
         self._maps.clear()
+
+
+def willneed(arr: np.ndarray, spans: list[tuple[int, int]]) -> None:
+    """Hint that these (byte offset, length) spans of a memory-mapped array are about to be read.
+
+    Best effort (madvise MADV_WILLNEED; a no-op where unsupported or for arrays in memory):
+    a search reads a few hundred pages, or inverted lists, scattered over the index; when
+    they are not in the page cache, faulting them in one at a time waits for one disk
+    read after another, while announcing them all first lets the disk serve them in
+    parallel (a 100,000-page index whose rows had left the page cache: 281 ms instead of
+    9.2 s per search, docs/INDEX_FORMAT.md)."""
+    mm = getattr(arr, "_mmap", None)  # np.memmap's mmap.mmap object (np.load(mmap_mode=...) too)
+    if mm is None or not spans or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_WILLNEED"):
+        return
+    base = arr.ctypes.data - np.frombuffer(mm, dtype=np.uint8).ctypes.data  # the array's start within the mapping
+    for offset, length in spans:
+        start = base + offset
+        aligned = start - start % mmap.PAGESIZE  # madvise wants a page-aligned start
+        try:
+            mm.madvise(mmap.MADV_WILLNEED, aligned, start + length - aligned)
+        except (OSError, ValueError):
+            return
 
 
 class _AppendFile:
