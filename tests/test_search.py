@@ -211,3 +211,14 @@ def test_search_prefetches_the_pages_it_reranks(small_index, monkeypatch):
         want = sorted((snap.segments[p.segment_id][0], p.row_offset, p.n_tokens) for p in searcher.candidates(q, 3))
         searcher.search_vectors(q, 3)
     assert len(want) == 8 and sorted(asked) == want
+
+
+def test_search_workers_follow_omp_num_threads(monkeypatch):
+    from colrag.search import MAX_SEARCH_WORKERS, search_workers
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert search_workers() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    assert search_workers() == MAX_SEARCH_WORKERS
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert 1 <= search_workers() <= MAX_SEARCH_WORKERS
