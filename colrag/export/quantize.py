@@ -30,9 +30,10 @@ QUANT_SCHEMES = {
     "int8-dynamic-vision": (8, 128),  # (bits, block) of the language model; the vision tower: see above
 }
 # The vision tower of a weight-only scheme is always int8: it runs ~3,000 patches at once
-# (compute-bound), where int4 weights are both slower (322 vs 385 GOP/s) and ~10x less
-# accurate (rel. error 9.8e-2 vs 8.5e-3, bench/bench_matmul.py). int4 pays only where
-# weight bytes dominate: the generator's one-token decode steps (docs/BENCHMARKS.md).
+# (compute-bound), where int4 weights are no faster (291-332 vs 314-385 GOP/s over three
+# runs) and ~10x less accurate (rel. error 9.8e-2 vs 8.5e-3, bench/bench_matmul.py). int4
+# pays only where weight bytes count: the generator's one-token decode steps (1.3x,
+# docs/BENCHMARKS.md).
 VISION_WEIGHT_ONLY = (8, 128)
 DYNAMIC_VISION_SCHEMES = ("int8-dynamic-vision",)
 
