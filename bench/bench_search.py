@@ -41,7 +41,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from colrag.scoring import maxsim  # noqa: E402
 from colrag.search import Searcher  # noqa: E402
 from colrag.store import Index, RetrieverInfo, ann  # noqa: E402
 from colrag.store.vectors import dequantize  # noqa: E402
@@ -166,6 +165,13 @@ def exact_top(index: Index, queries: list[np.ndarray], k: int = 5) -> list[list[
     return out
 
 
+def _in_new_process(code: str, *args) -> list[float]:
+    """Run `code` in a fresh Python with colrag importable; the numbers it prints."""
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return [float(x) for x in out.stdout.split()]
+
+
 def open_time(folder: Path, query_file: Path, repeats: int = 3) -> dict:
     code = (
         "import time, sys, numpy as np; t0 = time.perf_counter()\n"
@@ -176,9 +182,7 @@ def open_time(folder: Path, query_file: Path, repeats: int = 3) -> dict:
     )
     runs = []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", code, str(folder), str(query_file)], capture_output=True, text=True, cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-        runs.append([float(x) for x in out.stdout.split()])
+        runs.append(_in_new_process(code, folder, query_file))
     med = np.median(np.array(runs), axis=0)
     return {"import_s": med[0], "open_snapshot_s": med[1], "first_search_s": med[2]}
 
@@ -209,9 +213,7 @@ def cold_searches(folder: Path, queries_file: Path) -> list[float] | None:
         "for q in qs:\n"
         "    t = time.perf_counter(); s.search_vectors(q, 5); print(time.perf_counter() - t)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(folder), str(queries_file)], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-    return [float(x) for x in out.stdout.split()]
+    return _in_new_process(code, folder, queries_file)
 
 
 def disk_breakdown(folder: Path) -> dict:

@@ -155,7 +155,7 @@ def check_index(path: Path, retriever_manifest: dict | None, *, full: bool) -> C
         if built and built != bundle_id(retriever_manifest):
             return Check(
                 "index", FAIL, f"{detail}; built with another retriever bundle ({built}) than the installed one",
-                f"re-index into a new index (colrag index DIR --index NEW), or reinstall the retriever it was built with",
+                "re-index into a new index (colrag index DIR --index NEW), or reinstall the retriever it was built with",
             )
     failed = stats.get("failed_documents", 0) + stats.get("failed_pages", 0)
     if failed:

@@ -16,7 +16,8 @@ from .errors import BundleError, ColragError
 DEVICE_ENV = "COLRAG_DEVICE"  # auto | cpu | cuda
 
 
-def _threads(threads: int | None) -> int:
+def configured_threads(threads: int | None = None) -> int:
+    """`threads`, else OMP_NUM_THREADS, else 0 (= let onnxruntime decide: all physical cores)."""
     if threads is not None:
         return max(0, int(threads))
     env = os.environ.get("OMP_NUM_THREADS", "")
@@ -52,7 +53,7 @@ def create_session(path: str | os.PathLike, *, threads: int | None = None, devic
         raise BundleError(f"model graph not found: {path}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    n = _threads(threads)
+    n = configured_threads(threads)
     if n:
         opts.intra_op_num_threads = n
     opts.inter_op_num_threads = 1

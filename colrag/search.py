@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IndexStoreError, InputError
+from .runtime import configured_threads
 from .scoring import maxsim
 from .store import ann
 from .store.catalog import PageRecord
@@ -175,9 +176,7 @@ def maxsim_int8(q: np.ndarray, pages: list[np.ndarray], block_rows: int = 1 << 1
 
 def search_workers() -> int:
     """One rerank thread per core (OMP_NUM_THREADS, as for onnxruntime, else the machine's), at most MAX_SEARCH_WORKERS."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    cores = int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
-    return max(1, min(cores, MAX_SEARCH_WORKERS))
+    return max(1, min(configured_threads() or os.cpu_count() or 1, MAX_SEARCH_WORKERS))
 
 
 def _maxsim_int8_into(q: np.ndarray, pages: list[np.ndarray], scores: np.ndarray, block_rows: int) -> None:

@@ -21,7 +21,7 @@ from colrag.scoring import maxsim
 from colrag.store import ann
 from colrag.store import codebook as cb
 from colrag.store.index import MANIFEST_FILE
-from colrag.store.vectors import SEGMENTS_DIR, codes_name, dequantize, quantize
+from colrag.store.vectors import SEGMENTS_DIR, dequantize, quantize
 from tests.index_helpers import FakeRetriever, clustered_rows, make_pdf
 
 INFO = RetrieverInfo.of(FakeRetriever())

@@ -21,24 +21,23 @@ sys.path.insert(0, str(ROOT))
 
 import colrag.retriever as retriever_mod  # noqa: E402
 from bench._util import PDF_DIR, render_page  # noqa: E402
+from colrag.runtime import configured_threads  # noqa: E402
 
 PROFILE_DIR = Path(tempfile.mkdtemp(prefix="colrag-profile-"))
-_create = retriever_mod.create_session
 
 
-def _profiled_session(path, **kwargs):
-    """colrag's session, rebuilt with the same options plus profiling."""
+def _profiled_session(path, *, threads=None, device=None):
+    """colrag's session options (colrag.runtime.create_session) plus profiling; CPU only."""
     import onnxruntime as ort
 
-    plain = _create(path, **kwargs)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = plain.get_session_options().intra_op_num_threads
+    if configured_threads(threads):
+        opts.intra_op_num_threads = configured_threads(threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     opts.enable_profiling = True
     opts.profile_file_prefix = str(PROFILE_DIR / Path(path).stem)
-    del plain
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

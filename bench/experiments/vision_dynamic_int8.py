@@ -6,7 +6,7 @@ docs/BENCHMARKS.md, "Page and query embedding".
     python bench/experiments/vision_dynamic_int8.py   # needs the fp32 and int8 retriever bundles
                                                        # of bench/full_checkpoints.py in ~/.cache/colrag-bench
 """
-import time, os, sys, json, numpy as np, onnx, onnxruntime as ort, logging
+import time, os, numpy as np, logging
 from onnxruntime.quantization import quantize_dynamic, QuantType
 import colrag
 from colrag.render import render_pdf

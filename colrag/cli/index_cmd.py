@@ -143,7 +143,7 @@ def index_cmd(
         try:
             report = Indexer(idx, model, password=password, progress=progress).run(paths)
         except KeyboardInterrupt:
-            typer.echo(f"\ninterrupted: committed pages are kept; run the same command to resume", err=True)
+            typer.echo("\ninterrupted: committed pages are kept; run the same command to resume", err=True)
             raise
         stats = idx.stats()
     for w in report.warnings:
