@@ -13,8 +13,10 @@ from ..cli import models_app
 from ..install import PARTS, QUANTIZE_CHOICES, SPECS
 from .models_cmd import MODELS_DIR_OPTION
 
-Part = Enum("Part", {p: p for p in PARTS}, type=str)
-Quantize = Enum("Quantize", {q: q for q in QUANTIZE_CHOICES}, type=str)
+# Built from install.PARTS / QUANTIZE_CHOICES so the CLI's choices cannot drift from the installer's;
+# mypy cannot see members of an Enum made from a computed dict, hence the ignores.
+Part = Enum("Part", {p: p for p in PARTS}, type=str)  # type: ignore[misc]
+Quantize = Enum("Quantize", {q: q for q in QUANTIZE_CHOICES}, type=str)  # type: ignore[misc]
 
 _SOURCES = ", ".join(f"{s.repo_id}@{s.revision} ({s.part})" for s in SPECS.values())
 

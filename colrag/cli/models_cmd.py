@@ -139,14 +139,14 @@ def compare_cmd(
         for d in drift.disagreements:
             typer.echo(f"  {d['query']!r}: A ranks {d['page_a']} first, B {d['page_b']}, which trails it by {d['gap']:.2%} in A's scores")
         return
-    drift = compare_generators(bundle_a, bundle_b, sample, query or [DEFAULT_QUESTION], max_new_tokens=max_new_tokens,
-                               threads=threads, progress=note)
+    gen = compare_generators(bundle_a, bundle_b, sample, query or [DEFAULT_QUESTION], max_new_tokens=max_new_tokens,
+                             threads=threads, progress=note)
     if as_json:
-        typer.echo(json.dumps({"kind": kind, **drift.as_dict()}, indent=2, ensure_ascii=False))
+        typer.echo(json.dumps({"kind": kind, **gen.as_dict()}, indent=2, ensure_ascii=False))
         return
-    for a in drift.answers:
+    for a in gen.answers:
         where = "identical" if a.first_difference is None else f"first difference at token {a.first_difference}"
         typer.echo(f"{a.page}: {a.question!r}: {a.equal_positions}/{a.tokens} tokens equal, {where}")
         if a.first_difference is not None:
             typer.echo(f"  A: {a.answer_a!r}\n  B: {a.answer_b!r}")
-    typer.echo(f"{drift.identical}/{len(drift.answers)} answers identical; {drift.token_agreement:.1%} of token positions agree")
+    typer.echo(f"{gen.identical}/{len(gen.answers)} answers identical; {gen.token_agreement:.1%} of token positions agree")

@@ -88,6 +88,8 @@ def export_graph(module, args: tuple, path: Path, *, input_names, output_names, 
             optimize=True,
             verify=False,
         )
+    if program is None:  # torch returns None only when exporting to a file-like without a program
+        raise RuntimeError(f"torch.onnx.export returned no program for {path.name}")
     program.save(str(path), external_data=True)
     graph = program.model.graph
     values = set(graph.initializers.values()) | set(graph.inputs) | set(getattr(graph.inputs, "_ref_counter", ()))

@@ -223,7 +223,8 @@ class _Check:
     def outputs(self, path: Path) -> tuple[list[np.ndarray], tuple]:
         """Run the steps in order on one session; a step's feeds may take the previous step's present k/v."""
         sess = _ort_session(path)
-        outs, present = [], None
+        outs: list = []
+        present: list = []
         for feeds, _ in self.steps:
             feeds = dict(feeds)
             for name, value in list(feeds.items()):

@@ -11,6 +11,8 @@ every page size. Parity with transformers is tested, not assumed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,13 +35,16 @@ class VisionTower(nn.Module):
 
     def __init__(self, visual: nn.Module, fused_attention: bool = True):
         super().__init__()
-        self.visual = visual
+        # transformers modules: typed Any, since nn.Module.__getattr__ types every attribute as Tensor | Module.
+        self.visual: Any = visual
         self.fused_attention = fused_attention
-        cfg = visual.config
-        self.embed_dim = cfg.embed_dim
-        self.num_heads = cfg.num_heads
-        self.head_dim = cfg.embed_dim // cfg.num_heads
-        self.register_buffer("inv_freq", visual.rotary_pos_emb.inv_freq.detach().clone().float(), persistent=False)
+        cfg: Any = visual.config
+        self.embed_dim: int = cfg.embed_dim
+        self.num_heads: int = cfg.num_heads
+        self.head_dim: int = cfg.embed_dim // cfg.num_heads
+        self.inv_freq: torch.Tensor
+        rotary: Any = visual.rotary_pos_emb
+        self.register_buffer("inv_freq", rotary.inv_freq.detach().clone().float(), persistent=False)
 
     def forward(self, pixel_values: torch.Tensor, rot_pos_ids: torch.Tensor) -> torch.Tensor:
         n = pixel_values.shape[0]
@@ -94,16 +99,17 @@ class TextModel(nn.Module):
 
     def __init__(self, language_model: nn.Module, with_cache: bool = False):
         super().__init__()
-        cfg = language_model.config
+        cfg: Any = language_model.config
         if getattr(cfg, "use_sliding_window", False):
             raise ValueError("sliding-window attention is not supported by colrag's export")
-        self.lm = language_model
+        self.lm: Any = language_model
         self.with_cache = with_cache
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = cfg.num_key_value_heads
-        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        rope = language_model.rotary_emb
-        self.mrope_section = list(rope.mrope_section)
+        self.num_heads: int = cfg.num_attention_heads
+        self.num_kv_heads: int = cfg.num_key_value_heads
+        self.head_dim: int = cfg.hidden_size // cfg.num_attention_heads
+        rope: Any = language_model.rotary_emb
+        self.mrope_section: list[int] = list(rope.mrope_section)
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", rope.inv_freq.detach().clone().float(), persistent=False)
 
     def _mask(self, attention_mask: torch.Tensor, q_len: int, dtype: torch.dtype) -> torch.Tensor:
