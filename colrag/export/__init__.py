@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 
 def require_export_deps() -> None:
     """Fail with an install hint when the optional export dependencies are missing."""
     from ..errors import ColragError
 
-    missing = []
-    for mod in ("torch", "transformers", "onnx", "onnxscript"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
+    # find_spec looks the packages up without importing them: importing torch + transformers
+    # takes ~10 s, too long to wait for an error that says they are missing.
+    missing = [mod for mod in ("torch", "transformers", "onnx", "onnxscript") if importlib.util.find_spec(mod) is None]
     if missing:
         raise ColragError(
-            f"exporting needs {', '.join(missing)}: pip install 'colrag[export]' (torch==2.13.0 is the CPU wheel)"
+            f"exporting needs {', '.join(missing)} (only to convert checkpoints; indexing and asking never do): "
+            "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && pip install 'colrag[export]'"
         )
