@@ -181,9 +181,12 @@ class Generator:
     def _preprocess(self, image, max_pixels: int | None):
         from .preprocess import preprocess_image
 
+        return preprocess_image(_load_image(image), self.image_config, min_pixels=self.min_pixels,
+                                max_pixels=self._pixel_cap(max_pixels))
+
+    def _pixel_cap(self, max_pixels: int | None) -> int:
         cap = self.max_pixels if max_pixels is None else min(int(max_pixels), self.max_pixels)
-        cap = max(cap, self.min_pixels)
-        return preprocess_image(_load_image(image), self.image_config, min_pixels=self.min_pixels, max_pixels=cap)
+        return max(cap, self.min_pixels)
 
     def _vision_embeds(self, pre) -> np.ndarray:
         from .preprocess import vision_rot_pos_ids
@@ -286,7 +289,7 @@ class Generator:
         key = None
         past = None
         if self.prefix_cache is not None and pres:
-            key = prefix_key(self.bundle_id, ids[0, :n_prefix], [p.pixel_values for p in pres])
+            key = self._prefix_key(ids[0, :n_prefix], pres, max_pixels, system)
             shape = (len(self._past_names), self.num_kv_heads, self.head_dim)
             cached = self.prefix_cache.get(key, ids[0, :n_prefix], shape)
             if cached is not None:
@@ -304,6 +307,31 @@ class Generator:
         result.prefix_cached = past is not None
         positions = np.asarray(position_ids, dtype=np.int64)[:, :, first:]  # (3, 1, S - first)
         return ids[0], embeds, positions, int(np.asarray(rope_deltas).reshape(-1)[0]), past, (key, n_prefix)
+
+    def _prefix_key(self, prefix_ids: np.ndarray, pres: Sequence, max_pixels: int | None, system: str) -> str:
+        """The prefix cache key: this bundle and every setting that changes the prefix's k/v,
+        then the prefix's ids and each image's grid and pixels (colrag.prefix_cache.prefix_key)."""
+        from dataclasses import asdict
+
+        vision = self._vision_graph_sha256()
+        identity = {
+            "bundle_id": self.bundle_id,
+            "vision_graph": vision,  # a shared vision graph lives in the retriever bundle
+            "quantization": (self.manifest.get("quantization") or {}).get("scheme", "none"),
+            "image_config": asdict(self.image_config),
+            "min_pixels": self.min_pixels,
+            "pixel_budget": self._pixel_cap(max_pixels),
+            "spatial_merge_size": self.spatial_merge_size,
+            "image_token_id": self.image_token_id,
+            "system": system,
+        }
+        return prefix_key(identity, prefix_ids, [(p.pixel_values, p.grid_thw) for p in pres])
+
+    def _vision_graph_sha256(self) -> str | None:
+        graphs = self.manifest.get("graphs") or {}
+        if "vision" in graphs:
+            return (self.manifest["files"].get(graphs["vision"]) or {}).get("sha256")
+        return (self.manifest.get("shared_vision") or {}).get("sha256")
 
     def _decoder_step(self, feeds: dict, past: list) -> tuple[np.ndarray, list]:
         """One decoder run. The k/v cache goes in and out as onnxruntime values, so it stays

@@ -4,30 +4,39 @@ starts answering in seconds instead of re-running the vision tower and the page'
 The chat prompt is `system turn + "<|im_start|>user\n" + images + question + assistant
 header`. Everything up to the last `<|vision_end|>` (the *prefix*) depends only on the
 images and the system prompt; the decoder is causal, so the prefix's k/v are the same
-whatever question follows. A prefix is stored under a key that hashes the bundle, the
-prefix's token ids and the preprocessed pixels of every image, so a hit is exact by
-construction.
+whatever question follows. A prefix is stored under a key that hashes everything the
+prefix's k/v depend on: the generator's identity (bundle id, vision graph, quantization,
+image processor settings), the request's settings (pixel budget, system prompt), the
+prefix's token ids, and every image's grid *and* preprocessed pixels (two blank pages of
+transposed shapes have the same pixel bytes but not the same grid, hence other rotary
+positions and other k/v). A hit is exact by construction.
 
 Two levels, both bounded by bytes: a small in-memory LRU (follow-ups in one process)
 and an optional folder of `.npz` files (follow-ups across `colrag ask` runs). Files are
 written atomically (temp file + rename), read with `allow_pickle=False`, checked
 against the request (ids and shapes) and dropped when anything is off: a damaged cache
-is a miss, never a wrong answer.
+is a miss, never a wrong answer. Each file also stores a sha256 of its key, ids and k/v
+bytes; a file whose arrays were altered (valid format, other numbers) fails that check,
+is reported in one line on stderr, and is recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 import tempfile
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2  # 2: grid and settings in the key, a checksum in each file
 DEFAULT_MEMORY_BYTES = 1 << 30  # ~13 pages of 1,300 tokens for Qwen2-VL-2B (75 MB each, fp32)
 DEFAULT_DISK_BYTES = 2 << 30
 
@@ -44,15 +53,42 @@ class Prefix:
         return int(self.ids.nbytes + sum(a.nbytes for a in self.past))
 
 
-def prefix_key(bundle_id: str, prefix_ids: np.ndarray, pixel_arrays: list[np.ndarray]) -> str:
-    """sha256 over everything the prefix's k/v depend on."""
+def _update_array(h: Any, array: np.ndarray) -> None:
+    """Feed an array to a hash with its dtype and shape, so no two arrays hash alike by layout."""
+    array = np.ascontiguousarray(array)
+    h.update(f"{array.dtype.str}{array.shape}".encode())
+    h.update(array.tobytes())
+
+
+def prefix_key(identity: Mapping[str, Any], prefix_ids: np.ndarray, images: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
+    """sha256 over everything the prefix's k/v depend on.
+
+    identity: the generator's and the request's settings (JSON-serialisable: bundle id,
+    vision graph, quantization, image processor, pixel budget, system prompt);
+    prefix_ids: (P,) int64; images: one (pixel_values, grid_thw) pair per image.
+    """
     h = hashlib.sha256()
-    h.update(f"colrag-prefix/{FORMAT}/{bundle_id}/".encode())
-    h.update(np.ascontiguousarray(prefix_ids, dtype=np.int64).tobytes())
-    for pixels in pixel_arrays:
-        h.update(str(pixels.shape).encode())
-        h.update(np.ascontiguousarray(pixels).tobytes())
+    h.update(f"colrag-prefix/{FORMAT}/".encode())
+    h.update(json.dumps(identity, sort_keys=True, default=str).encode())
+    _update_array(h, np.asarray(prefix_ids, dtype=np.int64))
+    h.update(f"/{len(images)} images/".encode())
+    for pixels, grid in images:
+        _update_array(h, np.asarray(grid, dtype=np.int64))  # (3,): (t, h, w) patches
+        _update_array(h, pixels)  # (n_patches, 1176) float32
     return h.hexdigest()
+
+
+def prefix_checksum(key: str, ids: np.ndarray, past: Sequence[np.ndarray]) -> str:
+    """sha256 of a stored entry: its key, ids and every k/v array (dtype, shape and bytes)."""
+    h = hashlib.sha256(f"colrag-prefix-entry/{FORMAT}/{key}/".encode())
+    _update_array(h, np.asarray(ids, dtype=np.int64))
+    for array in past:
+        _update_array(h, np.asarray(array, dtype=np.float32))
+    return h.hexdigest()
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 class PrefixCache:
@@ -110,11 +146,16 @@ class PrefixCache:
                     raise ValueError("other format")
                 ids = np.asarray(data["ids"], dtype=np.int64)
                 past = [np.ascontiguousarray(data[f"past_{i}"], dtype=np.float32) for i in range(n_past)]
+                stored = str(data["checksum"])
             want = (1, kv_heads, len(ids), head_dim)
             if ids.ndim != 1 or any(a.shape != want for a in past):
                 raise ValueError("shape mismatch")
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
             path.unlink(missing_ok=True)  # damaged or foreign: a miss, and not kept
+            return None
+        if stored != prefix_checksum(key, ids, past):
+            _warn(f"prefix cache file {path.name} fails its checksum (altered or damaged): ignored, the page is recomputed")
+            path.unlink(missing_ok=True)
             return None
         os.utime(path)  # least recently used goes first
         return Prefix(ids, past)
@@ -127,7 +168,8 @@ class PrefixCache:
             try:
                 with os.fdopen(fd, "wb") as f:
                     arrays = {f"past_{i}": a for i, a in enumerate(prefix.past)}
-                    np.savez(f, format=np.int64(FORMAT), ids=prefix.ids, **arrays)
+                    checksum = prefix_checksum(key, prefix.ids, prefix.past)
+                    np.savez(f, format=np.int64(FORMAT), checksum=np.str_(checksum), ids=prefix.ids, **arrays)
                 os.replace(tmp, self._path(key))
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

@@ -132,3 +132,88 @@ def test_ask_follow_ups_use_the_cache(tiny_generator_bundle, tmp_path, monkeypat
 
     bad = CliRunner().invoke(app, [*base, "-i", "--json", "q"])
     assert bad.exit_code != 0 and "--interactive" in str(bad.exception)
+
+
+def test_same_pixels_in_another_grid_is_another_prefix(tiny_generator_bundle):
+    """Blank 896x448 and 448x896 pages have the same pixel bytes, not the same grid (hence other k/v)."""
+    from PIL import Image
+
+    wide, tall = Image.new("RGB", (896, 448), "white"), Image.new("RGB", (448, 896), "white")
+    gen = colrag.Generator.load(tiny_generator_bundle, threads=1)
+    pre_wide, pre_tall = gen._preprocess(wide, None), gen._preprocess(tall, None)
+    assert pre_wide.pixel_values.tobytes() == pre_tall.pixel_values.tobytes()  # the trap: equal bytes
+    assert list(pre_wide.grid_thw) != list(pre_tall.grid_thw)
+    first = _greedy(gen, "What is shown?", [wide])
+    second = _greedy(gen, "What is shown?", [tall])
+    assert not first.prefix_cached and not second.prefix_cached
+    plain = colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=False)
+    assert second.token_ids == _greedy(plain, "What is shown?", [tall]).token_ids
+    assert first.token_ids == _greedy(plain, "What is shown?", [wide]).token_ids
+
+
+def test_key_covers_every_setting_that_changes_the_prefix(tiny_generator_bundle):
+    from colrag.constants import SYSTEM_PROMPT
+
+    gen = colrag.Generator.load(tiny_generator_bundle, threads=1)
+    pres = [gen._preprocess(synthetic_image(120, 90, 5), None)]  # small: every budget below leaves its pixels alone
+    ids = np.arange(12, dtype=np.int64)
+    base = gen._prefix_key(ids, pres, None, SYSTEM_PROMPT)
+    assert gen._prefix_key(ids.copy(), pres, None, SYSTEM_PROMPT) == base
+    others = {
+        "system prompt": gen._prefix_key(ids, pres, None, "You are a terse assistant."),
+        "pixel budget": gen._prefix_key(ids, pres, 200 * 28 * 28, SYSTEM_PROMPT),
+        "prefix ids": gen._prefix_key(ids[:-1], pres, None, SYSTEM_PROMPT),
+    }
+    gen.manifest = {**gen.manifest, "quantization": {"scheme": "int8"}}
+    others["quantization"] = gen._prefix_key(ids, pres, None, SYSTEM_PROMPT)
+    gen.bundle_id = "another-bundle"
+    others["bundle"] = gen._prefix_key(ids, pres, None, SYSTEM_PROMPT)
+    assert len({base, *others.values()}) == 1 + len(others), others
+
+
+def _alter_stored_kv(path) -> None:
+    """Rewrite a cache file keeping its format and checksum field but with one k/v number changed."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["past_0"] = arrays["past_0"].copy()
+    arrays["past_0"][0, 0, 0, 0] += 1.0
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_altered_kv_on_disk_is_a_miss_with_a_warning(tmp_path, capsys):
+    cache = PrefixCache(folder=tmp_path)
+    cache.put("k", _prefix(20, 1.5))
+    assert PrefixCache(folder=tmp_path).get("k", np.arange(20), (4, 2, 16)) is not None
+    capsys.readouterr()
+    _alter_stored_kv(tmp_path / "k.npz")
+    assert PrefixCache(folder=tmp_path).get("k", np.arange(20), (4, 2, 16)) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checksum" in err and "k.npz" in err
+    assert not (tmp_path / "k.npz").exists()
+    # a file copied under another key is refused too (the key is inside the checksum)
+    cache.put("a", _prefix(20, 2.0))
+    (tmp_path / "a.npz").rename(tmp_path / "b.npz")
+    assert PrefixCache(folder=tmp_path).get("b", np.arange(20), (4, 2, 16)) is None
+
+
+def test_altered_kv_never_changes_the_answer(tiny_generator_bundle, tmp_path, capsys):
+    folder = tmp_path / "prefixes"
+    images = [synthetic_image(220, 160, 33)]
+    colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=PrefixCache(folder=folder)).generate(
+        "Describe the image.", images=images, max_new_tokens=2)
+    (stored,) = list(folder.glob("*.npz"))
+    with np.load(stored, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    for name in arrays:
+        if name.startswith("past_"):
+            arrays[name] = (arrays[name] * 3.0 + 1.0).astype(np.float32)  # a very different prefix, same shapes
+    with open(stored, "wb") as f:
+        np.savez(f, **arrays)
+    capsys.readouterr()
+    gen = colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=PrefixCache(folder=folder))
+    answer = _greedy(gen, "What is the title?", images)
+    assert not answer.prefix_cached
+    assert "checksum" in capsys.readouterr().err
+    plain = colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=False)
+    assert answer.token_ids == _greedy(plain, "What is the title?", images).token_ids
