@@ -17,15 +17,19 @@ searches it (pages removed since are skipped) and treats pages added since as ca
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..bundle import atomic_write_json
-from .index import Index, Snapshot
+from ..errors import IndexStoreError
+from .index import ANN_DIR, Index, Snapshot
 
-ANN_DIR = "ann"
 STATE_FILE = "state.json"
+_ARRAY_NAME = re.compile(r"g\d{1,18}\.(pages|offsets|entries)\.npy")  # the array files colrag writes here
+_OWN_NAME = re.compile(r"state\.json|\.state\.json\.\w+\.tmp|g\d{1,18}\.(pages|offsets|entries)\.npy|\.g\d{1,18}\.(pages|offsets|entries)\.npy\.tmp")
 _CHUNK_ROWS = 1 << 22  # codes handled per step of a build (~5,000 pages)
 
 
@@ -82,7 +86,10 @@ def load(idx: Index) -> CentroidIvf | None:
     folder = idx.path / ANN_DIR
     try:
         state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-        arrays = {k: np.load(folder / state[k], mmap_mode="r", allow_pickle=False) for k in ("pages", "offsets", "entries")}
+        names = {k: state[k] for k in ("pages", "offsets", "entries")}
+        if not all(isinstance(n, str) and _ARRAY_NAME.fullmatch(n) for n in names.values()):
+            return None  # state.json names a file colrag does not write: never open it
+        arrays = {k: np.load(folder / n, mmap_mode="r", allow_pickle=False) for k, n in names.items()}
         n_c = int(state["n_centroids"])
         if len(arrays["offsets"]) != n_c + 1 or int(arrays["offsets"][-1]) != len(arrays["entries"]):
             return None
@@ -93,7 +100,7 @@ def load(idx: Index) -> CentroidIvf | None:
 
 def save(idx: Index, ivf: CentroidIvf) -> None:
     """Write the arrays under names carrying the generation, then point state.json at them."""
-    folder = idx.path / ANN_DIR
+    folder = _own_folder(idx)
     folder.mkdir(exist_ok=True)
     base = f"g{ivf.generation}"
     names = {}
@@ -105,15 +112,24 @@ def save(idx: Index, ivf: CentroidIvf) -> None:
         tmp.replace(folder / names[key])
     atomic_write_json(folder / STATE_FILE, {"generation": ivf.generation, "n_centroids": ivf.n_centroids, **names})
     for old in folder.iterdir():
-        if old.name not in (STATE_FILE, *names.values()):
+        if old.name not in (STATE_FILE, *names.values()) and _OWN_NAME.fullmatch(old.name):
             old.unlink(missing_ok=True)
 
 
 def drop(idx: Index) -> None:
-    folder = idx.path / ANN_DIR
+    """Delete the cache (only the names colrag writes in ann/)."""
+    folder = _own_folder(idx)
     if folder.is_dir():
         for f in folder.iterdir():
-            f.unlink(missing_ok=True)
+            if _OWN_NAME.fullmatch(f.name):
+                f.unlink(missing_ok=True)
+
+
+def _own_folder(idx: Index) -> Path:
+    folder = idx.path / ANN_DIR
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise IndexStoreError(f"{folder} is a link or not a folder: colrag does not write through links inside an index")
+    return folder
 
 
 def ensure(idx: Index, snap: Snapshot, *, save_to_disk: bool = False) -> CentroidIvf | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,27 @@ from . import codebook as cb
 from .catalog import Document, PageRecord, transaction
 from .lock import LOCK_FILE, WriterLock
 from .vectors import (
-    CODE_DTYPE, CODES_SUFFIX, SEGMENTS_DIR, VECTOR_DTYPE, SegmentReader, SegmentWriter, codes_name, dequantize, quantize,
-    segment_name, segment_number,
+    CODE_DTYPE,
+    CODES_SUFFIX,
+    SEGMENTS_DIR,
+    VECTOR_DTYPE,
+    SegmentReader,
+    SegmentWriter,
+    codes_name,
+    dequantize,
+    is_own_file,
+    quantize,
+    segment_name,
+    segment_number,
 )
 
 INDEX_FORMAT = "colrag-index"
 MANIFEST_FILE = "manifest.json"
-SCHEMA_VERSION = cat.SCHEMA_VERSION
-_OWN_ENTRIES = {MANIFEST_FILE, cat.CATALOG_FILE, SEGMENTS_DIR, "ann", LOCK_FILE}
+# the manifest's schema_version: the layout of the files (int8 segments + codes). The catalog's
+# tables have their own version (PRAGMA user_version), upgraded by migrations (catalog.py).
+SCHEMA_VERSION = 2
+ANN_DIR = "ann"
+_CATALOG_FILES = {cat.CATALOG_FILE, cat.CATALOG_FILE + "-wal", cat.CATALOG_FILE + "-shm"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,7 @@ class RetrieverInfo:
     max_pixels: int
 
     @classmethod
-    def of(cls, retriever) -> "RetrieverInfo":
+    def of(cls, retriever) -> RetrieverInfo:
         return cls(str(retriever.bundle_id), str(retriever.name), int(retriever.dim), int(retriever.max_pixels))
 
 
@@ -104,9 +118,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexStoreError(f"unreadable index manifest {file}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
-        raise IndexStoreError(f"{file} is not a colrag index manifest")
+        raise IndexStoreError(f"{path} is not a colrag index ({file} is not a colrag index manifest)")
     version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if not _is_int(version) or version > SCHEMA_VERSION:
         raise IndexStoreError(
             f"index {path} has schema version {version!r}, newer than this colrag reads ({SCHEMA_VERSION}): upgrade colrag"
         )
@@ -116,7 +130,31 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"{SCHEMA_VERSION} (int8 vectors + centroid codes): re-index your PDFs into a new --index "
             "(or delete this folder and run `colrag index` again)"
         )
+    _check_manifest(manifest, file)
     return manifest
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_manifest(manifest: dict[str, Any], file: Path) -> None:
+    """The fields colrag reads, with their types: a damaged manifest is one line, not a traceback."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise IndexStoreError(f"index manifest {file}: {what} (the manifest is damaged: restore it, or re-index into a new --index)")
+
+    retriever = manifest.get("retriever")
+    need(isinstance(retriever, dict), "'retriever' must be an object {bundle_id, name}")
+    need(isinstance(retriever.get("bundle_id"), str) and bool(retriever["bundle_id"]), "'retriever.bundle_id' must be a non-empty string")
+    need(isinstance(retriever.get("name", ""), str), "'retriever.name' must be a string")
+    need(_is_int(manifest.get("dim")) and 0 < manifest["dim"] <= 65536, f"'dim' must be a positive integer, not {manifest.get('dim')!r}")
+    need(_is_int(manifest.get("max_pixels", 1)) and manifest.get("max_pixels", 1) > 0, "'max_pixels' must be a positive integer")
+    render = manifest.get("render", {})
+    fields = set(RenderOptions().as_dict())
+    need(isinstance(render, dict) and set(render) <= fields, f"'render' must be an object with keys among {sorted(fields)}")
+    need(all(_is_int(v) and v > 0 for v in render.values()), "'render' values must be positive integers")
 
 
 def check_retriever(path: Path, manifest: dict[str, Any], info: RetrieverInfo) -> None:
@@ -147,15 +185,19 @@ class Index:
 
     # -- opening -------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, retriever: RetrieverInfo | None = None) -> "Index":
+    def open(cls, path: str | os.PathLike, retriever: RetrieverInfo | None = None) -> Index:
         """Open for reading (no lock; works while a writer runs)."""
         path = Path(path)
         manifest = read_manifest(path)
         if retriever is not None:
             check_retriever(path, manifest, retriever)
-        conn = cat.connect(path / cat.CATALOG_FILE)
+        file = path / cat.CATALOG_FILE
+        conn = cat.connect(file, readonly=True)  # never creates or changes a file
         try:
-            conn.execute("PRAGMA query_only=ON")
+            if 0 < cat.check_version(conn) < cat.latest_version():
+                conn.close()
+                _upgrade_catalog(path)
+                conn = cat.connect(file, readonly=True)
             cat.check_schema(conn)
         except BaseException:
             conn.close()
@@ -163,7 +205,7 @@ class Index:
         return cls(path, manifest, conn, None)
 
     @classmethod
-    def open_writer(cls, path: str | os.PathLike, retriever: RetrieverInfo | None, render: RenderOptions | None = None) -> "Index":
+    def open_writer(cls, path: str | os.PathLike, retriever: RetrieverInfo | None, render: RenderOptions | None = None) -> Index:
         """Open (or create) for writing: takes write.lock and repairs what a crash left.
 
         `retriever` is required to create an index and checked against an existing one;
@@ -176,9 +218,21 @@ class Index:
         if fresh and retriever is None:
             read_manifest(path)  # raises the "no index" error
         if fresh and path.is_dir():
-            strangers = sorted(p.name for p in path.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith(cat.CATALOG_FILE))
+            strangers = _not_creation_leftovers(path)
             if strangers:
-                raise IndexStoreError(f"{path} exists and is not a colrag index (it holds {', '.join(strangers[:3])}); choose another --index")
+                raise IndexStoreError(
+                    f"{path} exists and is not a colrag index (it holds {', '.join(strangers[:3])}); "
+                    "colrag creates an index only in a new or empty folder: choose another --index"
+                )
+        if not fresh:
+            read_manifest(path)  # a damaged manifest is refused before anything is touched
+            _refuse_links(path)
+            catalog = path / cat.CATALOG_FILE
+            if not catalog.is_file() or catalog.stat().st_size == 0:
+                raise IndexStoreError(
+                    f"index {path} is damaged: its {cat.CATALOG_FILE} is missing or empty, so nothing says which "
+                    "vectors are valid; move the folder aside and run `colrag index` into a new --index"
+                )
         path.mkdir(parents=True, exist_ok=True)
         (path / SEGMENTS_DIR).mkdir(exist_ok=True)
         lock = WriterLock(path).acquire()
@@ -191,7 +245,7 @@ class Index:
                 if retriever is not None:
                     check_retriever(path, manifest, retriever)
             conn = cat.connect(path / cat.CATALOG_FILE)
-            cat.init_schema(conn)
+            cat.migrate(conn)
             if fresh:  # the manifest is written last: its presence means the index exists
                 atomic_write_json(path / MANIFEST_FILE, manifest)
             index = cls(path, manifest, conn, lock)
@@ -215,7 +269,7 @@ class Index:
             self.lock.release()
             self.lock = None
 
-    def __enter__(self) -> "Index":
+    def __enter__(self) -> Index:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -241,7 +295,7 @@ class Index:
             return self._snapshot
         with cat.snapshot(self.conn):
             gen = cat.generation(self.conn)
-            segments = {r["id"]: (r["name"], r["committed_rows"]) for r in self.conn.execute("SELECT * FROM segments")}
+            segments = cat.segments(self.conn)
             rows = self.conn.execute(
                 f"SELECT {cat.PAGE_COLUMNS} FROM pages p JOIN documents d ON d.id = p.doc_id "
                 "WHERE d.status = 'done' ORDER BY p.segment_id, p.row_offset"
@@ -374,7 +428,7 @@ class Index:
         row_bytes = self.dim * VECTOR_DTYPE.itemsize
         with cat.snapshot(c):
             book = cat.codebook_meta(c)
-            segments = {r["id"]: (r["name"], r["committed_rows"]) for r in c.execute("SELECT * FROM segments")}
+            segments = cat.segments(c)
             pages = c.execute("SELECT * FROM pages ORDER BY segment_id, row_offset").fetchall()
             docs = c.execute(
                 "SELECT d.id, d.path, d.n_pages, "
@@ -441,8 +495,11 @@ class Index:
 
     # -- writing -------------------------------------------------------------------
     def _repair(self) -> None:
-        """Drop crash leftovers: uncommitted segment tails and files no commit references."""
-        committed = {r["name"]: r["committed_rows"] for r in self.conn.execute("SELECT name, committed_rows FROM segments")}
+        """Drop crash leftovers: uncommitted segment tails and files no commit references.
+
+        Only names colrag writes (vectors.is_own_file) are ever deleted or truncated; anything
+        else in vectors/ is left alone (and noted by check())."""
+        committed = dict(cat.segments(self.conn).values())
         book = cat.codebook_meta(self.conn)
         keep = {name: rows * self.dim * VECTOR_DTYPE.itemsize for name, rows in committed.items()}
         if book:  # codes exist (and are committed) only once the catalog names a codebook
@@ -450,6 +507,10 @@ class Index:
             keep[book["file"]] = None
         seg_dir = self.path / SEGMENTS_DIR
         for file in seg_dir.iterdir():
+            if not is_own_file(file.name):
+                continue
+            if file.is_symlink() or not file.is_file():
+                raise IndexStoreError(f"{file} is not a regular file: colrag does not follow links inside an index; remove it")
             if file.name not in keep:
                 file.unlink()  # written by a writer that died before the commit referencing it
             elif keep[file.name] is not None and file.stat().st_size > keep[file.name]:
@@ -544,7 +605,8 @@ class Index:
                 self._codebook = None
                 seg_dir = self.path / SEGMENTS_DIR
                 for f in [*seg_dir.glob("*" + CODES_SUFFIX), seg_dir / cb.CODEBOOK_FILE]:
-                    f.unlink(missing_ok=True)
+                    if is_own_file(f.name):
+                        f.unlink(missing_ok=True)
             raise
         if writer is not None:
             writer.committed()
@@ -564,7 +626,7 @@ class Index:
         """Train the centroids on the stored rows + the batch being added, and write the codes of
         every committed row (files only: the caller's transaction commits them with the codebook)."""
         rng = np.random.default_rng(0)
-        segs = self.conn.execute("SELECT id, name, committed_rows FROM segments ORDER BY id").fetchall()
+        segs = [{"id": sid, "name": name, "committed_rows": rows} for sid, (name, rows) in cat.segments(self.conn).items()]
         stored = sum(r["committed_rows"] for r in segs)
         total = stored + len(new_rows)
         want = np.sort(rng.choice(total, size=min(total, cb.TRAIN_ROWS), replace=False))
@@ -658,3 +720,69 @@ def _disk_usage(folder: Path) -> int:
         except FileNotFoundError:  # a writer replaced or removed it meanwhile
             pass
     return total
+
+
+def _upgrade_catalog(path: Path) -> None:
+    """Bring an older catalog up to date for a reader: the migrations, under the writer lock."""
+    file = path / cat.CATALOG_FILE
+    try:
+        lock = WriterLock(path).acquire()
+    except IndexStoreError as exc:
+        with closing(cat.connect(file, readonly=True)) as conn:  # a writer (which migrates on open) may hold the lock
+            if cat.check_version(conn) == cat.latest_version():
+                return
+        raise IndexStoreError(
+            f"index {path} has an older catalog that needs a one-time upgrade, and {exc}: "
+            "run `colrag index` on it (with write access) once"
+        ) from None
+    try:
+        conn = cat.connect(file)
+        try:
+            cat.migrate(conn)
+        finally:
+            conn.close()
+    finally:
+        lock.release()
+
+
+def _refuse_links(path: Path) -> None:
+    """A writer deletes and truncates files in vectors/ and ann/: never through a link."""
+    for name in (SEGMENTS_DIR, ANN_DIR):
+        sub = path / name
+        if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+            raise IndexStoreError(
+                f"{sub} is a link or not a folder: colrag does not write through links inside an index; "
+                "replace it with a real folder (or move the index)"
+            )
+
+
+def _not_creation_leftovers(path: Path) -> list[str]:
+    """Entries of a folder without a manifest that an interrupted `colrag index` did not leave.
+
+    Creating an index writes write.lock, an empty vectors/ and the catalog before the manifest;
+    anything else (or one of these names holding something else) means the folder is not ours."""
+    strangers = []
+    for entry in sorted(path.iterdir()):
+        name = entry.name
+        if entry.is_symlink():
+            strangers.append(name)
+        elif name == SEGMENTS_DIR and entry.is_dir() and not any(entry.iterdir()) or name == LOCK_FILE and entry.is_file() and entry.stat().st_size <= 32 or name in _CATALOG_FILES and entry.is_file() and _empty_catalog(path / cat.CATALOG_FILE):
+            continue
+        else:
+            strangers.append(name)
+    return strangers
+
+
+def _empty_catalog(file: Path) -> bool:
+    """The catalog file is absent, empty, or a colrag catalog with no documents and no segments."""
+    if not file.exists() or (file.is_file() and file.stat().st_size == 0):
+        return True
+    try:
+        with closing(cat.connect(file, readonly=True)) as conn:
+            if cat.check_version(conn) == 0:
+                return True
+            return not conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0] and not conn.execute(
+                "SELECT COUNT(*) FROM segments"
+            ).fetchone()[0]
+    except IndexStoreError:
+        return False

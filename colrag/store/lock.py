@@ -22,8 +22,11 @@ class WriterLock:
         self.path = index_path / LOCK_FILE
         self._fd: int | None = None
 
-    def acquire(self) -> "WriterLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def acquire(self) -> WriterLock:
+        try:  # O_NOFOLLOW: a write.lock that is a link to another file must not get truncated
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise IndexStoreError(f"cannot open {self.path} for writing: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,7 +56,7 @@ class WriterLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

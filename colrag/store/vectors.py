@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexStoreError
+from .codebook import CODEBOOK_FILE
 
 VECTOR_DTYPE = np.dtype("i1")
 CODE_DTYPE = np.dtype("<u2")
 SEGMENTS_DIR = "vectors"
 SEGMENT_MAX_BYTES = 1 << 30  # start a new segment past 1 GiB (~10,000 pages of 783 x 128 int8)
 CODES_SUFFIX = ".codes"
-_SEGMENT_RE = re.compile(r"^seg-(\d{6})\.i8$")
+_SEGMENT_RE = re.compile(r"seg-(\d{6,9})\.i8")  # the only segment names colrag writes
 
 
 def segment_name(number: int) -> str:
@@ -44,8 +45,23 @@ def codes_name(segment: str) -> str:
 
 
 def segment_number(name: str) -> int | None:
-    m = _SEGMENT_RE.match(name)
+    m = _SEGMENT_RE.fullmatch(name)
     return int(m.group(1)) if m else None
+
+
+def check_segment_name(name: object, source: str = "the catalog") -> str:
+    """A segment name read from the catalog, refused unless it is exactly one colrag writes
+    (so that no catalog row can make colrag open, truncate or write another file)."""
+    if not isinstance(name, str) or not _SEGMENT_RE.fullmatch(name):
+        raise IndexStoreError(f"{source}: segment name {name!r} is not one colrag writes: the index is damaged")
+    return name
+
+
+def is_own_file(name: str) -> bool:
+    """A name colrag writes in vectors/: a segment, its codes, the codebook (or its temp file)."""
+    if name.endswith(CODES_SUFFIX):
+        name = name[: -len(CODES_SUFFIX)] + ".i8"
+    return bool(_SEGMENT_RE.fullmatch(name)) or name in (CODEBOOK_FILE, CODEBOOK_FILE + ".tmp")
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
@@ -78,6 +94,8 @@ class SegmentReader:
             return cached[1]
         if committed_rows == 0:
             arr = np.zeros((0, *shape_tail), dtype=dtype)
+        elif not is_own_file(name) or name.startswith("codebook"):
+            raise IndexStoreError(f"{name!r} is not a segment file colrag writes: the index is damaged")
         else:
             path = self.root / name
             need = committed_rows * dtype.itemsize * int(np.prod(shape_tail, dtype=np.int64))
@@ -136,7 +154,11 @@ class _AppendFile:
     def __init__(self, path: Path, row_bytes: int, committed_rows: int):
         self.path = path
         self.row_bytes = row_bytes
-        self._f = open(path, "r+b" if path.exists() else "w+b")
+        try:  # never through a symbolic link: a link named like a segment must not make colrag write elsewhere
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise IndexStoreError(f"cannot open {path} for writing: {exc.strerror or exc}") from None
+        self._f = os.fdopen(fd, "r+b")
         self._f.truncate(committed_rows * row_bytes)  # drop what an interrupted writer left
 
     def write_at(self, row: int, data: bytes) -> None:
@@ -161,6 +183,7 @@ class SegmentWriter:
     """
 
     def __init__(self, root: Path, dim: int, name: str, committed_rows: int, with_codes: bool):
+        check_segment_name(name)
         self.root = root
         self.dim = dim
         self.name = name
