@@ -154,10 +154,10 @@ class CatalogCursor(sqlite3.Cursor):
 class CatalogConnection(sqlite3.Connection):
     file: str = "catalog"
 
-    def execute(self, sql: str, parameters: Any = (), /) -> CatalogCursor:  # type: ignore[override]
+    def execute(self, sql: str, parameters: Any = (), /) -> CatalogCursor:
         return self.cursor(CatalogCursor).execute(sql, parameters)
 
-    def executemany(self, sql: str, seq: Any, /) -> CatalogCursor:  # type: ignore[override]
+    def executemany(self, sql: str, seq: Any, /) -> CatalogCursor:
         return self.cursor(CatalogCursor).executemany(sql, seq)
 
 

@@ -626,16 +626,16 @@ class Index:
         """Train the centroids on the stored rows + the batch being added, and write the codes of
         every committed row (files only: the caller's transaction commits them with the codebook)."""
         rng = np.random.default_rng(0)
-        segs = [{"id": sid, "name": name, "committed_rows": rows} for sid, (name, rows) in cat.segments(self.conn).items()]
-        stored = sum(r["committed_rows"] for r in segs)
+        segs = list(cat.segments(self.conn).values())  # (name, committed rows), in id order
+        stored = sum(rows for _, rows in segs)
         total = stored + len(new_rows)
         want = np.sort(rng.choice(total, size=min(total, cb.TRAIN_ROWS), replace=False))
         sample, base = [], 0
-        for r in segs:
-            sel = want[(want >= base) & (want < base + r["committed_rows"])] - base
+        for name, rows in segs:
+            sel = want[(want >= base) & (want < base + rows)] - base
             if len(sel):
-                sample.append(dequantize(self.reader.rows(r["name"], r["committed_rows"])[sel]))
-            base += r["committed_rows"]
+                sample.append(dequantize(self.reader.rows(name, rows)[sel]))
+            base += rows
         sample.append(dequantize(new_rows[want[want >= stored] - stored]))
         book = cb.train(np.concatenate(sample))
         seg_dir = self.path / SEGMENTS_DIR
@@ -646,15 +646,15 @@ class Index:
             os.fsync(f.fileno())
         tmp.replace(seg_dir / cb.CODEBOOK_FILE)
         self._codebook = book
-        for r in segs:
-            mat = self.reader.rows(r["name"], r["committed_rows"])
+        for name, rows in segs:
+            mat = self.reader.rows(name, rows)
             codes = np.concatenate(
                 [book.assign(dequantize(mat[s : s + (1 << 16)])) for s in range(0, len(mat), 1 << 16)] or [np.zeros(0, np.uint16)]
             )
-            if r["name"] == writer.name:
+            if name == writer.name:
                 writer.start_codes(codes)
             else:
-                with open(seg_dir / codes_name(r["name"]), "wb") as f:
+                with open(seg_dir / codes_name(name), "wb") as f:
                     f.write(codes.astype(CODE_DTYPE).tobytes())
                     f.flush()
                     os.fsync(f.fileno())
