@@ -120,7 +120,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
         raise IndexStoreError(f"{path} is not a colrag index ({file} is not a colrag index manifest)")
     version = manifest.get("schema_version")
-    if not _is_int(version) or version > SCHEMA_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
         raise IndexStoreError(
             f"index {path} has schema version {version!r}, newer than this colrag reads ({SCHEMA_VERSION}): upgrade colrag"
         )
@@ -146,7 +146,9 @@ def _check_manifest(manifest: dict[str, Any], file: Path) -> None:
             raise IndexStoreError(f"index manifest {file}: {what} (the manifest is damaged: restore it, or re-index into a new --index)")
 
     retriever = manifest.get("retriever")
-    need(isinstance(retriever, dict), "'retriever' must be an object {bundle_id, name}")
+    if not isinstance(retriever, dict):
+        need(False, "'retriever' must be an object {bundle_id, name}")
+        return
     need(isinstance(retriever.get("bundle_id"), str) and bool(retriever["bundle_id"]), "'retriever.bundle_id' must be a non-empty string")
     need(isinstance(retriever.get("name", ""), str), "'retriever.name' must be a string")
     need(_is_int(manifest.get("dim")) and 0 < manifest["dim"] <= 65536, f"'dim' must be a positive integer, not {manifest.get('dim')!r}")
@@ -501,7 +503,7 @@ class Index:
         else in vectors/ is left alone (and noted by check())."""
         committed = dict(cat.segments(self.conn).values())
         book = cat.codebook_meta(self.conn)
-        keep = {name: rows * self.dim * VECTOR_DTYPE.itemsize for name, rows in committed.items()}
+        keep: dict[str, int | None] = {name: rows * self.dim * VECTOR_DTYPE.itemsize for name, rows in committed.items()}
         if book:  # codes exist (and are committed) only once the catalog names a codebook
             keep |= {codes_name(name): rows * CODE_DTYPE.itemsize for name, rows in committed.items()}
             keep[book["file"]] = None
