@@ -41,6 +41,14 @@ DEFAULT_QUESTION = "What does this page show?"
 Progress = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where a bundle's graphs run (colrag.backends): None = COLRAG_BACKEND / COLRAG_PRECISION, else auto."""
+
+    backend: str | None = None
+    precision: str | None = None
+
+
 @dataclass
 class Page:
     label: str  # "file.pdf p3" or "photo.jpg"
@@ -126,10 +134,10 @@ class RetrieverDrift:
     disagreements: list = field(default_factory=list)
 
 
-def _embed_all(bundle: Path, pages: Sequence[Page], queries: Sequence[str], threads, progress: Progress):
+def _embed_all(bundle: Path, pages: Sequence[Page], queries: Sequence[str], threads, progress: Progress, runtime: Runtime):
     from .retriever import Retriever
 
-    retriever = Retriever.load(bundle, threads=threads)
+    retriever = Retriever.load(bundle, threads=threads, backend=runtime.backend, precision=runtime.precision)
     page_vectors = []
     for i, page in enumerate(pages, 1):
         progress(f"{bundle}: page {i}/{len(pages)} ({page.label})")
@@ -141,13 +149,15 @@ def _embed_all(bundle: Path, pages: Sequence[Page], queries: Sequence[str], thre
 
 
 def compare_retrievers(bundle_a: Path, bundle_b: Path, pages: Sequence[Page], queries: Sequence[str] = DEFAULT_QUERIES,
-                       *, top_k: int = 5, threads: int | None = None, progress: Progress = lambda _: None) -> RetrieverDrift:
+                       *, top_k: int = 5, threads: int | None = None, progress: Progress = lambda _: None,
+                       runtime_a: Runtime = Runtime(), runtime_b: Runtime = Runtime()) -> RetrieverDrift:
+    """runtime_a / runtime_b: where each side runs; comparing one bundle on two backends measures the backend's drift."""
     from .scoring import maxsim
 
     if not queries:
         raise InputError("no queries to compare")
-    pa, qa = _embed_all(bundle_a, pages, queries, threads, progress)
-    pb, qb = _embed_all(bundle_b, pages, queries, threads, progress)
+    pa, qa = _embed_all(bundle_a, pages, queries, threads, progress, runtime_a)
+    pb, qb = _embed_all(bundle_b, pages, queries, threads, progress, runtime_b)
     for x, y, what in [(x, y, p.label) for x, y, p in zip(pa, pb, pages)] + [(x, y, q) for x, y, q in zip(qa, qb, queries)]:
         if x.shape != y.shape:
             raise BundleError(f"the two bundles give {what!r} {x.shape[0]} and {y.shape[0]} vectors: they do not "
@@ -205,10 +215,10 @@ class GeneratorDrift:
 
 
 def _answer_all(bundle: Path, pages: Sequence[Page], questions: Sequence[str], max_new_tokens: int, max_pixels, threads,
-                progress: Progress):
+                progress: Progress, runtime: Runtime):
     from .generator import Generator
 
-    generator = Generator.load(bundle, threads=threads, prefix_cache=False)
+    generator = Generator.load(bundle, threads=threads, prefix_cache=False, backend=runtime.backend, precision=runtime.precision)
     out = []
     for page in pages:
         for question in questions:
@@ -222,12 +232,13 @@ def _answer_all(bundle: Path, pages: Sequence[Page], questions: Sequence[str], m
 
 def compare_generators(bundle_a: Path, bundle_b: Path, pages: Sequence[Page], questions: Sequence[str] = (DEFAULT_QUESTION,),
                        *, max_new_tokens: int = 32, max_pixels: int | None = None, threads: int | None = None,
-                       progress: Progress = lambda _: None) -> GeneratorDrift:
+                       progress: Progress = lambda _: None, runtime_a: Runtime = Runtime(),
+                       runtime_b: Runtime = Runtime()) -> GeneratorDrift:
     """Greedy answers of both bundles to every question about every page, compared token by token."""
     if not questions:
         raise InputError("no questions to compare")
-    a = _answer_all(bundle_a, pages, questions, max_new_tokens, max_pixels, threads, progress)
-    b = _answer_all(bundle_b, pages, questions, max_new_tokens, max_pixels, threads, progress)
+    a = _answer_all(bundle_a, pages, questions, max_new_tokens, max_pixels, threads, progress, runtime_a)
+    b = _answer_all(bundle_b, pages, questions, max_new_tokens, max_pixels, threads, progress, runtime_b)
     drift = GeneratorDrift()
     labels = [(p.label, q) for p in pages for q in questions]
     for (label, question), (ids_a, text_a), (ids_b, text_b) in zip(labels, a, b):

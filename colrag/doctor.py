@@ -72,6 +72,21 @@ def check_onnxruntime() -> Check:
     return Check("onnxruntime", OK, detail)
 
 
+def check_backend(backend: str | None = None, precision: str | None = None) -> Check:
+    """Where each graph would run (colrag.backends), with the runtime's version and the precision."""
+    from .backends import OPENVINO_HINT, cpu_has_bf16, describe, openvino_installed, requested_backend
+    from .errors import ColragError
+
+    try:
+        graphs = describe(backend, precision)
+    except ColragError as exc:
+        return Check("backend", FAIL, str(exc), "use --backend/--precision (COLRAG_BACKEND/COLRAG_PRECISION) values this machine has")
+    detail = f"{requested_backend(backend)}: " + "; ".join(f"{g} on {where}" for g, where in graphs.items())
+    if not openvino_installed():
+        return Check("backend", OK, f"{detail} (OpenVINO not installed: {OPENVINO_HINT} runs the vision graphs faster)")
+    return Check("backend", OK, detail + ("" if cpu_has_bf16() else "; this CPU has no native bf16"))
+
+
 def check_module(module: str, purpose: str, package: str) -> Check:
     try:
         mod = importlib.import_module(module)
@@ -187,13 +202,15 @@ def _guard(name: str, fn: Callable[[], Check]) -> Check:
         return Check(name, FAIL, f"the check itself failed: {exc.__class__.__name__}: {_first_line(exc)}", "run with COLRAG_DEBUG=1 and report it")
 
 
-def run_checks(*, models_dir: str | os.PathLike | None = None, index: str | os.PathLike | None = None, full: bool = False) -> list[Check]:
+def run_checks(*, models_dir: str | os.PathLike | None = None, index: str | os.PathLike | None = None, full: bool = False,
+               backend: str | None = None, precision: str | None = None) -> list[Check]:
     """Every check, in the order a user would fix them."""
     from .bundle import load_manifest
     from .errors import ColragError
     from .paths import colrag_home, generator_dir, index_dir, retriever_dir
 
-    checks = [_guard("python", check_python), _guard("onnxruntime", check_onnxruntime)]
+    checks = [_guard("python", check_python), _guard("onnxruntime", check_onnxruntime),
+              _guard("backend", lambda: check_backend(backend, precision))]
     checks += [_guard(m, lambda m=m, p=p, k=k: check_module(m, p, k)) for m, p, k in REQUIRED_MODULES]
     home = colrag_home()
     checks.append(Check("home", OK, f"{home} (set COLRAG_HOME to move it)"))

@@ -33,7 +33,7 @@ from .bundle import bundle_file, bundle_id, load_manifest
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_DECODE_PIXELS, SYSTEM_PROMPT
 from .errors import BundleError, InputError
 from .prefix_cache import Prefix, PrefixCache, prefix_key
-from .runtime import create_session
+from .backends import as_numpy, open_session
 from .sampling import Sampler, SamplingParams
 
 
@@ -118,13 +118,21 @@ class Generator:
         self._past_names = [f"past_{kv}_{i}" for i in range(self.num_layers) for kv in ("key", "value")]
         self._output_names = ["logits"] + [f"present_{kv}_{i}" for i in range(self.num_layers) for kv in ("key", "value")]
 
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """What each graph runs on: {'vision': 'openvino bf16', 'decoder': 'onnxruntime f32'}."""
+        return {name: f"{s.backend} {s.precision}" for name, s in (("vision", self._vision), ("decoder", self._decoder))}
+
     # -- loading -------------------------------------------------------------------
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike, *, threads: int | None = None, device: str | None = None,
-             prefix_cache: PrefixCache | None | bool = True) -> "Generator":
+             prefix_cache: PrefixCache | None | bool = True, backend: str | None = None,
+             precision: str | None = None) -> "Generator":
         """prefix_cache: True (default) keeps recent pages' prompt k/v in memory, so a second
         question on the same image skips the vision tower and most of the prefill; pass a
-        PrefixCache (e.g. with a folder, to keep them across processes) or False for none."""
+        PrefixCache (e.g. with a folder, to keep them across processes) or False for none.
+        backend: auto | onnxruntime | openvino, precision: auto | f32 | bf16 (None: COLRAG_BACKEND /
+        COLRAG_PRECISION, else auto; colrag.backends says what auto picks per graph)."""
         from .preprocess import ImageProcessorConfig
         from .tokenization import Tokenizer
 
@@ -137,8 +145,13 @@ class Generator:
             raise BundleError(f"{bundle_dir}: unreadable embedding table: {exc}") from exc
         if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
             raise BundleError(f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})")
-        vision = create_session(cls._vision_graph(bundle_dir, manifest), threads=threads, device=device)
-        decoder = create_session(bundle_file(bundle_dir, manifest, graphs["decoder"]), threads=threads, device=device)
+        opts = dict(backend=backend, precision=precision, threads=threads, device=device)
+        vision_path = cls._vision_graph(bundle_dir, manifest)
+        shared = manifest.get("shared_vision") if "vision" not in graphs else None
+        vision_key = str(shared["sha256"])[:32] if shared else bundle_id(manifest)  # the shared graph's own identity
+        vision = open_session(vision_path, graph="vision", cache_key=vision_key, **opts)
+        decoder = open_session(bundle_file(bundle_dir, manifest, graphs["decoder"]), graph="decoder",
+                               cache_key=bundle_id(manifest), **opts)
         tokenizer = Tokenizer.from_dir(bundle_dir)
         image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
         if prefix_cache is True:
@@ -192,8 +205,8 @@ class Generator:
         from .preprocess import vision_rot_pos_ids
 
         rot = vision_rot_pos_ids(pre.grid_thw, self.spatial_merge_size)  # (N, 2)
-        (embeds,) = self._vision.run(None, {"pixel_values": pre.pixel_values, "rot_pos_ids": rot})  # (N/4, hidden)
-        return embeds
+        (embeds,) = self._vision.run({"pixel_values": pre.pixel_values, "rot_pos_ids": rot})  # (N/4, hidden)
+        return as_numpy(embeds)
 
     def prompt_ids(self, prompt: str, image_token_counts: Sequence[int] = (), system: str = SYSTEM_PROMPT) -> list[int]:
         from .tokenization import chat_prompt_ids
@@ -334,14 +347,10 @@ class Generator:
         return (self.manifest.get("shared_vision") or {}).get("sha256")
 
     def _decoder_step(self, feeds: dict, past: list) -> tuple[np.ndarray, list]:
-        """One decoder run. The k/v cache goes in and out as onnxruntime values, so it stays
-        where the provider keeps it (GPU memory with CUDA) instead of a host round trip per token."""
-        import onnxruntime as ort
-
-        values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in feeds.items()}
-        values.update((name, v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v)) for name, v in zip(self._past_names, past))
-        outs = self._decoder.run_with_ort_values(self._output_names, values)
-        return outs[0].numpy(), list(outs[1:])  # logits (1, 1, V) on the host; present k/v as they are
+        """One decoder run. The k/v cache goes in and out as the session's values, so it stays
+        where the runtime keeps it (GPU memory with CUDA) instead of a host round trip per token."""
+        outs = self._decoder.run({**feeds, **dict(zip(self._past_names, past))}, self._output_names)
+        return as_numpy(outs[0]), list(outs[1:])  # logits (1, 1, V) on the host; present k/v as they are
 
     def _tokens(self, prompt, images, result: Generation, *, max_new_tokens: int, max_pixels, system: str,
                 params: SamplingParams, min_new_tokens: int) -> Iterator[int]:
@@ -364,7 +373,7 @@ class Generator:
         result.prefill_s = time.perf_counter() - start
         if key is not None and not result.prefix_cached:
             # causal attention: the first n_prefix positions of the k/v are the prefix's own
-            prefix_past = [np.ascontiguousarray(v.numpy()[:, :, :n_prefix]) for v in past]  # 2L × (1, kv, P, hd)
+            prefix_past = [np.ascontiguousarray(as_numpy(v)[:, :, :n_prefix]) for v in past]  # 2L × (1, kv, P, hd)
             self.prefix_cache.put(key, Prefix(np.array(prompt_ids[:n_prefix]), prefix_past))
 
         while True:

@@ -23,7 +23,7 @@ from .constants import IMAGE_PAD_ID, PAD_ID
 from .errors import InputError
 from .preprocess import ImageProcessorConfig, preprocess_image, vision_rot_pos_ids
 from .rope import get_rope_index
-from .runtime import create_session
+from .backends import as_numpy, open_session
 from .tokenization import Tokenizer, pad_left, retriever_page_ids, retriever_query_ids
 
 
@@ -46,14 +46,23 @@ class Retriever:
         self.page_ids(1)  # fail at load, not at the first page, if the page prompt is malformed
         self._image_token_id = int(manifest.get("image_token_id", IMAGE_PAD_ID))
 
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """What each graph runs on: {'vision': 'openvino bf16', 'text': ...}."""
+        return {name: f"{s.backend} {s.precision}" for name, s in (("vision", self._vision), ("text", self._text))}
+
     @classmethod
-    def load(cls, bundle_dir: str | os.PathLike, *, threads: int | None = None, device: str | None = None) -> "Retriever":
+    def load(cls, bundle_dir: str | os.PathLike, *, threads: int | None = None, device: str | None = None,
+             backend: str | None = None, precision: str | None = None) -> "Retriever":
+        """backend: auto | onnxruntime | openvino, precision: auto | f32 | bf16 (None: COLRAG_BACKEND /
+        COLRAG_PRECISION, else auto; colrag.backends says what auto picks per graph)."""
         bundle_dir = Path(bundle_dir).expanduser()
         manifest = load_manifest(bundle_dir, "retriever")
         graphs = manifest["graphs"]
         table = load_embedding_table(bundle_dir, manifest)
-        vision = create_session(bundle_file(bundle_dir, manifest, graphs["vision"]), threads=threads, device=device)
-        text = create_session(bundle_file(bundle_dir, manifest, graphs["text"]), threads=threads, device=device)
+        opts = dict(backend=backend, precision=precision, threads=threads, device=device, cache_key=bundle_id(manifest))
+        vision = open_session(bundle_file(bundle_dir, manifest, graphs["vision"]), graph="vision", **opts)
+        text = open_session(bundle_file(bundle_dir, manifest, graphs["text"]), graph="text", **opts)
         tokenizer = Tokenizer.from_dir(bundle_dir)
         image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
         return cls(bundle_dir, manifest, vision, text, table, tokenizer, image_config)
@@ -71,8 +80,8 @@ class Retriever:
         """Vision tower output for one PIL image: (image_embeds (n_tokens, hidden), grid_thw (3,))."""
         pre = preprocess_image(image, self.image_config, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         rot = vision_rot_pos_ids(pre.grid_thw)  # (N, 2)
-        (embeds,) = self._vision.run(None, {"pixel_values": pre.pixel_values, "rot_pos_ids": rot})  # (N/4, hidden)
-        return embeds, np.asarray(pre.grid_thw, dtype=np.int64)
+        (embeds,) = self._vision.run({"pixel_values": pre.pixel_values, "rot_pos_ids": rot})  # (N/4, hidden)
+        return as_numpy(embeds), np.asarray(pre.grid_thw, dtype=np.int64)
 
     def embed_images(self, images: Sequence, *, batch_size: int = 1) -> list[np.ndarray]:
         """One (n_tokens_i, dim) float32 array per PIL image."""
@@ -107,8 +116,9 @@ class Retriever:
             embeds[slots] = feats
         position_ids, _ = get_rope_index(ids, grids, mask, image_token_id=self._image_token_id)  # (3, B, S)
         (vectors,) = self._text.run(
-            None, {"inputs_embeds": embeds, "position_ids": position_ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+            {"inputs_embeds": embeds, "position_ids": position_ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
         )  # (B, S, dim)
+        vectors = as_numpy(vectors)
         return [np.ascontiguousarray(vectors[b][mask[b].astype(bool)], dtype=np.float32) for b in range(len(seqs))]
 
 

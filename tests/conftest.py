@@ -13,6 +13,17 @@ def _own_colrag_home(tmp_path, monkeypatch):
     monkeypatch.setenv("COLRAG_HOME", str(tmp_path / "colrag-home"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _onnxruntime_backend():
+    """Tests run the graphs on onnxruntime (the parity tests' 1e-4 bounds are f32 onnxruntime's),
+    whatever is installed; tests/test_backends.py runs OpenVINO explicitly against it.
+    Session-scoped, so that module- and session-scoped model fixtures see it too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLRAG_BACKEND", "onnxruntime")
+        mp.delenv("COLRAG_PRECISION", raising=False)
+        yield
+
+
 def require_shared() -> None:
     if not TOKENIZER_DIR.is_dir():
         pytest.skip(f"{SHARED} is absent: the real tokenizer and PDFs live there")

@@ -22,6 +22,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+BACKEND_OPTION = typer.Option(
+    None, "--backend", envvar="COLRAG_BACKEND",
+    help="Where the model graphs run: auto, onnxruntime or openvino (pip install 'colrag[openvino]') \\[default: auto: "
+         "OpenVINO for the graphs it runs faster on this kind of CPU, when installed; onnxruntime otherwise].",
+)
+PRECISION_OPTION = typer.Option(
+    None, "--precision", envvar="COLRAG_PRECISION",
+    help="Compute precision of OpenVINO graphs: auto, f32 or bf16 \\[default: auto: bf16 where the CPU has it]. "
+         "onnxruntime always computes in f32.",
+)
 models_app = typer.Typer(help="Export, install, list and verify model bundles.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

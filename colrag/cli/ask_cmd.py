@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .models_cmd import export_app
 
 MODELS_DIR_OPTION = typer.Option(
@@ -60,7 +60,8 @@ def _require_bundle(path: Path, kind: str, flag: str) -> Path:
     return path
 
 
-def _retrieve(question: str, n_pages: int, index: Optional[str], models_dir, retriever: Optional[Path], threads: Optional[int]):
+def _retrieve(question: str, n_pages: int, index: Optional[str], models_dir, retriever: Optional[Path], threads: Optional[int],
+              backend: Optional[str] = None, precision: Optional[str] = None):
     """The top pages for the question: [Hit(file, page, score)]. The retriever is freed afterwards."""
     from ..errors import IndexStoreError
     from ..paths import index_dir, retriever_dir
@@ -78,7 +79,7 @@ def _retrieve(question: str, n_pages: int, index: Optional[str], models_dir, ret
             import faiss
 
             faiss.omp_set_num_threads(threads)
-        model = Retriever.load(bundle, threads=threads)
+        model = Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
         check_retriever(target, idx.manifest, RetrieverInfo.of(model))
         hits = Searcher(idx, model).search(question, n_pages)
     del model
@@ -141,6 +142,8 @@ def ask_cmd(
         help="Lower the generator's image resolution (pixels per image) for speed \\[default: the bundle's, 1280*28*28].",
     ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
+    backend: Optional[str] = BACKEND_OPTION,
+    precision: Optional[str] = PRECISION_OPTION,
     password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted indexed PDFs."),
     stats: bool = typer.Option(False, "--stats", help="Print timings (vision, prefill, decode) on stderr."),
     cache: bool = typer.Option(
@@ -176,12 +179,15 @@ def ask_cmd(
             if not path.is_file():
                 raise InputError(f"image not found: {path}")
     else:
-        hits = _retrieve(question, pages, index, models_dir, retriever, threads)
+        hits = _retrieve(question, pages, index, models_dir, retriever, threads, backend, precision)
         images = _render_hits(hits, cap, password)
         if show:
             _show(images, [f"{Path(h.file).stem}-p{h.page}" for h in hits])
 
-    model = Generator.load(gen_bundle, threads=threads, prefix_cache=PrefixCache(folder=prefix_cache_dir()) if cache else False)
+    model = Generator.load(gen_bundle, threads=threads, prefix_cache=PrefixCache(folder=prefix_cache_dir()) if cache else False,
+                           backend=backend, precision=precision)
+    if stats:
+        typer.echo("graphs: " + ", ".join(f"{graph} on {where}" for graph, where in model.runtimes.items()), err=True)
     options = dict(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                    repetition_penalty=repetition_penalty, seed=seed, max_pixels=cap)
     sources = [{"file": h.file, "page": h.page, "score": round(float(h.score), 4)} for h in hits]

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .models_cmd import MODELS_DIR_OPTION
 
 
@@ -20,12 +20,14 @@ def doctor_cmd(
     ),
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     full: bool = typer.Option(False, "--full", help="Also re-hash every bundle file (sha256) and read every index vector: slower."),
+    backend: Optional[str] = BACKEND_OPTION,
+    precision: Optional[str] = PRECISION_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
 ) -> None:
     """Check Python, the libraries, the model bundles, the index and free disk: ok / warn / FAIL, each with a fix."""
     from ..doctor import FAIL, as_dicts, run_checks
 
-    checks = run_checks(models_dir=models_dir, index=index, full=full)
+    checks = run_checks(models_dir=models_dir, index=index, full=full, backend=backend, precision=precision)
     if as_json:
         typer.echo(json.dumps(as_dicts(checks), indent=2))
     else:

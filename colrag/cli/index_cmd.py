@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 
 INDEX_OPTION = typer.Option(
     None, "--index", envvar="COLRAG_INDEX",
@@ -32,7 +32,8 @@ THREADS_OPTION = typer.Option(
 )
 
 
-def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threads: Optional[int]):
+def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threads: Optional[int],
+                    backend: Optional[str] = None, precision: Optional[str] = None):
     from ..bundle import MANIFEST
     from ..errors import BundleError
     from ..paths import retriever_dir
@@ -49,7 +50,7 @@ def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threa
         faiss.omp_set_num_threads(threads)
     from ..retriever import Retriever
 
-    return Retriever.load(bundle, threads=threads)
+    return Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
 
 
 class ProgressLine:
@@ -121,6 +122,8 @@ def index_cmd(
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     retriever: Optional[Path] = RETRIEVER_OPTION,
     threads: Optional[int] = THREADS_OPTION,
+    backend: Optional[str] = BACKEND_OPTION,
+    precision: Optional[str] = PRECISION_OPTION,
     password: Optional[str] = typer.Option(
         None, "--password", envvar="COLRAG_PDF_PASSWORD",
         help="Password for encrypted PDFs (tried on every encrypted file; the env var keeps it out of `ps`).",
@@ -137,7 +140,7 @@ def index_cmd(
 
     target = index_dir(index)
     find_pdfs(paths)  # a missing path fails now, before the retriever loads
-    model = _load_retriever(retriever, models_dir, threads)
+    model = _load_retriever(retriever, models_dir, threads, backend, precision)
     progress = ProgressLine()
     with Index.open_writer(target, RetrieverInfo.of(model)) as idx:
         try:
@@ -171,6 +174,8 @@ def search_cmd(
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     retriever: Optional[Path] = RETRIEVER_OPTION,
     threads: Optional[int] = THREADS_OPTION,
+    backend: Optional[str] = BACKEND_OPTION,
+    precision: Optional[str] = PRECISION_OPTION,
     explain: bool = typer.Option(False, "--explain", help="Also write, for each result, a PNG of the page with a heatmap of the image patches that matched the query (late-interaction similarity map); paths go to stderr."),
     explain_dir: Path = typer.Option(Path("."), "--explain-dir", help="Folder for the --explain PNGs.", file_okay=False),
     password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted PDFs (for --explain, which re-renders pages)."),
@@ -186,7 +191,7 @@ def search_cmd(
     with Index.open(target) as idx:
         if not idx.snapshot().pages:
             raise IndexStoreError(f"index {target} has no pages yet: run `colrag index DIR` first")
-        model = _load_retriever(retriever, models_dir, threads)
+        model = _load_retriever(retriever, models_dir, threads, backend, precision)
         check_retriever(target, idx.manifest, RetrieverInfo.of(model))
         hits = Searcher(idx, model).search(query, top_k)
         if explain:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import models_app
+from ..cli import BACKEND_OPTION, PRECISION_OPTION, models_app
 
 export_app = typer.Typer(help="Export a transformers checkpoint folder to a colrag model bundle (needs the export extra: torch, transformers, onnx).", no_args_is_help=True)
 models_app.add_typer(export_app, name="export")
@@ -107,6 +107,10 @@ def compare_cmd(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Generator: greedy tokens per answer."),
     password: Optional[str] = typer.Option(None, "--password", help="Password for encrypted PDFs."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
+    backend: Optional[str] = BACKEND_OPTION,
+    precision: Optional[str] = PRECISION_OPTION,
+    backend_b: Optional[str] = typer.Option(None, "--backend-b", help="Run BUNDLE_B on this backend instead of --backend (give the same bundle twice to measure a backend's drift)."),
+    precision_b: Optional[str] = typer.Option(None, "--precision-b", help="Run BUNDLE_B at this precision instead of --precision."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Measure how far BUNDLE_B drifts from BUNDLE_A on your own pages.
@@ -117,7 +121,7 @@ def compare_cmd(
     """
     from dataclasses import asdict
 
-    from ..compare import DEFAULT_QUERIES, DEFAULT_QUESTION, bundle_kind, compare_generators, compare_retrievers, sample_pages
+    from ..compare import DEFAULT_QUERIES, DEFAULT_QUESTION, Runtime, bundle_kind, compare_generators, compare_retrievers, sample_pages
     from ..constants import GENERATOR_MAX_PIXELS
     from ..render import DEFAULT_TARGET_PIXELS
 
@@ -125,10 +129,12 @@ def compare_cmd(
         typer.echo(message, err=True)
 
     kind = bundle_kind(bundle_a, bundle_b)
+    runtimes = dict(runtime_a=Runtime(backend, precision), runtime_b=Runtime(backend_b or backend, precision_b or precision))
     target = DEFAULT_TARGET_PIXELS if kind == "retriever" else GENERATOR_MAX_PIXELS
     sample = sample_pages(inputs, pages, target, password, warn=note)
     if kind == "retriever":
-        drift = compare_retrievers(bundle_a, bundle_b, sample, query or DEFAULT_QUERIES, top_k=top_k, threads=threads, progress=note)
+        drift = compare_retrievers(bundle_a, bundle_b, sample, query or DEFAULT_QUERIES, top_k=top_k, threads=threads, progress=note,
+                                   **runtimes)
         if as_json:
             typer.echo(json.dumps({"kind": kind, **asdict(drift)}, indent=2))
             return
@@ -140,7 +146,7 @@ def compare_cmd(
             typer.echo(f"  {d['query']!r}: A ranks {d['page_a']} first, B {d['page_b']}, which trails it by {d['gap']:.2%} in A's scores")
         return
     gen = compare_generators(bundle_a, bundle_b, sample, query or [DEFAULT_QUESTION], max_new_tokens=max_new_tokens,
-                             threads=threads, progress=note)
+                             threads=threads, progress=note, **runtimes)
     if as_json:
         typer.echo(json.dumps({"kind": kind, **gen.as_dict()}, indent=2, ensure_ascii=False))
         return
