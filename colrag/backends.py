@@ -222,15 +222,19 @@ def _openvino_core():
     return ov.Core()
 
 
-def openvino_cache_dir(cache_key: str | None) -> Path | None:
-    """$COLRAG_HOME/cache/openvino/<key>, created; None when there is no key or it cannot be created."""
+def openvino_cache_dir(cache_key: str | None, precision: str, threads: int) -> Path | None:
+    """$COLRAG_HOME/cache/openvino/<key>/<precision>-t<threads>, created; None when there is no key
+    or it cannot be created.
+
+    One folder per precision and thread count: OpenVINO 2026.4 names a cached blob after the
+    model file only, so a blob compiled for f32 was loaded for a bf16 request (and crashed)."""
     from .paths import colrag_home
 
     if not cache_key:
         return None
     if not cache_key.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"bad cache key {cache_key!r}")
-    folder = colrag_home() / "cache" / "openvino" / cache_key
+    folder = colrag_home() / "cache" / "openvino" / cache_key / f"{precision}-t{threads or 'auto'}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -252,7 +256,7 @@ class OpenvinoSession:
         n = configured_threads(threads)
         if n:
             config["INFERENCE_NUM_THREADS"] = n
-        cache = openvino_cache_dir(cache_key)
+        cache = openvino_cache_dir(cache_key, precision, n)
         if cache is not None:
             config["CACHE_DIR"] = str(cache)
         try:

@@ -1,0 +1,189 @@
+"""The backend layer: choice rules, the onnxruntime session, and the OpenVINO path against it.
+
+OpenVINO tests need the `openvino` extra (CI installs it) and skip, saying so, without it.
+Bounds: f32 OpenVINO equals f32 onnxruntime on the fp32 tiny bundle within 1e-4 (max abs);
+bf16 keeps every page/query row at cosine >= BF16_MIN_COSINE (measured on the tiny model:
+min 0.9995, docs/BENCHMARKS.md "OpenVINO"). Greedy tokens are equal in f32; in bf16 the tiny
+std-0.2 model is chaotic (any perturbation changes its answer), so bf16 answers are not compared.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import colrag  # noqa: E402
+from colrag import backends  # noqa: E402
+from colrag.compare import row_cosines  # noqa: E402
+from colrag.errors import ColragError  # noqa: E402
+from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: E402,F401
+from tests.test_retriever import synthetic_page  # noqa: E402
+
+F32_TOL = 1e-4
+BF16_MIN_COSINE = 0.998
+QUERIES = ["What does the chart show?", "total revenue by year", "このページの内容は？"]
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'colrag[openvino]')")
+
+
+# -- choice rules (no OpenVINO needed) ----------------------------------------------------
+
+def test_explicit_backend_applies_to_every_graph():
+    assert {backends.graph_backend(g, "onnxruntime") for g in backends.GRAPHS} == {"onnxruntime"}
+    assert backends.graph_precision("onnxruntime", "auto") == "f32"
+
+
+def test_auto_runs_vision_and_text_on_openvino_where_measured_faster(monkeypatch):
+    monkeypatch.setattr(backends, "openvino_installed", lambda: True)
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert [backends.graph_backend(g, "auto") for g in ("vision", "text", "decoder")] == ["openvino", "openvino", "onnxruntime"]
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2"}))  # not the kind of CPU it was measured on
+    assert {backends.graph_backend(g, "auto") for g in backends.GRAPHS} == {"onnxruntime"}
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512f"}))
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    assert {backends.graph_backend(g, "auto") for g in backends.GRAPHS} == {"onnxruntime"}
+
+
+def test_environment_variables_choose_when_no_argument(monkeypatch):
+    monkeypatch.setenv("COLRAG_BACKEND", "openvino")
+    monkeypatch.setattr(backends, "openvino_installed", lambda: True)
+    assert backends.graph_backend("decoder") == "openvino"
+    assert backends.graph_backend("decoder", "onnxruntime") == "onnxruntime"  # the argument wins
+    monkeypatch.setenv("COLRAG_PRECISION", "f32")
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
+    assert backends.graph_precision("openvino") == "f32"
+    monkeypatch.delenv("COLRAG_PRECISION")
+    assert backends.graph_precision("openvino") == "bf16"
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
+    assert backends.graph_precision("openvino") == "f32"
+
+
+def test_bad_requests_are_one_line_errors(monkeypatch, tiny_retriever_bundle):
+    with pytest.raises(ColragError, match="unknown backend 'cuda'"):
+        colrag.Retriever.load(tiny_retriever_bundle, backend="cuda")
+    with pytest.raises(ColragError, match="unknown precision"):
+        colrag.Retriever.load(tiny_retriever_bundle, precision="fp8")
+    with pytest.raises(ColragError, match="bf16 needs the openvino backend"):
+        colrag.Retriever.load(tiny_retriever_bundle, backend="onnxruntime", precision="bf16")
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    with pytest.raises(ColragError, match=r"pip install 'colrag\[openvino\]'"):
+        colrag.Retriever.load(tiny_retriever_bundle, backend="openvino")
+    monkeypatch.setattr(backends, "openvino_installed", lambda: True)
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ColragError, match="no native bf16"):
+        backends.graph_precision("openvino", "bf16")
+
+
+def test_onnxruntime_session_names_shapes_and_numpy_outputs(tiny_retriever_bundle):
+    s = backends.open_session(tiny_retriever_bundle / "text.onnx", graph="text", backend="onnxruntime")
+    assert (s.backend, s.precision) == ("onnxruntime", "f32")
+    assert list(s.inputs) == ["inputs_embeds", "position_ids", "attention_mask"] and len(s.inputs["position_ids"]) == 3
+    hidden = s.inputs["inputs_embeds"][-1]
+    feeds = {"inputs_embeds": np.zeros((1, 4, hidden), np.float32), "position_ids": np.tile(np.arange(4), (3, 1, 1)),
+             "attention_mask": np.ones((1, 4), np.int64)}
+    (out,) = s.run(feeds)
+    assert isinstance(out, np.ndarray) and out.shape[:2] == (1, 4) and out.shape[2] == 128
+
+
+def test_doctor_names_backend_and_precision(monkeypatch):
+    from colrag.doctor import FAIL, OK, check_backend
+
+    check = check_backend("onnxruntime", "f32")
+    assert check.status == OK and "vision on onnxruntime" in check.detail and " f32" in check.detail
+    assert check_backend("onnxruntime", "bf16").status == FAIL
+
+
+# -- OpenVINO against onnxruntime ------------------------------------------------------------
+
+PAGES = [synthetic_page(850, 1100, 1), synthetic_page(1280, 720, 2)]
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_embeddings(tiny_retriever_bundle):
+    r = colrag.Retriever.load(tiny_retriever_bundle, backend="onnxruntime")
+    return r.embed_images(PAGES), r.embed_queries(QUERIES)
+
+
+@needs_openvino
+def test_openvino_f32_embeddings_equal_onnxruntime(tiny_retriever_bundle, onnxruntime_embeddings):
+    r = colrag.Retriever.load(tiny_retriever_bundle, backend="openvino", precision="f32")
+    assert r.runtimes == {"vision": "openvino f32", "text": "openvino f32"}
+    pages, queries = onnxruntime_embeddings
+    for got, want in zip(r.embed_images(PAGES) + r.embed_queries(QUERIES), pages + queries):
+        assert got.shape == want.shape and got.dtype == np.float32
+        assert np.abs(got - want).max() <= F32_TOL
+
+
+@needs_openvino
+def test_openvino_bf16_embeddings_within_the_recorded_bound(tiny_retriever_bundle, onnxruntime_embeddings, monkeypatch):
+    if not backends.cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16")
+    r = colrag.Retriever.load(tiny_retriever_bundle, backend="openvino", precision="bf16")
+    assert r.runtimes["vision"] == "openvino bf16"
+    pages, queries = onnxruntime_embeddings
+    got = r.embed_images(PAGES) + r.embed_queries(QUERIES)
+    cosines = np.concatenate([row_cosines(g, w) for g, w in zip(got, pages + queries)])
+    assert cosines.min() >= BF16_MIN_COSINE
+    assert max(np.abs(g - w).max() for g, w in zip(got, pages + queries)) > F32_TOL  # it did compute in bf16
+
+
+@needs_openvino
+@pytest.mark.parametrize("sizes", [[(300, 200, 2)], []], ids=["image", "text-only"])
+def test_openvino_f32_greedy_tokens_equal_onnxruntime(tiny_generator_bundle, sizes):
+    from tests.test_generator import synthetic_image
+
+    images = [synthetic_image(w, h, s) for w, h, s in sizes]
+    question = "Describe the image." if images else "Write a haiku about the sea."
+    want = colrag.Generator.load(tiny_generator_bundle, backend="onnxruntime", prefix_cache=False).generate(
+        question, images=images, max_new_tokens=16, min_new_tokens=16)
+    g = colrag.Generator.load(tiny_generator_bundle, backend="openvino", precision="f32")
+    assert g.runtimes == {"vision": "openvino f32", "decoder": "openvino f32"}
+    first = g.generate(question, images=images, max_new_tokens=16, min_new_tokens=16)
+    again = g.generate(question, images=images, max_new_tokens=16, min_new_tokens=16)  # the prefix cache's k/v
+    assert len(set(want.token_ids)) >= 4
+    assert first.token_ids == want.token_ids and again.token_ids == want.token_ids
+    assert again.prefix_cached == bool(images)
+
+
+@needs_openvino
+@pytest.mark.parametrize(("build_with", "search_with"), [("onnxruntime", "openvino"), ("openvino", "onnxruntime")])
+def test_index_built_with_one_backend_searched_with_the_other(tmp_path, tiny_retriever_bundle, build_with, search_with):
+    from colrag.indexer import Indexer
+    from colrag.search import Searcher
+    from colrag.store import Index, RetrieverInfo
+    from tests.index_helpers import make_pdf
+
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 2, "alpha")
+    make_pdf(docs / "b.pdf", 2, "beta")
+    builder = colrag.Retriever.load(tiny_retriever_bundle, backend=build_with, precision="f32")
+    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(builder)) as index:
+        report = Indexer(index, builder).run([docs])
+    assert report.pages == 4 and not report.failures
+    searcher = colrag.Retriever.load(tiny_retriever_bundle, backend=search_with, precision="f32")
+    with Index.open(tmp_path / "ix") as index:
+        hits = {q: Searcher(index, searcher).search(q, 4) for q in QUERIES}
+        same = {q: Searcher(index, builder).search(q, 4) for q in QUERIES}
+    for q in QUERIES:
+        assert [(h.file, h.page) for h in hits[q]] == [(h.file, h.page) for h in same[q]]
+        assert np.allclose([h.score for h in hits[q]], [h.score for h in same[q]], atol=1e-3)
+
+
+@needs_openvino
+def test_compiled_models_are_cached_per_precision(tiny_retriever_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLRAG_HOME", str(tmp_path / "home"))
+    first = colrag.Retriever.load(tiny_retriever_bundle, backend="openvino", precision="f32", threads=1)
+    root = tmp_path / "home" / "cache" / "openvino" / first.bundle_id
+    assert [p.name for p in root.iterdir()] == ["f32-t1"]
+    assert len(list((root / "f32-t1").glob("*.blob"))) == 2  # vision and text
+    again = colrag.Retriever.load(tiny_retriever_bundle, backend="openvino", precision="f32", threads=1)  # from the cache
+    q1, q2 = first.embed_queries(QUERIES[:1])[0], again.embed_queries(QUERIES[:1])[0]
+    assert np.array_equal(q1, q2)
+    if backends.cpu_has_bf16():  # another precision never reuses the f32 blobs
+        colrag.Retriever.load(tiny_retriever_bundle, backend="openvino", precision="bf16", threads=1)
+        assert sorted(p.name for p in root.iterdir()) == ["bf16-t1", "f32-t1"]
