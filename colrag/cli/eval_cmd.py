@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .index_cmd import MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION, ProgressLine, _load_retriever
 
 EPILOG = (
@@ -48,6 +48,8 @@ def eval_cmd(
     temporary: bool = typer.Option(False, "--temporary", help="Index into a temporary folder, deleted when done."),
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     threads: Optional[int] = THREADS_OPTION,
+    backend: Optional[str] = BACKEND_OPTION,
+    precision: Optional[str] = PRECISION_OPTION,
     password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted corpus PDFs."),
     changes: int = typer.Option(20, "--changes", min=0, help="With --compare: how many rank changes to list (largest first)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report (per-query ranks included) as JSON."),
@@ -75,7 +77,7 @@ def eval_cmd(
     try:
         for n, bundle in enumerate(bundles):
             typer.echo("loading the retriever…", err=True)
-            model = _load_retriever(bundle, models_dir, threads)
+            model = _load_retriever(bundle, models_dir, threads, backend, precision)
             if scratch is not None:
                 target = scratch / f"index-{n}"
             else:
