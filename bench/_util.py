@@ -40,21 +40,37 @@ def side_by_side_args(description: str, runs: int):
 
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="full-size checkpoint (bench/full_checkpoints.py)")
-    ap.add_argument("--bundle", action="append", default=[], help="colrag bundle, as DIR or NAME=DIR (repeatable)")
+    ap.add_argument("--bundle", action="append", default=[],
+                    help="colrag bundle, as DIR or NAME=DIR (repeatable); NAME@BACKEND[/PRECISION]=DIR runs it on that "
+                         "backend (auto, onnxruntime, openvino) and precision (auto, f32, bf16), e.g. int8@openvino/bf16=DIR")
     ap.add_argument("--pdf", default=str(PDF_DIR / "03_chart_usda_ag_energy_roundup.pdf"))
     ap.add_argument("--page", type=int, default=1)
     ap.add_argument("--runs", type=int, default=runs)
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--worker", choices=["torch", "colrag"], help=argparse.SUPPRESS)
+    ap.add_argument("--backend", default="onnxruntime", help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     return ap
+
+
+def parse_bundle_spec(spec: str) -> tuple[str, str, str, str]:
+    """'NAME@BACKEND/PRECISION=DIR' -> (NAME@BACKEND/PRECISION, DIR, BACKEND, PRECISION); plain specs run on onnxruntime."""
+    name, _, path = spec.rpartition("=")
+    _, _, runtime = name.partition("@")
+    backend, _, precision = runtime.partition("/")
+    return name, path, backend or "onnxruntime", precision or "auto"
+
+
+def backend_args(backend: str, precision: str) -> list[str]:
+    return ["--backend", backend, "--precision", precision]
 
 
 def variants(args, default_name: str) -> list[tuple[str, list[str]]]:
     """(table row name, worker arguments): transformers first unless skipped, then each bundle."""
     rows = [] if args.skip_torch else [("transformers fp32", ["--worker", "torch"])]
     for spec in args.bundle:
-        name, _, path = spec.rpartition("=")
-        rows.append((f"colrag {name or default_name}", ["--worker", "colrag", "--bundle", path]))
+        name, path, backend, precision = parse_bundle_spec(spec)
+        rows.append((f"colrag {name or default_name}", ["--worker", "colrag", "--bundle", path, *backend_args(backend, precision)]))
     return rows
 
 
@@ -71,8 +87,11 @@ def machine() -> str:
         model = platform.processor()
     import onnxruntime
 
+    from colrag.backends import openvino_version
+
     threads = os.environ.get("OMP_NUM_THREADS", "default")
-    return f"{model}; {os.cpu_count()} cores; flags: {flags}; onnxruntime {onnxruntime.__version__}; threads {threads}"
+    ov = f"; openvino {openvino_version()}" if openvino_version() else ""
+    return f"{model}; {os.cpu_count()} cores; flags: {flags}; onnxruntime {onnxruntime.__version__}{ov}; threads {threads}"
 
 
 def render_page(pdf: Path, page_no: int, max_pixels: int):

@@ -59,7 +59,7 @@ def worker(args) -> None:
     else:
         import colrag
 
-        g = colrag.Generator.load(args.bundle[-1], prefix_cache=False)
+        g = colrag.Generator.load(args.bundle[-1], prefix_cache=False, backend=args.backend, precision=args.precision)
 
         def run():
             out = g.generate(QUESTION, [image], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)

@@ -10,14 +10,19 @@ rendered to the retriever's pixel budget.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._util import machine, peak_rss_gb, render_page, run_worker, side_by_side_args, summary  # noqa: E402
 from bench._util import variants as bench_variants  # noqa: E402
+from colrag.compare import row_cosines  # noqa: E402
 
 QUERY = "What share of energy use does the chart attribute to fertilizer production?"
 MAX_PIXELS = 768 * 28 * 28
@@ -48,7 +53,7 @@ def worker(args) -> None:
     else:
         import colrag
 
-        r = colrag.Retriever.load(args.bundle[-1], threads=args.threads or None)
+        r = colrag.Retriever.load(args.bundle[-1], threads=args.threads or None, backend=args.backend, precision=args.precision)
 
         def embed_page():
             return r.embed_images([image])
@@ -58,9 +63,19 @@ def worker(args) -> None:
 
     for i in range(args.runs + 1):
         t = time.perf_counter()
-        embed_page()
+        page = embed_page()
         if i:
             page_t.append(time.perf_counter() - t)
+    if args.save:  # the page's vectors, for the cosine against the first variant
+        vectors = page[0].float().numpy() if args.worker == "torch" else page[0]
+        if args.worker == "torch":
+            import torch
+
+            b = proc.process_images(images=[image])
+            vectors = vectors[b["attention_mask"][0].bool().numpy()]
+        import numpy as np
+
+        np.save(args.save, np.asarray(vectors, dtype=np.float32))
     for i in range(args.runs + 1):
         t = time.perf_counter()
         embed_query()
@@ -72,6 +87,7 @@ def worker(args) -> None:
 def main() -> None:
     ap = side_by_side_args(__doc__, runs=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--save", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
