@@ -187,3 +187,15 @@ def test_compiled_models_are_cached_per_precision(tiny_retriever_bundle, tmp_pat
     if backends.cpu_has_bf16():  # another precision never reuses the f32 blobs
         colrag.Retriever.load(tiny_retriever_bundle, backend="openvino", precision="bf16", threads=1)
         assert sorted(p.name for p in root.iterdir()) == ["bf16-t1", "f32-t1"]
+
+
+def test_every_model_command_takes_backend_and_precision():
+    from typer.testing import CliRunner
+
+    from colrag.cli import _register_commands, app
+
+    _register_commands()
+    for command in (["index"], ["search"], ["ask"], ["eval"], ["models", "compare"], ["doctor"]):
+        result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, command
+        assert "--backend" in result.stdout and "--precision" in result.stdout, command
