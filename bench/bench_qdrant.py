@@ -86,13 +86,20 @@ def build(folder: Path, n_pages: int, synth: Synth, queries: np.ndarray) -> tupl
             add_s += t1 - t
             commit_s += time.perf_counter() - t1
             if (first // PAGES_PER_COMMIT) % 20 == 0:
-                print(f"  {first + len(pages)}/{n_pages} pages, {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+                print(
+                    f"  {first + len(pages)}/{n_pages} pages, {time.perf_counter() - t0:.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         t = time.perf_counter()
         ix.optimize()
         optimize_s = time.perf_counter() - t
     return {
-        "build_s": round(time.perf_counter() - t0, 1), "add_s": round(add_s, 1), "commit_s": round(commit_s, 1),
-        "optimize_s": round(optimize_s, 1), "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "build_s": round(time.perf_counter() - t0, 1),
+        "add_s": round(add_s, 1),
+        "commit_s": round(commit_s, 1),
+        "optimize_s": round(optimize_s, 1),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }, exact
 
 
@@ -104,7 +111,7 @@ def recall(hits: list, exact_row: np.ndarray, k: int = 5) -> tuple[float, float,
     numbers = [(int(h.file[len("/synthetic/doc") : -4]) * PAGES_PER_DOC + h.page - 1) for h in hits]
     tolerant = sum(exact_row[n] >= kth - 0.01 * abs(kth) for n in numbers) / k
     strict = len(top & set(numbers)) / k
-    drift = max(abs(h.score - exact_row[n]) / abs(exact_row[n]) for h, n in zip(hits, numbers))
+    drift = max(abs(h.score - exact_row[n]) / abs(exact_row[n]) for h, n in zip(hits, numbers, strict=True))
     return tolerant, strict, drift
 
 
@@ -121,12 +128,19 @@ def measure(folder: Path, queries: np.ndarray, kinds: list[str], exact: np.ndarr
                 ix.search(q, 5)
                 times.append(time.perf_counter() - t)
     scored = [recall(h, exact[i]) for i, h in enumerate(results)]
-    out = {"candidates": candidates, "p50_ms": round(1000 * float(np.median(times)), 1),
-           "p90_ms": round(1000 * float(np.percentile(times, 90)), 1), "warmup_mean_ms": round(1000 * first_pass / len(queries), 1)}
+    out = {
+        "candidates": candidates,
+        "p50_ms": round(1000 * float(np.median(times)), 1),
+        "p90_ms": round(1000 * float(np.percentile(times, 90)), 1),
+        "warmup_mean_ms": round(1000 * first_pass / len(queries), 1),
+    }
     for kind in ("page", "random"):
-        sel = [s for s, kd in zip(scored, kinds) if kd == kind]
-        out[kind] = {"recall5_tolerant": round(float(np.mean([s[0] for s in sel])), 3), "recall5_strict": round(float(np.mean([s[1] for s in sel])), 3),
-                     "drift_p99": float(np.percentile([s[2] for s in sel], 99))}
+        sel = [s for s, kd in zip(scored, kinds, strict=True) if kd == kind]
+        out[kind] = {
+            "recall5_tolerant": round(float(np.mean([s[0] for s in sel])), 3),
+            "recall5_strict": round(float(np.mean([s[1] for s in sel])), 3),
+            "drift_p99": float(np.percentile([s[2] for s in sel], 99)),
+        }
     return out
 
 
@@ -153,8 +167,15 @@ def main() -> int:
         np.save(exact_file, exact)
         info_file.write_text(json.dumps(info))
     disk = sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
-    res = {"pages": args.pages, "queries": args.queries, "load": os.getloadavg(), **info,
-           "disk_bytes": disk, "disk_per_page_kb": round(disk / args.pages / 1000, 1), "runs": []}
+    res = {
+        "pages": args.pages,
+        "queries": args.queries,
+        "load": os.getloadavg(),
+        **info,
+        "disk_bytes": disk,
+        "disk_per_page_kb": round(disk / args.pages / 1000, 1),
+        "runs": [],
+    }
     for c in args.candidates:
         res["runs"].append(measure(folder, queries, kinds, exact, args.runs, c))
         print(json.dumps(res["runs"][-1]), file=sys.stderr, flush=True)

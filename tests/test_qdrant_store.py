@@ -35,7 +35,9 @@ def unit_rows(n: int, seed: int, dim: int = 128) -> np.ndarray:
 def fp16_maxsim(q: np.ndarray, pages: list[np.ndarray]) -> np.ndarray:
     """MaxSim as Qdrant computes it on float16 storage: query and vectors rounded to float16, float32 sums."""
     q16 = q.astype(np.float16).astype(np.float32)
-    return np.array([(q16 @ p.astype(np.float16).astype(np.float32).T).max(axis=1).sum() for p in pages], dtype=np.float32)
+    return np.array(
+        [(q16 @ p.astype(np.float16).astype(np.float32).T).max(axis=1).sum() for p in pages], dtype=np.float32
+    )
 
 
 def small_corpus() -> dict[tuple[str, int], np.ndarray]:
@@ -51,10 +53,18 @@ def test_spec_parsing():
     assert qd.parse_spec("qdrant+edge:/data/ix") == ("edge", "/data/ix", None)
     assert qd.parse_spec("qdrant:http://db.example:6333/reports") == ("server", "http://db.example:6333", "reports")
     assert qd.parse_spec("qdrant:https://db:6333/a_b-c/") == ("server", "https://db:6333", "a_b-c")
-    for bad in ("qdrant:db:6333/x", "qdrant:http://db:6333", "qdrant:http://db:6333/a/b", "qdrant:http://db/a b", "qdrant+edge:"):
+    for bad in (
+        "qdrant:db:6333/x",
+        "qdrant:http://db:6333",
+        "qdrant:http://db:6333/a/b",
+        "qdrant:http://db/a b",
+        "qdrant+edge:",
+    ):
         with pytest.raises(InputError):
             qd.parse_spec(bad)
-    assert qd.is_qdrant_spec("qdrant+edge:x") and not qd.is_qdrant_spec("indexes/default") and not qd.is_qdrant_spec(None)
+    assert (
+        qd.is_qdrant_spec("qdrant+edge:x") and not qd.is_qdrant_spec("indexes/default") and not qd.is_qdrant_spec(None)
+    )
 
 
 def test_point_ids_are_deterministic_per_page():
@@ -159,9 +169,8 @@ def test_edge_refuses_missing_foreign_and_concurrent(tmp_path):
             edge(tmp_path)
     with edge(tmp_path) as ix:  # released on close
         assert len(ix.pages()) == 1
-    with pytest.raises(InputError):
-        with edge(tmp_path) as ix:
-            ix.add_page("/a.pdf", 2, np.full((3, 128), np.nan, dtype=np.float32))
+    with pytest.raises(InputError), edge(tmp_path) as ix:
+        ix.add_page("/a.pdf", 2, np.full((3, 128), np.nan, dtype=np.float32))
 
 
 def clustered_pages(n: int) -> dict[tuple[str, int], np.ndarray]:
@@ -214,7 +223,14 @@ def test_edge_kill_9_during_writes_leaves_it_usable(tmp_path):
     pytest.importorskip("qdrant_edge")
     folder = tmp_path / "ix"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(folder)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     committed = 0
     try:
         deadline = time.monotonic() + 120
@@ -239,7 +255,9 @@ def test_edge_kill_9_during_writes_leaves_it_usable(tmp_path):
         assert numbers[:committed] == list(range(committed))  # every committed page is there
         assert numbers == list(range(len(numbers)))  # and pages past them only in commit order
         for n in numbers[:: max(1, len(numbers) // 8)]:  # whole pages, exactly as written
-            np.testing.assert_array_equal(ix.page_vectors(f"/f{n // 10}.pdf", n % 10 + 1), rows(n).astype(np.float16).astype(np.float32))
+            np.testing.assert_array_equal(
+                ix.page_vectors(f"/f{n // 10}.pdf", n % 10 + 1), rows(n).astype(np.float16).astype(np.float32)
+            )
         ix.add_page("/after.pdf", 1, rows(99999))
         ix.commit()
         assert ix.search(rows(99999), 1)[0].file == "/after.pdf"
@@ -267,7 +285,9 @@ class Spy:
 
 def server(client=None, collection: str = "reports") -> qd.QdrantIndex:
     qc = pytest.importorskip("qdrant_client")
-    return qd.open_qdrant(f"qdrant:http://qdrant.invalid:6333/{collection}", client=client or qc.QdrantClient(":memory:"))
+    return qd.open_qdrant(
+        f"qdrant:http://qdrant.invalid:6333/{collection}", client=client or qc.QdrantClient(":memory:")
+    )
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -292,12 +312,12 @@ def test_server_collection_config_and_requests():
         q = corpus[keys[17]][:10]
         spy.calls.clear()
         exact_hits = ix.search(q, 5)  # 120 pages: every page scored
-        ((name, kw),) = [c for c in spy.calls if c[0] == "query_points"]
+        ((_, kw),) = [c for c in spy.calls if c[0] == "query_points"]
         assert kw["using"] == qd.TOKENS and kw["search_params"].exact and "prefetch" not in kw
         ix.exact_all_pages, ix.candidates = 0, 40
         spy.calls.clear()
         hits = ix.search(q, 5)
-        ((name, kw),) = [c for c in spy.calls if c[0] == "query_points"]
+        ((_, kw),) = [c for c in spy.calls if c[0] == "query_points"]
         (pre,) = kw["prefetch"]
         assert pre.using == qd.POOLED and pre.limit == 40 and kw["using"] == qd.TOKENS and kw["limit"] == 5
         assert (hits[0].file, hits[0].page) == (exact_hits[0].file, exact_hits[0].page) == keys[17]

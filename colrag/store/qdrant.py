@@ -92,7 +92,8 @@ def is_qdrant_spec(spec: str | os.PathLike | None) -> bool:
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
-    """'qdrant+edge:PATH' -> ('edge', PATH, None); 'qdrant:http(s)://HOST:PORT/COLLECTION' -> ('server', URL, COLLECTION)."""
+    """'qdrant+edge:PATH' -> ('edge', PATH, None);
+    'qdrant:http(s)://HOST:PORT/COLLECTION' -> ('server', URL, COLLECTION)."""
     if spec.startswith(EDGE_PREFIX):
         path = spec[len(EDGE_PREFIX) :]
         if not path:
@@ -141,7 +142,9 @@ def _import(module: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name != module:
             raise
-        raise IndexStoreError(f"a Qdrant index needs the {module.replace('_', '-')} package: pip install 'colrag[qdrant]'") from None
+        raise IndexStoreError(
+            f"a Qdrant index needs the {module.replace('_', '-')} package: pip install 'colrag[qdrant]'"
+        ) from None
 
 
 @dataclass
@@ -272,7 +275,9 @@ class QdrantIndex:
             raise InputError("k (--top-k) must be at least 1")
         q = np.asarray(query_vectors, dtype=np.float32)
         if self.manifest is None or self.dim is None:
-            raise IndexStoreError(f"index {self.location} has no pages yet: add pages (or run `colrag index DIR`) first")
+            raise IndexStoreError(
+                f"index {self.location} has no pages yet: add pages (or run `colrag index DIR`) first"
+            )
         if q.ndim != 2 or q.shape[1] != self.dim or len(q) == 0 or not np.all(np.isfinite(q)):
             raise InputError(f"query vectors of shape {q.shape}, expected finite (n_tokens, {self.dim})")
         n_pages = self.engine.count_pages()
@@ -285,7 +290,8 @@ class QdrantIndex:
         """Let Qdrant build what its optimizers build (the pooled vectors' HNSW graph, merged segments) now.
 
         An Edge shard has no background optimizer: until this runs, new pages' pooled vectors
-        are scanned rather than looked up in the graph (same results, slower). `colrag index` runs it at the end of a run."""
+        are scanned rather than looked up in the graph (same results, slower).
+        `colrag index` runs it at the end of a run."""
         self._open()
         if self.manifest is not None:
             self.engine.optimize()
@@ -313,9 +319,15 @@ class QdrantIndex:
         pages = sum(files.values())
         disk = self.engine.disk_bytes()
         return {
-            "index": self.location, "backend": type(self.engine).__name__, "documents": len(files), "pages": pages,
-            "tokens": tokens, "dim": self.dim, "retriever": (self.manifest or {}).get("retriever"),
-            "bytes_on_disk": disk, "bytes_per_page": round(disk / pages) if disk is not None and pages else None,
+            "index": self.location,
+            "backend": type(self.engine).__name__,
+            "documents": len(files),
+            "pages": pages,
+            "tokens": tokens,
+            "dim": self.dim,
+            "retriever": (self.manifest or {}).get("retriever"),
+            "bytes_on_disk": disk,
+            "bytes_per_page": round(disk / pages) if disk is not None and pages else None,
         }
 
     # -- lifetime -----------------------------------------------------------------
@@ -348,7 +360,10 @@ def check_manifest(manifest: dict[str, Any], where: str, dim: int | None) -> int
         raise IndexStoreError(f"{where} is not a colrag index (no colrag manifest in it)")
     version = manifest.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise IndexStoreError(f"index {where} has schema version {version!r}, newer than this colrag reads ({SCHEMA_VERSION}): upgrade colrag")
+        raise IndexStoreError(
+            f"index {where} has schema version {version!r}, newer than this colrag reads ({SCHEMA_VERSION}): "
+            "upgrade colrag"
+        )
     stored = manifest.get("dim")
     if not isinstance(stored, int) or stored < 1:
         raise IndexStoreError(f"index {where}: its manifest has no valid dim ({stored!r})")
@@ -391,7 +406,9 @@ def open_qdrant(
         manifest = engine.get_manifest() if engine.exists() else None
         if manifest is None:
             if engine.exists():
-                raise IndexStoreError(f"{location} exists and is not a colrag index (no colrag manifest point); choose another")
+                raise IndexStoreError(
+                    f"{location} exists and is not a colrag index (no colrag manifest point); choose another"
+                )
             if not create:
                 raise IndexStoreError(f"no index at {location}: run `colrag index DIR --index {spec}` to create it")
         else:
@@ -399,7 +416,8 @@ def open_qdrant(
             built = manifest.get("retriever")
             if retriever is not None and built is not None and built.get("bundle_id") != retriever.get("bundle_id"):
                 raise IndexStoreError(
-                    f"index {location} was built with retriever {built.get('name')!r} (bundle {built.get('bundle_id')}), "
+                    f"index {location} was built with retriever {built.get('name')!r} "
+                    f"(bundle {built.get('bundle_id')}), "
                     f"not the one given ({retriever.get('name')!r}): use the same retriever, or another --index"
                 )
         return QdrantIndex(engine, location, dim, manifest, retriever, lock=lock)
@@ -417,11 +435,16 @@ def _edge_folder(folder: Path, create: bool) -> WriterLock:
     marker = folder / EDGE_MARKER
     if not marker.is_file():
         if not create:
-            raise IndexStoreError(f"no index at {folder}: run `colrag index DIR --index {EDGE_PREFIX}{folder}` to create it")
+            raise IndexStoreError(
+                f"no index at {folder}: run `colrag index DIR --index {EDGE_PREFIX}{folder}` to create it"
+            )
         if folder.is_dir():
             strangers = sorted(p.name for p in folder.iterdir() if p.name not in (LOCK_FILE,))
             if strangers:
-                raise IndexStoreError(f"{folder} exists and is not a colrag index (it holds {', '.join(strangers[:3])}); choose another --index")
+                raise IndexStoreError(
+                    f"{folder} exists and is not a colrag index (it holds {', '.join(strangers[:3])}); "
+                    "choose another --index"
+                )
         folder.mkdir(parents=True, exist_ok=True)
     lock = WriterLock(folder)
     try:
@@ -432,7 +455,9 @@ def _edge_folder(folder: Path, create: bool) -> WriterLock:
             "(use a Qdrant server to share one)"
         ) from None
     if not marker.is_file():
-        atomic_write_json(marker, {"format": FORMAT + "-edge", "schema_version": SCHEMA_VERSION, "shard": EDGE_SHARD_DIR})
+        atomic_write_json(
+            marker, {"format": FORMAT + "-edge", "schema_version": SCHEMA_VERSION, "shard": EDGE_SHARD_DIR}
+        )
     return lock
 
 
@@ -480,7 +505,9 @@ class _EdgeEngine:
             distance=qe.Distance.Dot,
             multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
             datatype=qe.VectorStorageDatatype.Float16,
-            hnsw_config=qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=HNSW_FULL_SCAN_KB),
+            hnsw_config=qe.HnswIndexConfig(
+                m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=HNSW_FULL_SCAN_KB
+            ),
         )
         self.shard = qe.EdgeShard.create(str(self.path), qe.EdgeConfig(vectors={TOKENS: tokens, POOLED: pooled}))
         self.shard.update(qe.UpdateOperation.create_field_index("file", qe.PayloadSchemaType.Keyword))
@@ -496,7 +523,11 @@ class _EdgeEngine:
     def upsert(self, pages: list[_Page]) -> None:
         qe = self.qe
         points = [
-            qe.Point(p.id, {TOKENS: p.vectors, POOLED: p.pooled}, {"file": p.file, "page": p.page, "n_tokens": len(p.vectors)})
+            qe.Point(
+                p.id,
+                {TOKENS: p.vectors, POOLED: p.pooled},
+                {"file": p.file, "page": p.page, "n_tokens": len(p.vectors)},
+            )
             for p in pages
         ]
         self.shard.update(qe.UpdateOperation.upsert_points(points))
@@ -527,7 +558,9 @@ class _EdgeEngine:
         offset = None
         while True:
             recs, offset = self.shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=1024, filter=flt, with_payload=["file", "page", "n_tokens"], with_vector=False)
+                qe.ScrollRequest(
+                    offset=offset, limit=1024, filter=flt, with_payload=["file", "page", "n_tokens"], with_vector=False
+                )
             )
             for r in recs:
                 yield _payload_page(r.payload)
@@ -542,12 +575,19 @@ class _EdgeEngine:
         qe = self.qe
         if exact:
             req = qe.QueryRequest(
-                limit=k, query=qe.Query.Nearest(q, using=TOKENS), params=qe.SearchParams(exact=True), with_payload=["file", "page"]
+                limit=k,
+                query=qe.Query.Nearest(q, using=TOKENS),
+                params=qe.SearchParams(exact=True),
+                with_payload=["file", "page"],
             )
         else:
             n = max(candidates, k)
-            pre = qe.Prefetch(limit=n, query=qe.Query.Nearest(q, using=POOLED), params=qe.SearchParams(hnsw_ef=max(HNSW_EF, n)))
-            req = qe.QueryRequest(limit=k, prefetches=[pre], query=qe.Query.Nearest(q, using=TOKENS), with_payload=["file", "page"])
+            pre = qe.Prefetch(
+                limit=n, query=qe.Query.Nearest(q, using=POOLED), params=qe.SearchParams(hnsw_ef=max(HNSW_EF, n))
+            )
+            req = qe.QueryRequest(
+                limit=k, prefetches=[pre], query=qe.Query.Nearest(q, using=TOKENS), with_payload=["file", "page"]
+            )
         return [_Scored(str(p.payload["file"]), int(p.payload["page"]), float(p.score)) for p in self.shard.query(req)]
 
     def disk_bytes(self) -> int | None:
@@ -595,7 +635,9 @@ class _ServerEngine:
                     distance=m.Distance.DOT,
                     multivector_config=m.MultiVectorConfig(comparator=m.MultiVectorComparator.MAX_SIM),
                     datatype=m.Datatype.FLOAT16,
-                    hnsw_config=m.HnswConfigDiff(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=HNSW_FULL_SCAN_KB),
+                    hnsw_config=m.HnswConfigDiff(
+                        m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=HNSW_FULL_SCAN_KB
+                    ),
                 ),
             },
         )
@@ -606,7 +648,9 @@ class _ServerEngine:
         return dict(recs[0].payload) if recs else None
 
     def put_manifest(self, manifest: dict[str, Any]) -> None:
-        self.client.upsert(self.collection, [self.models.PointStruct(id=MANIFEST_ID, vector={}, payload=manifest)], wait=True)
+        self.client.upsert(
+            self.collection, [self.models.PointStruct(id=MANIFEST_ID, vector={}, payload=manifest)], wait=True
+        )
 
     def upsert(self, pages: list[_Page]) -> None:
         m = self.models
@@ -629,7 +673,9 @@ class _ServerEngine:
         return m.Filter(must_not=[m.IsEmptyCondition(is_empty=m.PayloadField(key="file"))])
 
     def delete_file(self, file: str) -> None:
-        self.client.delete(self.collection, points_selector=self.models.FilterSelector(filter=self._file_filter(file)), wait=True)
+        self.client.delete(
+            self.collection, points_selector=self.models.FilterSelector(filter=self._file_filter(file)), wait=True
+        )
 
     def flush(self) -> None:
         """Every request waited for the server to apply it (wait=True)."""
@@ -645,7 +691,12 @@ class _ServerEngine:
         offset = None
         while True:
             recs, offset = self.client.scroll(
-                self.collection, scroll_filter=flt, limit=1024, offset=offset, with_payload=["file", "page", "n_tokens"], with_vectors=False
+                self.collection,
+                scroll_filter=flt,
+                limit=1024,
+                offset=offset,
+                with_payload=["file", "page", "n_tokens"],
+                with_vectors=False,
             )
             for r in recs:
                 yield _payload_page(r.payload)
@@ -660,7 +711,11 @@ class _ServerEngine:
         m = self.models
         if exact:
             res = self.client.query_points(
-                self.collection, query=q.tolist(), using=TOKENS, limit=k, search_params=m.SearchParams(exact=True),
+                self.collection,
+                query=q.tolist(),
+                using=TOKENS,
+                limit=k,
+                search_params=m.SearchParams(exact=True),
                 with_payload=["file", "page"],
             )
         else:
@@ -676,4 +731,3 @@ class _ServerEngine:
 
     def close(self) -> None:
         self.client.close()
-
