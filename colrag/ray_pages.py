@@ -1,0 +1,202 @@
+"""Pages rendered and embedded on a Ray cluster (`colrag index --ray [ADDRESS]`).
+
+    with RayPages(bundle_dir, address=None, workers=2) as pool:   # None: a local Ray on this machine
+        for out in pool.run(pdf_path, [1, 2, 3]):                  # PageOutcome, in page order
+            ...
+
+Install with `pip install 'colrag[ray]'`; nothing imports ray until a RayPages is made.
+
+Each Ray worker is an actor that loads the retriever bundle once (Retriever.load) and then
+renders and embeds the pages sent to it; a page is the unit of work. The PDF's bytes go to
+the cluster once per file (ray.put), so workers need no shared filesystem; the retriever
+bundle must be at the same path on every node (a shared or copied models folder).
+
+Failures: a page that cannot be rendered or embedded comes back as that page's failure, with
+the same reason as in a single-process run (retrying would fail the same way). A worker
+that dies (killed, out of memory, node lost) is restarted by Ray and its pages retried
+(`retries` times, Ray's max_restarts / max_task_retries); a page still lost after that is
+reported as that page's failure. Results come back in page order, so the index writer
+(one process, the caller) commits them in batches exactly as a single-process run does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ColragError
+from .render import RenderOptions
+
+WINDOW_PER_WORKER = 2  # pages in flight per worker (one running, one queued)
+RETRIES = 2
+
+
+@dataclass
+class PageOutcome:
+    page_no: int
+    width: int = 0
+    height: int = 0
+    vectors: np.ndarray | None = None  # (n_tokens, dim) float32
+    warnings: str = ""
+    error: str | None = None  # 'cannot render: ...' / 'cannot embed: ...' / 'lost on the Ray cluster: ...'
+
+
+class RayUnavailable(ColragError):
+    """Ray is not installed, or the cluster cannot be reached."""
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ModuleNotFoundError as exc:
+        if exc.name != "ray":
+            raise
+        raise RayUnavailable("--ray needs the ray package: pip install 'colrag[ray]'") from None
+    return ray
+
+
+class PageWorker:
+    """Runs inside a Ray actor: one retriever, loaded once; renders and embeds single pages."""
+
+    def __init__(self, bundle: str, threads: int | None, render: dict, password: str | None):
+        from .retriever import Retriever
+
+        self.retriever = Retriever.load(bundle, threads=threads)
+        self.render = RenderOptions(**render)
+        self.password = password
+        self._doc: Any = None
+        self._doc_key: str | None = None
+
+    def _open(self, data: bytes, key: str) -> Any:
+        if self._doc_key != key:
+            from .render import PdfError, _pymupdf
+
+            if self._doc is not None:
+                self._doc.close()
+                self._doc, self._doc_key = None, None
+            pymupdf = _pymupdf()
+            try:
+                doc = pymupdf.open(stream=data, filetype="pdf")
+            except Exception as exc:  # pymupdf raises assorted errors on damaged files
+                raise PdfError(f"not a readable PDF ({exc})") from exc
+            if doc.needs_pass and not (self.password is not None and doc.authenticate(self.password)):
+                doc.close()
+                raise PdfError("encrypted: the password given does not open it")
+            self._doc, self._doc_key = doc, key
+        return self._doc
+
+    def page(self, data: bytes, key: str, page_no: int) -> dict:
+        """Render and embed one page; render/embed errors come back as the page's failure."""
+        from .render import render_page
+
+        try:
+            rendered = render_page(self._open(data, key), page_no - 1, self.render)
+        except Exception as exc:  # the same reasons the single-process indexer records
+            return {"page_no": page_no, "error": f"cannot render: {type(exc).__name__}: {exc}"}
+        try:
+            (vectors,) = self.retriever.embed_images([rendered.image])
+            vectors = np.asarray(vectors, dtype=np.float32)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            return {
+                "page_no": page_no,
+                "warnings": rendered.warnings,
+                "error": f"cannot embed: {type(exc).__name__}: {exc}",
+            }
+        width, height = rendered.image.size
+        return {"page_no": page_no, "width": width, "height": height, "vectors": vectors, "warnings": rendered.warnings}
+
+
+class RayPages:
+    """A pool of Ray actors (PageWorker) and the order-keeping loop that feeds them."""
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        *,
+        address: str | None = None,
+        workers: int = 2,
+        threads: int | None = None,
+        render: RenderOptions | None = None,
+        password: str | None = None,
+        retries: int = RETRIES,
+        local_options: dict | None = None,
+    ):
+        ray = self.ray = _import_ray()
+        self._started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            if address:
+                kwargs["address"] = address
+            else:  # a local cluster of `workers` CPUs on this machine
+                kwargs.update(num_cpus=workers, object_store_memory=256 << 20)
+                kwargs.update(local_options or {})
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise RayUnavailable(f"cannot reach the Ray cluster {address or '(local)'}: {exc}") from None
+            self._started = True
+        try:
+            actor = ray.remote(num_cpus=1, max_restarts=retries, max_task_retries=retries)(PageWorker)
+            render_opts = (render or RenderOptions()).as_dict()
+            self.workers = [
+                actor.remote(str(Path(bundle).resolve()), threads, render_opts, password)
+                for _ in range(max(1, workers))
+            ]
+        except BaseException:
+            self.close()
+            raise
+        self.retries = retries
+
+    def run(self, pdf: str | os.PathLike, pages: list[int]) -> Iterator[PageOutcome]:
+        """Render and embed `pages` (1-based) of one PDF on the cluster; outcomes in page order."""
+        ray = self.ray
+        data = Path(pdf).read_bytes()
+        key = hashlib.sha256(data).hexdigest()
+        ref = ray.put(data)
+        todo = deque(pages)
+        flight: deque[tuple[int, Any]] = deque()
+        window = WINDOW_PER_WORKER * len(self.workers)
+        turn = 0
+        while todo or flight:
+            while todo and len(flight) < window:
+                page_no = todo.popleft()
+                flight.append((page_no, self.workers[turn % len(self.workers)].page.remote(ref, key, page_no)))
+                turn += 1
+            page_no, future = flight.popleft()
+            try:
+                result = ray.get(future)
+            except ray.exceptions.RayError as exc:  # a worker that died more often than `retries`
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                yield PageOutcome(page_no, error=f"lost on the Ray cluster after {self.retries} retries: {reason}")
+                continue
+            yield PageOutcome(
+                page_no,
+                width=int(result.get("width", 0)),
+                height=int(result.get("height", 0)),
+                vectors=result.get("vectors"),
+                warnings=str(result.get("warnings", "")),
+                error=result.get("error"),
+            )
+
+    def close(self) -> None:
+        for w in getattr(self, "workers", []):
+            self.ray.kill(w)
+        self.workers = []
+        if self._started:
+            self.ray.shutdown()
+            self._started = False
+
+    def __enter__(self) -> RayPages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
