@@ -111,7 +111,8 @@ class PageWorker:
                 "warnings": rendered.warnings,
                 "error": f"cannot embed: {type(exc).__name__}: {exc}",
             }
-        width, height = rendered.image.size
+        image: Any = rendered.image  # a PIL image
+        width, height = image.size
         return {"page_no": page_no, "width": width, "height": height, "vectors": vectors, "warnings": rendered.warnings}
 
 
