@@ -344,3 +344,43 @@ def test_server_reopen_keeps_manifest(tmp_path):
     client = qc.QdrantClient(path=str(tmp_path / "local"))
     with qd.open_qdrant("qdrant:http://qdrant.invalid:6333/reports", create=False, client=client) as ix:
         assert ix.dim == 128 and ix.manifest["format"] == qd.FORMAT and ix.pages() == {("/a.pdf", 1)}
+
+
+def test_copy_local_index_into_edge_is_resumable(tmp_path, monkeypatch):
+    pytest.importorskip("qdrant_edge")
+    from colrag.store import Index, RetrieverInfo
+    from tests.index_helpers import FakeRetriever
+
+    info = RetrieverInfo.of(FakeRetriever())
+    with Index.open_writer(tmp_path / "local", info) as index:
+        for d in range(3):
+            doc = index.begin_document(f"/docs/{d}.pdf", 1, 1, f"sha{d}", 4)
+            index.add_pages(doc, [(p, 10, 10, clustered_rows(20, seed=d * 10 + p)) for p in range(1, 5)])
+            index.finish_document(doc)
+    target = f"qdrant+edge:{tmp_path / 'q'}"
+    monkeypatch.setattr(qd, "COMMIT_BATCH", 5)
+    real_add = qd.QdrantIndex.add_page
+    calls = []
+
+    def dying_add(self, file, page, vectors):  # the copy is interrupted at the 8th page
+        calls.append((file, page))
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        real_add(self, file, page, vectors)
+
+    monkeypatch.setattr(qd.QdrantIndex, "add_page", dying_add)
+    with pytest.raises(KeyboardInterrupt):
+        qd.copy_local_index(tmp_path / "local", target)
+    monkeypatch.setattr(qd.QdrantIndex, "add_page", real_add)
+    with qd.open_qdrant(target, create=False) as ix:
+        assert len(ix.pages()) == 5  # the first commit (5 pages) landed
+    counts = qd.copy_local_index(tmp_path / "local", target)
+    assert counts == {"pages": 12, "copied": 7, "skipped": 5}
+    with Index.open(tmp_path / "local") as src, qd.open_qdrant(target, create=False) as ix:
+        snap = src.snapshot()
+        assert ix.pages() == {(p.path, p.page_no) for p in snap.pages}
+        assert ix.manifest["retriever"] == {"bundle_id": info.bundle_id, "name": info.name}
+        for p in snap.pages:  # the stored (int8, dequantized) vectors, as float16
+            expected = src.page_vectors(snap, p).astype(np.float16).astype(np.float32)
+            np.testing.assert_array_equal(ix.page_vectors(p.path, p.page_no), expected)
+    assert qd.copy_local_index(tmp_path / "local", target)["copied"] == 0

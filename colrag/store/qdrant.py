@@ -731,3 +731,35 @@ class _ServerEngine:
 
     def close(self) -> None:
         self.client.close()
+
+
+def copy_local_index(
+    source: str | os.PathLike, target: str, *, client: Any = None, progress: Any = None
+) -> dict[str, int]:
+    """Copy a local colrag index's pages into a Qdrant index, without re-embedding: the stored
+    vectors are read back (Index.page_vectors) and added page by page. Resumable: pages the
+    target already holds are skipped, commits happen every COMMIT_BATCH pages, so a copy
+    interrupted at any moment is finished by running it again. Returns counts."""
+    from .index import Index
+
+    with Index.open(source) as src:
+        info = src.manifest.get("retriever") or {}
+        retriever = {"bundle_id": info.get("bundle_id"), "name": info.get("name")} if info else None
+        snap = src.snapshot()
+        with open_qdrant(target, create=True, dim=src.dim, retriever=retriever, client=client) as dst:
+            have = dst.pages()
+            copied = skipped = 0
+            for record in snap.pages:
+                if (record.path, record.page_no) in have:
+                    skipped += 1
+                    continue
+                dst.add_page(record.path, record.page_no, src.page_vectors(snap, record))
+                copied += 1
+                if copied % COMMIT_BATCH == 0:
+                    dst.commit()
+                    if progress is not None:
+                        progress(copied + skipped, len(snap.pages))
+            dst.commit()
+            if copied:
+                dst.optimize()
+    return {"pages": len(snap.pages), "copied": copied, "skipped": skipped}
