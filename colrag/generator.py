@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import bundle_file, bundle_id, load_manifest
+from .bundle import bundle_file, bundle_id, load_verified_manifest
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_DECODE_PIXELS, SYSTEM_PROMPT
 from .errors import BundleError, InputError
 from .prefix_cache import Prefix, PrefixCache, prefix_key
@@ -137,7 +137,7 @@ class Generator:
         from .tokenization import Tokenizer
 
         bundle_dir = Path(bundle_dir).expanduser()
-        manifest = load_manifest(bundle_dir, "generator")
+        manifest = load_verified_manifest(bundle_dir, "generator")  # sha256 on first load, then stamps
         graphs = manifest["graphs"]
         try:
             table = np.load(bundle_file(bundle_dir, manifest, graphs["embed_tokens"]), mmap_mode="r", allow_pickle=False)
@@ -168,7 +168,7 @@ class Generator:
             raise BundleError(f"{bundle_dir}: the manifest names no vision graph")
         other = (bundle_dir / shared["bundle"]).resolve()
         try:
-            other_manifest = load_manifest(other, "retriever")
+            other_manifest = load_verified_manifest(other, "retriever")
         except BundleError as exc:
             raise BundleError(
                 f"{bundle_dir} shares the vision tower of the retriever bundle at {other}, which cannot be used ({exc}); "

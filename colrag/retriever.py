@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import bundle_file, bundle_id, load_embedding_table, load_manifest
+from .bundle import bundle_file, bundle_id, load_embedding_table, load_verified_manifest
 from .constants import IMAGE_PAD_ID, PAD_ID
 from .errors import InputError
 from .preprocess import ImageProcessorConfig, preprocess_image, vision_rot_pos_ids
@@ -57,7 +57,7 @@ class Retriever:
         """backend: auto | onnxruntime | openvino, precision: auto | f32 | bf16 (None: COLRAG_BACKEND /
         COLRAG_PRECISION, else auto; colrag.backends says what auto picks per graph)."""
         bundle_dir = Path(bundle_dir).expanduser()
-        manifest = load_manifest(bundle_dir, "retriever")
+        manifest = load_verified_manifest(bundle_dir, "retriever")  # sha256 on first load, then stamps
         graphs = manifest["graphs"]
         table = load_embedding_table(bundle_dir, manifest)
         opts = dict(backend=backend, precision=precision, threads=threads, device=device, cache_key=bundle_id(manifest))
