@@ -83,8 +83,7 @@ def main() -> None:
             shape = f"past {feeds['attention_mask'].shape[1] - 1}"
         reference = None
         for backend, precision in runtimes:
-            session = backends.open_session(path, graph="decoder" if graph in ("prefill", "decode") else graph,
-                                            backend=backend, precision=precision)
+            session = backends.open_session(path, graph=graph, backend=backend, precision=precision)
             times, out = [], None
             for i in range(args.runs + 1):
                 t = time.perf_counter()

@@ -11,10 +11,12 @@
   Compiled models are cached under $COLRAG_HOME/cache/openvino/<bundle id>, so a second
   process skips compilation.
 
-`auto` picks OpenVINO per graph where it was measured faster on this kind of CPU
+`auto` picks OpenVINO per graph role where it was measured faster on this kind of CPU
 (x86 with AVX-512: docs/BENCHMARKS.md, "OpenVINO"): the vision tower and the retriever's
-language model. The generator's decoder stays on onnxruntime under `auto`, because
-OpenVINO's decode step with the k/v cache passed in and out was measured slower there.
+language model (AUTO_OPENVINO_GRAPHS). The generator's decode steps stay on onnxruntime
+under `auto`, because OpenVINO's decode step with the k/v cache passed in and out was
+measured slower there. The decoder's prefill is a role of its own: when it runs on another
+backend than decode, the decoder is loaded twice and the prompt's k/v pass from one to the other.
 Precision `auto` is bf16 where the CPU computes it natively (avx512_bf16 or AMX) and
 OpenVINO is the backend; f32 otherwise. onnxruntime always computes in f32.
 """
@@ -37,7 +39,10 @@ BACKEND_ENV = "COLRAG_BACKEND"  # auto | onnxruntime | openvino
 PRECISION_ENV = "COLRAG_PRECISION"  # auto | f32 | bf16
 BACKENDS = ("auto", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "f32", "bf16")
-GRAPHS = ("vision", "text", "decoder")  # vision tower, retriever language model, generator decoder
+# Graph roles: the vision tower, the retriever's language model, and the generator's decoder
+# used two ways: prefill (the prompt, many tokens at once) and decode (one token a step).
+# Prefill and decode run the same decoder file; on different backends it is loaded twice.
+GRAPHS = ("vision", "text", "prefill", "decode")
 # Graphs that `auto` runs on OpenVINO (on a CPU of the measured kind): the vision tower and
 # the retriever LM were faster there; the decoder's decode step was slower (see the module doc).
 AUTO_OPENVINO_GRAPHS = frozenset({"vision", "text"})
@@ -139,6 +144,12 @@ def graph_precision(backend: str, precision: str | None = None) -> str:
     if wanted == "auto":
         return "bf16" if cpu_has_bf16() else "f32"
     return wanted
+
+
+def runs_on(graph: str, backend: str | None = None, precision: str | None = None) -> tuple[str, str]:
+    """(backend, precision) a graph role runs on for a request."""
+    name = graph_backend(graph, backend)
+    return name, graph_precision(name, precision)
 
 
 def check_request(backend: str | None = None, precision: str | None = None) -> None:

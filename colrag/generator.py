@@ -33,7 +33,7 @@ from .bundle import bundle_file, bundle_id, load_verified_manifest
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_DECODE_PIXELS, SYSTEM_PROMPT
 from .errors import BundleError, InputError
 from .prefix_cache import Prefix, PrefixCache, prefix_key
-from .backends import as_numpy, open_session
+from .backends import as_numpy, open_session, runs_on
 from .sampling import Sampler, SamplingParams
 
 
@@ -94,12 +94,13 @@ def _as_list(images) -> list:
 
 class Generator:
     def __init__(self, bundle_dir: Path, manifest: dict, vision, decoder, embed_table: np.ndarray, tokenizer, image_config,
-                 prefix_cache: PrefixCache | None = None):
+                 prefix_cache: PrefixCache | None = None, prefill=None):
         self.bundle_dir = bundle_dir
         self.prefix_cache = prefix_cache
         self.manifest = manifest
         self._vision = vision
-        self._decoder = decoder
+        self._decoder = decoder  # decode steps
+        self._prefill = prefill if prefill is not None else decoder  # the prompt (the same session unless chosen otherwise)
         self._embed_table = embed_table  # (vocab, hidden), memory-mapped
         self.tokenizer = tokenizer
         self.image_config = image_config
@@ -121,7 +122,8 @@ class Generator:
     @property
     def runtimes(self) -> dict[str, str]:
         """What each graph runs on: {'vision': 'openvino bf16', 'decoder': 'onnxruntime f32'}."""
-        return {name: f"{s.backend} {s.precision}" for name, s in (("vision", self._vision), ("decoder", self._decoder))}
+        sessions = (("vision", self._vision), ("prefill", self._prefill), ("decode", self._decoder))
+        return {name: f"{s.backend} {s.precision}" for name, s in sessions}
 
     # -- loading -------------------------------------------------------------------
     @classmethod
@@ -150,13 +152,16 @@ class Generator:
         shared = manifest.get("shared_vision") if "vision" not in graphs else None
         vision_key = str(shared["sha256"])[:32] if shared else bundle_id(manifest)  # the shared graph's own identity
         vision = open_session(vision_path, graph="vision", cache_key=vision_key, **opts)
-        decoder = open_session(bundle_file(bundle_dir, manifest, graphs["decoder"]), graph="decoder",
-                               cache_key=bundle_id(manifest), **opts)
+        decoder_path = bundle_file(bundle_dir, manifest, graphs["decoder"])
+        decoder = open_session(decoder_path, graph="decode", cache_key=bundle_id(manifest), **opts)
+        prefill = decoder  # one session serves both, unless the prefill is chosen to run elsewhere
+        if runs_on("prefill", backend, precision) != runs_on("decode", backend, precision):
+            prefill = open_session(decoder_path, graph="prefill", cache_key=bundle_id(manifest), **opts)
         tokenizer = Tokenizer.from_dir(bundle_dir)
         image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
         if prefix_cache is True:
             prefix_cache = PrefixCache()
-        return cls(bundle_dir, manifest, vision, decoder, table, tokenizer, image_config, prefix_cache or None)
+        return cls(bundle_dir, manifest, vision, decoder, table, tokenizer, image_config, prefix_cache or None, prefill=prefill)
 
     @staticmethod
     def _vision_graph(bundle_dir: Path, manifest: dict) -> Path:
@@ -346,10 +351,12 @@ class Generator:
             return (self.manifest["files"].get(graphs["vision"]) or {}).get("sha256")
         return (self.manifest.get("shared_vision") or {}).get("sha256")
 
-    def _decoder_step(self, feeds: dict, past: list) -> tuple[np.ndarray, list]:
-        """One decoder run. The k/v cache goes in and out as the session's values, so it stays
-        where the runtime keeps it (GPU memory with CUDA) instead of a host round trip per token."""
-        outs = self._decoder.run({**feeds, **dict(zip(self._past_names, past))}, self._output_names)
+    def _decoder_step(self, feeds: dict, past: list, session=None) -> tuple[np.ndarray, list]:
+        """One decoder run (on the decode session unless another is given). The k/v cache goes in and
+        out as the session's values, so it stays where the runtime keeps it (GPU memory with CUDA)
+        instead of a host round trip per token."""
+        session = session if session is not None else self._decoder
+        outs = session.run({**feeds, **dict(zip(self._past_names, past))}, self._output_names)
         return as_numpy(outs[0]), list(outs[1:])  # logits (1, 1, V) on the host; present k/v as they are
 
     def _tokens(self, prompt, images, result: Generation, *, max_new_tokens: int, max_pixels, system: str,
@@ -368,7 +375,7 @@ class Generator:
             past = [np.zeros((1, self.num_kv_heads, 0, self.head_dim), dtype=np.float32)] * len(self._past_names)
         n_past = len(prompt_ids)
         feeds = {"inputs_embeds": embeds, "position_ids": position_ids, "attention_mask": np.ones((1, n_past), dtype=np.int64)}
-        logits, past = self._decoder_step(feeds, past)  # (1, 1, V), 2L × (1, kv, S, hd)
+        logits, past = self._decoder_step(feeds, past, self._prefill)  # (1, 1, V), 2L × (1, kv, S, hd)
         token = sampler(logits[0, -1], seen, 0)
         result.prefill_s = time.perf_counter() - start
         if key is not None and not result.prefix_cached:

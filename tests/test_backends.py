@@ -41,7 +41,9 @@ def test_explicit_backend_applies_to_every_graph():
 def test_auto_runs_vision_and_text_on_openvino_where_measured_faster(monkeypatch):
     monkeypatch.setattr(backends, "openvino_installed", lambda: True)
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
-    assert [backends.graph_backend(g, "auto") for g in ("vision", "text", "decoder")] == ["openvino", "openvino", "onnxruntime"]
+    auto = [backends.graph_backend(g, "auto") for g in backends.GRAPHS]
+    assert auto == ["openvino" if g in backends.AUTO_OPENVINO_GRAPHS else "onnxruntime" for g in backends.GRAPHS]
+    assert auto[:2] == ["openvino", "openvino"] and backends.graph_backend("decode", "auto") == "onnxruntime"
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2"}))  # not the kind of CPU it was measured on
     assert {backends.graph_backend(g, "auto") for g in backends.GRAPHS} == {"onnxruntime"}
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512f"}))
@@ -52,8 +54,8 @@ def test_auto_runs_vision_and_text_on_openvino_where_measured_faster(monkeypatch
 def test_environment_variables_choose_when_no_argument(monkeypatch):
     monkeypatch.setenv("COLRAG_BACKEND", "openvino")
     monkeypatch.setattr(backends, "openvino_installed", lambda: True)
-    assert backends.graph_backend("decoder") == "openvino"
-    assert backends.graph_backend("decoder", "onnxruntime") == "onnxruntime"  # the argument wins
+    assert backends.graph_backend("decode") == "openvino"
+    assert backends.graph_backend("decode", "onnxruntime") == "onnxruntime"  # the argument wins
     monkeypatch.setenv("COLRAG_PRECISION", "f32")
     monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
     assert backends.graph_precision("openvino") == "f32"
@@ -142,12 +144,30 @@ def test_openvino_f32_greedy_tokens_equal_onnxruntime(tiny_generator_bundle, siz
     want = colrag.Generator.load(tiny_generator_bundle, backend="onnxruntime", prefix_cache=False).generate(
         question, images=images, max_new_tokens=16, min_new_tokens=16)
     g = colrag.Generator.load(tiny_generator_bundle, backend="openvino", precision="f32")
-    assert g.runtimes == {"vision": "openvino f32", "decoder": "openvino f32"}
+    assert g.runtimes == {"vision": "openvino f32", "prefill": "openvino f32", "decode": "openvino f32"}
+    assert g._prefill is g._decoder  # one session when both run on the same backend
     first = g.generate(question, images=images, max_new_tokens=16, min_new_tokens=16)
     again = g.generate(question, images=images, max_new_tokens=16, min_new_tokens=16)  # the prefix cache's k/v
     assert len(set(want.token_ids)) >= 4
     assert first.token_ids == want.token_ids and again.token_ids == want.token_ids
     assert again.prefix_cached == bool(images)
+
+
+@needs_openvino
+def test_prefill_on_openvino_then_decode_on_onnxruntime_gives_the_same_tokens(tiny_generator_bundle, monkeypatch):
+    """A per-graph choice: the prompt's k/v come out of OpenVINO and go on into onnxruntime."""
+    from tests.test_generator import synthetic_image
+
+    images = [synthetic_image(300, 200, 2)]
+    want = colrag.Generator.load(tiny_generator_bundle, backend="onnxruntime", prefix_cache=False).generate(
+        "Describe the image.", images=images, max_new_tokens=16, min_new_tokens=16)
+    monkeypatch.setattr(backends, "AUTO_OPENVINO_GRAPHS", frozenset({"vision", "prefill"}))
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512f"}))
+    g = colrag.Generator.load(tiny_generator_bundle, backend="auto", precision="f32", prefix_cache=False)
+    assert g.runtimes == {"vision": "openvino f32", "prefill": "openvino f32", "decode": "onnxruntime f32"}
+    assert g._prefill is not g._decoder
+    got = g.generate("Describe the image.", images=images, max_new_tokens=16, min_new_tokens=16)
+    assert got.token_ids == want.token_ids
 
 
 @needs_openvino
