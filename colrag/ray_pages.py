@@ -36,6 +36,7 @@ from .render import RenderOptions
 
 WINDOW_PER_WORKER = 2  # pages in flight per worker (one running, one queued)
 RETRIES = 2
+LOCAL_WORKERS = 2  # workers of a local Ray when none are asked for
 
 
 @dataclass
@@ -65,10 +66,18 @@ def _import_ray() -> Any:
 class PageWorker:
     """Runs inside a Ray actor: one retriever, loaded once; renders and embeds single pages."""
 
-    def __init__(self, bundle: str, threads: int | None, render: dict, password: str | None):
+    def __init__(
+        self,
+        bundle: str,
+        threads: int | None,
+        render: dict,
+        password: str | None,
+        backend: str | None,
+        precision: str | None,
+    ):
         from .retriever import Retriever
 
-        self.retriever = Retriever.load(bundle, threads=threads)
+        self.retriever = Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
         self.render = RenderOptions(**render)
         self.password = password
         self._doc: Any = None
@@ -124,10 +133,12 @@ class RayPages:
         bundle: str | os.PathLike,
         *,
         address: str | None = None,
-        workers: int = 2,
+        workers: int | None = None,
         threads: int | None = None,
         render: RenderOptions | None = None,
         password: str | None = None,
+        backend: str | None = None,
+        precision: str | None = None,
         retries: int = RETRIES,
         local_options: dict | None = None,
     ):
@@ -138,7 +149,7 @@ class RayPages:
             if address:
                 kwargs["address"] = address
             else:  # a local cluster of `workers` CPUs on this machine
-                kwargs.update(num_cpus=workers, object_store_memory=256 << 20)
+                kwargs.update(num_cpus=workers or LOCAL_WORKERS, object_store_memory=256 << 20)
                 kwargs.update(local_options or {})
             try:
                 ray.init(**kwargs)
@@ -148,9 +159,10 @@ class RayPages:
         try:
             actor = ray.remote(num_cpus=1, max_restarts=retries, max_task_retries=retries)(PageWorker)
             render_opts = (render or RenderOptions()).as_dict()
+            n = workers or max(1, int(ray.cluster_resources().get("CPU", LOCAL_WORKERS)))
+            bundle_path = str(Path(bundle).resolve())
             self.workers = [
-                actor.remote(str(Path(bundle).resolve()), threads, render_opts, password)
-                for _ in range(max(1, workers))
+                actor.remote(bundle_path, threads, render_opts, password, backend, precision) for _ in range(n)
             ]
         except BaseException:
             self.close()

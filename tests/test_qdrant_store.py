@@ -326,10 +326,20 @@ def test_server_collection_config_and_requests():
         ix.remove_file("/c/doc0.pdf")
         ix.commit()
         assert len(ix.pages()) == 70 and {f for f, _ in ix.pages()} == {"/c/doc1.pdf", "/c/doc2.pdf"}
+    client = qc.QdrantClient(":memory:")
+    client.create_collection("other", vectors_config=m.VectorParams(size=4, distance=m.Distance.DOT))
+    with server(client, "other") as ix:  # an empty collection is adopted, but only with colrag's vectors
+        ix.add_page("/a.pdf", 1, unit_rows(3, 0))
+        with pytest.raises(IndexStoreError, match="exists without a 128-d multivector 'tokens'"):
+            ix.commit()
+    client.upsert("other", [m.PointStruct(id=1, vector=[0.0, 0.0, 0.0, 1.0])])
     with pytest.raises(IndexStoreError, match="not a colrag index"):
-        client = qc.QdrantClient(":memory:")
-        client.create_collection("other", vectors_config=m.VectorParams(size=4, distance=m.Distance.DOT))
         server(client, "other")
+    qd._ServerEngine(client, "", "made")._create_collection(128)  # made beforehand (e.g. with shards, replicas)
+    with server(client, "made") as ix:
+        ix.add_page("/a.pdf", 1, unit_rows(3, 0))
+        ix.commit()
+        assert ix.pages() == {("/a.pdf", 1)} and ix.manifest["format"] == qd.FORMAT
     with pytest.raises(IndexStoreError, match="no index"):
         qd.open_qdrant("qdrant:http://qdrant.invalid:6333/none", create=False, client=qc.QdrantClient(":memory:"))
 
@@ -341,6 +351,7 @@ def test_server_reopen_keeps_manifest(tmp_path):
     with server(client) as ix:
         ix.add_page("/a.pdf", 1, unit_rows(6, 1))
         ix.commit()
+    client.close()  # a client passed in is the caller's to close
     client = qc.QdrantClient(path=str(tmp_path / "local"))
     with qd.open_qdrant("qdrant:http://qdrant.invalid:6333/reports", create=False, client=client) as ix:
         assert ix.dim == 128 and ix.manifest["format"] == qd.FORMAT and ix.pages() == {("/a.pdf", 1)}

@@ -167,6 +167,7 @@ class _Engine(Protocol):
     """What QdrantIndex needs from a Qdrant: the embedded engine or a server collection."""
 
     def exists(self) -> bool: ...
+    def is_empty(self) -> bool: ...
     def create(self, dim: int) -> None: ...
     def get_manifest(self) -> dict[str, Any] | None: ...
     def put_manifest(self, manifest: dict[str, Any]) -> None: ...
@@ -405,7 +406,7 @@ def open_qdrant(
     try:
         manifest = engine.get_manifest() if engine.exists() else None
         if manifest is None:
-            if engine.exists():
+            if engine.exists() and not engine.is_empty():  # an empty one (made by hand, or a crash) is adopted
                 raise IndexStoreError(
                     f"{location} exists and is not a colrag index (no colrag manifest point); choose another"
                 )
@@ -491,8 +492,14 @@ class _EdgeEngine:
     def exists(self) -> bool:
         return (self.path / "edge_config.json").is_file()
 
+    def is_empty(self) -> bool:
+        return int(self.shard.count(self.qe.CountRequest(exact=True))) == 0
+
     def create(self, dim: int) -> None:
         qe = self.qe
+        if self.shard is not None:  # a shard created by a run that died before writing its manifest
+            self.shard.update(qe.UpdateOperation.create_field_index("file", qe.PayloadSchemaType.Keyword))
+            return
         tokens = qe.EdgeVectorParams(
             size=dim,
             distance=qe.Distance.Dot,
@@ -612,13 +619,36 @@ class _ServerEngine:
     def __init__(self, client: Any, url: str, collection: str):
         qc = _import("qdrant_client")
         self.models = qc.models
+        self.own_client = client is None  # a client passed in is the caller's to close
         self.client = client if client is not None else qc.QdrantClient(url=url, timeout=60)
         self.collection = collection
 
     def exists(self) -> bool:
         return bool(self.client.collection_exists(self.collection))
 
+    def is_empty(self) -> bool:
+        return int(self.client.count(self.collection, exact=True).count) == 0
+
     def create(self, dim: int) -> None:
+        """Create the collection, or adopt an empty one made beforehand (e.g. with shards and replicas)."""
+        m = self.models
+        if self.exists():
+            self._check_vectors(dim)
+        else:
+            self._create_collection(dim)
+        self.client.create_payload_index(self.collection, "file", m.PayloadSchemaType.KEYWORD, wait=True)
+
+    def _check_vectors(self, dim: int) -> None:
+        vectors = self.client.get_collection(self.collection).config.params.vectors
+        for name in (TOKENS, POOLED):
+            v = vectors.get(name) if isinstance(vectors, dict) else None
+            if v is None or v.size != dim or v.multivector_config is None:
+                raise IndexStoreError(
+                    f"Qdrant collection {self.collection} exists without a {dim}-d multivector {name!r}: "
+                    "create it with colrag's vector config (docs/SCALE.md) or let colrag create it"
+                )
+
+    def _create_collection(self, dim: int) -> None:
         m = self.models
         self.client.create_collection(
             self.collection,
@@ -641,7 +671,6 @@ class _ServerEngine:
                 ),
             },
         )
-        self.client.create_payload_index(self.collection, "file", m.PayloadSchemaType.KEYWORD, wait=True)
 
     def get_manifest(self) -> dict[str, Any] | None:
         recs = self.client.retrieve(self.collection, [MANIFEST_ID], with_payload=True, with_vectors=False)
@@ -730,7 +759,8 @@ class _ServerEngine:
         return None  # the server's disk is not ours to measure
 
     def close(self) -> None:
-        self.client.close()
+        if self.own_client:
+            self.client.close()
 
 
 def copy_local_index(
