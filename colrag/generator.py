@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import bundle_file, bundle_id, load_verified_manifest
-from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_DECODE_PIXELS, SYSTEM_PROMPT
+from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_PROMPT_TOKENS, SYSTEM_PROMPT
 from .errors import BundleError, InputError
 from .prefix_cache import Prefix, PrefixCache, prefix_key
 from .backends import as_numpy, open_session, runs_on
@@ -61,21 +61,14 @@ class Generation:
         return steps / self.decode_s if self.decode_s > 0 else 0.0
 
 
-def _load_image(image):
-    """A PIL image in RGB from a PIL image or a path."""
+def _load_image(image, target_pixels: int | None = None):
+    """A PIL image in RGB from a PIL image or a path (size checked from the header, see preprocess.open_image)."""
     from PIL import Image
 
+    from .preprocess import open_image
+
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise InputError(f"image not found: {path}")
-        Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS
-        try:
-            with Image.open(path) as img:
-                img.load()
-                image = img.copy()
-        except (OSError, Image.DecompressionBombError) as exc:
-            raise InputError(f"cannot read image {path}: {exc}") from exc
+        image = open_image(image, target_pixels=target_pixels)
     if not isinstance(image, Image.Image):
         raise InputError(f"expected a PIL image or an image path, got {type(image).__name__}")
     return image if image.mode == "RGB" else image.convert("RGB")
@@ -116,6 +109,7 @@ class Generator:
         self.eos_ids = tuple(int(e) for e in manifest.get("eos_token_ids") or EOS_IDS)
         self.image_token_id = int(manifest.get("image_token_id", IMAGE_PAD_ID))
         self.spatial_merge_size = int(manifest.get("spatial_merge_size", 2))
+        self.max_prompt_tokens = MAX_PROMPT_TOKENS  # see constants.py for why this limit
         self._past_names = [f"past_{kv}_{i}" for i in range(self.num_layers) for kv in ("key", "value")]
         self._output_names = ["logits"] + [f"present_{kv}_{i}" for i in range(self.num_layers) for kv in ("key", "value")]
 
@@ -199,8 +193,8 @@ class Generator:
     def _preprocess(self, image, max_pixels: int | None):
         from .preprocess import preprocess_image
 
-        return preprocess_image(_load_image(image), self.image_config, min_pixels=self.min_pixels,
-                                max_pixels=self._pixel_cap(max_pixels))
+        cap = self._pixel_cap(max_pixels)
+        return preprocess_image(_load_image(image, cap), self.image_config, min_pixels=self.min_pixels, max_pixels=cap)
 
     def _pixel_cap(self, max_pixels: int | None) -> int:
         cap = self.max_pixels if max_pixels is None else min(int(max_pixels), self.max_pixels)
@@ -298,6 +292,12 @@ class Generator:
         grids = np.stack([np.asarray(p.grid_thw, dtype=np.int64) for p in pres]) if pres else None  # (n_images, 3)
         counts = [int(np.prod(g)) // self.spatial_merge_size**2 for g in grids] if pres else []
         ids = np.asarray([self.prompt_ids(prompt, counts, system=system)], dtype=np.int64)  # (1, S)
+        if ids.shape[1] > self.max_prompt_tokens:
+            raise InputError(
+                f"the prompt is {ids.shape[1]:,} tokens long ({ids.shape[1] - sum(counts):,} of text, {sum(counts):,} for "
+                f"{len(counts)} image(s)); the limit is {self.max_prompt_tokens:,} tokens: shorten the question, "
+                "or give fewer pages / a lower --max-pixels"
+            )
         slots = ids[0] == self.image_token_id  # (S,)
         if int(slots.sum()) != sum(counts):
             raise RuntimeError(f"{int(slots.sum())} image slots for {sum(counts)} image tokens")

@@ -13,11 +13,16 @@ duplicated along time, and the patch layout the vision tower expects.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import struct
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +32,7 @@ from .constants import (
     GENERATOR_MAX_PIXELS,
     GENERATOR_MIN_PIXELS,
     MAX_DECODE_PIXELS,
+    MAX_IMAGE_FILE_PIXELS,
     MERGE_SIZE,
     PATCH_SIZE,
     TEMPORAL_PATCH_SIZE,
@@ -117,6 +123,70 @@ def to_rgb(image):
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# What Pillow raises on malformed files: a bad PPM header is a ValueError, a bad GIF a
+# SyntaxError, truncated data an OSError / EOFError, a broken TIFF tag a struct.error.
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+
+
+@contextlib.contextmanager
+def _opened_image(path: Path, max_pixels: int) -> Iterator[Any]:
+    """Image.open (the header only) with its size checked; Pillow's errors become one-line InputErrors."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise InputError(
+                        f"image {path} is too large ({width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,})"
+                    )
+                yield img
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image {path} is too large (the limit is {max_pixels:,} pixels)") from exc
+    except _IMAGE_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read image {path}: {reason}") from exc
+
+
+def check_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_FILE_PIXELS) -> tuple[int, int]:
+    """(width, height) of an image file from its header, nothing decoded; InputError when it cannot be used."""
+    with _opened_image(Path(path).expanduser(), max_pixels) as img:
+        return img.size
+
+
+def open_image(path: str | os.PathLike, *, target_pixels: int | None = None, max_pixels: int = MAX_IMAGE_FILE_PIXELS):
+    """An image file, decoded, as Pillow gives it (any mode); InputError in one line when it cannot be used.
+
+    The size is read from the header and checked against `max_pixels` before anything is
+    decoded (Pillow's global limit is not changed). With `target_pixels` (the resolution
+    the model will resize to), an image more than twice that size per side is decoded at a
+    reduced scale: JPEG through draft() (the decoder skips the detail), others through
+    reduce() (a box filter by an integer factor); the usual bicubic resize then starts from
+    at least twice the final size.
+    """
+    with _opened_image(Path(path).expanduser(), max_pixels) as img:
+        factor = _reduction(img.width, img.height, target_pixels)
+        if factor >= 2 and img.format == "JPEG":
+            img.draft(img.mode, (math.ceil(img.width / factor), math.ceil(img.height / factor)))  # 1/2, 1/4 or 1/8
+        img.load()
+        image = img.copy()
+    factor = _reduction(image.width, image.height, target_pixels)
+    if factor >= 2 and image.mode in ("L", "RGB", "RGBA", "LA", "I", "F", "CMYK"):
+        image = image.reduce(factor)
+    return image
+
+
+def _reduction(width: int, height: int, target_pixels: int | None) -> int:
+    """The integer factor by which an image can shrink and stay at least twice `target_pixels`' size per side."""
+    if not target_pixels or width * height <= 4 * target_pixels:
+        return 1
+    return max(1, int(math.sqrt(width * height / target_pixels) / 2))
 
 
 def preprocess_image(image, config: ImageProcessorConfig | None = None, *, min_pixels: int | None = None, max_pixels: int | None = None) -> PreprocessedImage:

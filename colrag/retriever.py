@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import bundle_file, bundle_id, load_embedding_table, load_verified_manifest
-from .constants import IMAGE_PAD_ID, PAD_ID
+from .constants import IMAGE_PAD_ID, MAX_QUERY_TOKENS, PAD_ID
 from .errors import InputError
 from .preprocess import ImageProcessorConfig, preprocess_image, vision_rot_pos_ids
 from .rope import get_rope_index
@@ -73,7 +73,13 @@ class Retriever:
         return retriever_page_ids(self.tokenizer, n_image_tokens, self._prompts["page"])
 
     def query_ids(self, query: str) -> list[int]:
-        return retriever_query_ids(self.tokenizer, query, self._prompts["query_prefix"], self._prompts["query_suffix"])
+        ids = retriever_query_ids(self.tokenizer, query, self._prompts["query_prefix"], self._prompts["query_suffix"])
+        if len(ids) > MAX_QUERY_TOKENS:  # see constants.py for why this limit
+            raise InputError(
+                f"the query is {len(ids):,} tokens long with the retriever's prompt; the limit is {MAX_QUERY_TOKENS} tokens "
+                "(about 2,000 characters): shorten it"
+            )
+        return ids
 
     # -- embedding ---------------------------------------------------------------
     def image_features(self, image) -> tuple[np.ndarray, np.ndarray]:

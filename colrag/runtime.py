@@ -11,17 +11,41 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import BundleError, ColragError
+from .errors import BundleError, ColragError, InputError
 
 DEVICE_ENV = "COLRAG_DEVICE"  # auto | cpu | cuda
+
+
+THREADS_PER_CORE_LIMIT = 4  # more threads than 4 per core only adds contention (and thousands hang onnxruntime)
+
+
+def max_threads() -> int:
+    """The most threads colrag accepts: a few per core this process may run on."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return THREADS_PER_CORE_LIMIT * max(1, cores)
+
+
+def check_threads(threads: int | None) -> int | None:
+    """`threads` unchanged when it is None or sane; InputError in one line above the limit."""
+    if threads is not None and int(threads) > max_threads():
+        raise InputError(
+            f"--threads {threads} is too many: this machine gives colrag {max_threads() // THREADS_PER_CORE_LIMIT} cores, "
+            f"the limit is {max_threads()} threads ({THREADS_PER_CORE_LIMIT} per core)"
+        )
+    return threads
 
 
 def configured_threads(threads: int | None = None) -> int:
     """`threads`, else OMP_NUM_THREADS, else 0 (= let onnxruntime decide: all physical cores)."""
     if threads is not None:
-        return max(0, int(threads))
+        return max(0, int(check_threads(threads) or 0))
     env = os.environ.get("OMP_NUM_THREADS", "")
-    return int(env) if env.isdigit() else 0  # 0 = onnxruntime decides
+    if env.isdigit():  # set for other programs too (HPC modules do): clamped, not refused
+        return min(int(env), max_threads())
+    return 0  # onnxruntime decides
 
 
 def choose_providers(device: str | None = None) -> list[str]:

@@ -14,6 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import ColragError
+from .output import printable
 
 app = typer.Typer(
     name="colrag",
@@ -68,14 +69,14 @@ def main() -> None:
     except ColragError as exc:
         if os.environ.get("COLRAG_DEBUG"):
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {printable(exc)}", err=True)
         sys.exit(exc.exit_code)
     except OSError as exc:
         # Disk full, permission denied, a folder that vanished: the environment, not a bug.
         if os.environ.get("COLRAG_DEBUG"):
             raise
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        typer.echo(f"error: {exc.strerror or exc}{where} (COLRAG_DEBUG=1 shows the traceback)", err=True)
+        typer.echo(f"error: {printable(exc.strerror or exc)}{printable(where)} (COLRAG_DEBUG=1 shows the traceback)", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

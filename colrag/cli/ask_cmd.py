@@ -18,7 +18,9 @@ from typing import Optional
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
+from .index_cmd import check_threads_option
 from .models_cmd import export_app
+from .output import printable
 
 MODELS_DIR_OPTION = typer.Option(
     None, "--models-dir", envvar="COLRAG_MODELS",
@@ -112,7 +114,7 @@ def _show(images, names: list[str]) -> None:
     for image, name in zip(images, names):
         path = folder / f"{name}.png"
         image.save(path)
-        typer.echo(f"page image: {path}", err=True)
+        typer.echo(f"page image: {printable(path)}", err=True)
 
 
 @app.command("ask")
@@ -141,7 +143,7 @@ def ask_cmd(
         None, "--max-pixels", min=4 * 28 * 28,
         help="Lower the generator's image resolution (pixels per image) for speed \\[default: the bundle's, 1280*28*28].",
     ),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, callback=check_threads_option, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
     backend: Optional[str] = BACKEND_OPTION,
     precision: Optional[str] = PRECISION_OPTION,
     password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted indexed PDFs."),
@@ -175,9 +177,10 @@ def ask_cmd(
     if image:
         hits = []
         images = list(image)
+        from ..preprocess import check_image_file
+
         for path in images:
-            if not path.is_file():
-                raise InputError(f"image not found: {path}")
+            check_image_file(path)  # missing, malformed or too large: said now, from the header, before the model loads
     else:
         hits = _retrieve(question, pages, index, models_dir, retriever, threads, backend, precision)
         images = _render_hits(hits, cap, password)
@@ -222,7 +225,7 @@ def _stream_answer(model, question: str, images, options: dict, sources: list[di
     if sources:
         out.write("\nSources:\n")
         for rank, s in enumerate(sources, 1):
-            out.write(f"  [{rank}] {s['file']}, page {s['page']} (score {s['score']:.4f})\n")
+            out.write(f"  [{rank}] {printable(s['file'])}, page {s['page']} (score {s['score']:.4f})\n")
     out.flush()
     if stats:
         _print_stats(result)

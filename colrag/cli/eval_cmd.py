@@ -14,6 +14,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .index_cmd import MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION, ProgressLine, _load_retriever
+from .output import printable
 
 EPILOG = (
     "Examples:\n\n"
@@ -82,10 +83,10 @@ def eval_cmd(
                 target = scratch / f"index-{n}"
             else:
                 target = index_dir(index or _default_index_name(data.root, model.bundle_id))
-            typer.echo(f"index {target}", err=True)
+            typer.echo(f"index {printable(target)}", err=True)
             report = index_corpus(data, model, target, progress=ProgressLine(), password=password)
             for f in report.failures:
-                typer.echo(f"failed: {f}", err=True)
+                typer.echo(f"failed: {printable(f)}", err=True)
             bundle_path = str(bundle) if bundle is not None else None
             runs.append(evaluate(data, model, target, indexed_pages=report.pages, bundle_path=bundle_path))
             del model

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
+from .output import printable
 
 INDEX_OPTION = typer.Option(
     None, "--index", envvar="COLRAG_INDEX",
@@ -27,8 +28,15 @@ MODELS_DIR_OPTION = typer.Option(
 RETRIEVER_OPTION = typer.Option(
     None, "--retriever", help="Retriever bundle folder to use \\[default: <models-dir>/retriever].",
 )
+def check_threads_option(value: Optional[int]) -> Optional[int]:
+    """--threads is checked as it is parsed: one line above a few threads per core (colrag.runtime.check_threads)."""
+    from ..runtime import check_threads
+
+    return check_threads(value)
+
+
 THREADS_OPTION = typer.Option(
-    None, "--threads", min=1, help="CPU threads for onnxruntime and FAISS \\[default: OMP_NUM_THREADS, else all cores].",
+    None, "--threads", min=1, callback=check_threads_option, help="CPU threads for onnxruntime and FAISS \\[default: OMP_NUM_THREADS, else all cores].",
 )
 
 
@@ -37,7 +45,9 @@ def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threa
     from ..bundle import MANIFEST
     from ..errors import BundleError
     from ..paths import retriever_dir
+    from ..runtime import check_threads
 
+    check_threads(threads)
     bundle = retriever_dir(retriever, models_dir)
     if not (bundle / MANIFEST).is_file():
         raise BundleError(
@@ -88,7 +98,7 @@ class ProgressLine:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        return f"{self.done}/{self.total} pages ({pct:.0f}%)  {rate:.2f} pages/s  eta {_duration(eta)}  {label}"
+        return f"{self.done}/{self.total} pages ({pct:.0f}%)  {rate:.2f} pages/s  eta {_duration(eta)}  {printable(label)}"
 
     def _write(self, text: str, final: bool) -> None:
         if self.tty:
@@ -150,16 +160,16 @@ def index_cmd(
             raise
         stats = idx.stats()
     for w in report.warnings:
-        typer.echo(f"warning: {w}", err=True)
+        typer.echo(f"warning: {printable(w)}", err=True)
     for f in report.failures:
-        typer.echo(f"failed: {f}", err=True)
+        typer.echo(f"failed: {printable(f)}", err=True)
     if as_json:
         typer.echo(json.dumps({**report.as_dict(), "index": str(target), "total_documents": stats["documents"], "total_pages": stats["pages"]}, indent=2))
     else:
         typer.echo(
             f"{report.pages} pages from {report.indexed_files} files indexed, {report.skipped_files} unchanged, "
             f"{report.removed_files} removed, {len(report.failures)} failed, in {report.seconds:.1f}s; "
-            f"index {target}: {stats['documents']} documents, {stats['pages']} pages"
+            f"index {printable(target)}: {stats['documents']} documents, {stats['pages']} pages"
         )
     if report.failures:
         raise typer.Exit(1)
@@ -197,12 +207,12 @@ def search_cmd(
         if explain:
             for rank, hit in enumerate(hits, 1):
                 path = _explain_hit(idx, model, query, hit, explain_dir / f"explain-{rank}-{Path(hit.file).stem}-p{hit.page}.png", password)
-                typer.echo(f"heatmap for result {rank}: {path}", err=True)
+                typer.echo(f"heatmap for result {rank}: {printable(path)}", err=True)
     if as_json:
         typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
         return
     for rank, h in enumerate(hits, 1):
-        typer.echo(f"{rank}\t{h.score:.4f}\t{h.file}\tpage {h.page}")
+        typer.echo(f"{rank}\t{h.score:.4f}\t{printable(h.file)}\tpage {h.page}")
 
 
 def _explain_hit(idx, model, query: str, hit, out: Path, password: Optional[str]) -> Path:
@@ -244,19 +254,19 @@ def status_cmd(
         typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
     else:
         r = stats["retriever"]
-        typer.echo(f"index      {stats['index']}")
-        typer.echo(f"retriever  {r.get('name')} ({r.get('bundle_id')})")
+        typer.echo(f"index      {printable(stats['index'])}")
+        typer.echo(f"retriever  {printable(r.get('name'))} ({r.get('bundle_id')})")
         typer.echo(f"documents  {stats['documents']} ({stats['failed_documents']} failed, {stats['documents_in_progress']} interrupted)")
         typer.echo(f"pages      {stats['pages']} ({stats['failed_pages']} failed)")
         typer.echo(f"on disk    {_human_bytes(stats['bytes_on_disk'])} (dead vectors {_human_bytes(stats['dead_vector_bytes'])})")
         for f in stats["failed"]:
-            typer.echo(f"failed     {f['path']}: {f['error']}")
+            typer.echo(f"failed     {printable(f['path'])}: {printable(f['error'])}")
         for f in stats["page_failures"]:
-            typer.echo(f"failed     {f['file']} page {f['page']}: {f['reason']}")
+            typer.echo(f"failed     {printable(f['file'])} page {f['page']}: {printable(f['reason'])}")
         if report is not None:
             typer.echo("check      ok" if report.ok else "check      FAILED")
             for p in report.problems:
-                typer.echo(f"problem    {p}")
+                typer.echo(f"problem    {printable(p)}")
     if report is not None and not report.ok:
         raise typer.Exit(1)
 
@@ -274,7 +284,7 @@ def remove_cmd(
     with Index.open_writer(index_dir(index), None) as idx:
         removed = remove(idx, paths)
     for p in removed:
-        typer.echo(f"removed {p}")
+        typer.echo(f"removed {printable(p)}")
     if not removed:
         typer.echo("nothing to remove: no indexed file matches", err=True)
         raise typer.Exit(1)

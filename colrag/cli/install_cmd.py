@@ -12,6 +12,7 @@ import typer
 from ..cli import models_app
 from ..install import PARTS, QUANTIZE_CHOICES, SPECS
 from .models_cmd import MODELS_DIR_OPTION
+from .output import printable
 
 # Built from install.PARTS / QUANTIZE_CHOICES so the CLI's choices cannot drift from the installer's;
 # mypy cannot see members of an Enum made from a computed dict, hence the ignores.
@@ -65,4 +66,4 @@ def install_cmd(
         return
     for r in results:
         source = f"{r.source}@{r.revision}" if r.revision else str(r.source)
-        typer.echo(f"{r.status}\t{r.part}\t{r.bundle}\t{source}\t{r.files} files\t{r.bytes / 1e9:.2f} GB")
+        typer.echo(f"{r.status}\t{r.part}\t{printable(r.bundle)}\t{printable(source)}\t{r.files} files\t{r.bytes / 1e9:.2f} GB")

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, models_app
+from .output import printable
 
 export_app = typer.Typer(help="Export a transformers checkpoint folder to a colrag model bundle (needs the export extra: torch, transformers, onnx).", no_args_is_help=True)
 models_app.add_typer(export_app, name="export")
@@ -33,6 +34,12 @@ def export_retriever_cmd(
     target.parent.mkdir(parents=True, exist_ok=True)
     export_retriever(src, target, opset=opset, quantize=quantize, force=force)
     typer.echo(str(target))
+
+
+def _check_threads(value: Optional[int]) -> Optional[int]:
+    from ..runtime import check_threads
+
+    return check_threads(value)
 
 
 def _bundles(models_dir: Optional[Path]) -> list[Path]:
@@ -69,7 +76,7 @@ def list_cmd(
         return
     for r in rows:
         status = f"{r['bytes'] / 1e9:.2f} GB" if r["ok"] else f"BROKEN: {r['error']}"
-        typer.echo(f"{r['path']}\t{r['kind']}\t{r['source']}\t{status}")
+        typer.echo(f"{printable(r['path'])}\t{r['kind']}\t{printable(r['source'])}\t{printable(status)}")
 
 
 @models_app.command("verify")
@@ -88,10 +95,10 @@ def verify_cmd(
     for path in targets:
         try:
             m = verify_bundle(path)
-            typer.echo(f"ok\t{path}\t{m.get('kind')}\t{len(m['files'])} files")
+            typer.echo(f"ok\t{printable(path)}\t{m.get('kind')}\t{len(m['files'])} files")
         except BundleError as exc:
             failed += 1
-            typer.echo(f"FAILED\t{path}\t{exc}")
+            typer.echo(f"FAILED\t{printable(path)}\t{printable(exc)}")
     if failed:
         raise typer.Exit(1)
 
@@ -106,7 +113,7 @@ def compare_cmd(
     top_k: int = typer.Option(5, "--top-k", min=1, help="Retriever: the ranking depth whose overlap is reported."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Generator: greedy tokens per answer."),
     password: Optional[str] = typer.Option(None, "--password", help="Password for encrypted PDFs."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, callback=_check_threads, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
     backend: Optional[str] = BACKEND_OPTION,
     precision: Optional[str] = PRECISION_OPTION,
     backend_b: Optional[str] = typer.Option(None, "--backend-b", help="Run BUNDLE_B on this backend instead of --backend (give the same bundle twice to measure a backend's drift)."),
