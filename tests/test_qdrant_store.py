@@ -10,6 +10,7 @@ Skipped unless the `qdrant` extra is installed (`pip install 'colrag[qdrant]'`; 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -395,3 +396,25 @@ def test_copy_local_index_into_edge_is_resumable(tmp_path, monkeypatch):
             expected = src.page_vectors(snap, p).astype(np.float16).astype(np.float32)
             np.testing.assert_array_equal(ix.page_vectors(p.path, p.page_no), expected)
     assert qd.copy_local_index(tmp_path / "local", target)["copied"] == 0
+
+
+def test_export_index_command(tmp_path):
+    """`colrag export-index --to qdrant+edge:PATH` from a local index, run twice (resumable, idempotent)."""
+    pytest.importorskip("qdrant_edge")
+    from colrag.store import Index, RetrieverInfo
+    from tests.index_helpers import FakeRetriever
+
+    with Index.open_writer(tmp_path / "local", RetrieverInfo.of(FakeRetriever())) as index:
+        doc = index.begin_document("/docs/a.pdf", 1, 1, "sha", 3)
+        index.add_pages(doc, [(p, 10, 10, clustered_rows(20, seed=p)) for p in range(1, 4)])
+        index.finish_document(doc)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "colrag", "export-index", "--index", str(tmp_path / "local")]
+    target = f"qdrant+edge:{tmp_path / 'q'}"
+    done = subprocess.run([*cmd, "--to", target, "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["copied"] == 3
+    again = subprocess.run([*cmd, "--to", target], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0 and "0 pages copied, 3 already there" in again.stdout
+    bad = subprocess.run([*cmd, "--to", "elsewhere"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "expected qdrant+edge:PATH" in bad.stderr
