@@ -60,6 +60,11 @@ def generator_dir(explicit_bundle: str | os.PathLike | None = None, models: str 
 def index_dir(name_or_path: str | os.PathLike | None = None) -> Path:
     """`--index` takes a name (a folder under COLRAG_HOME/indexes) or a path."""
     value = str(name_or_path) if name_or_path else DEFAULT_INDEX_NAME
+    if value.startswith(("qdrant:", "qdrant+edge:")):
+        raise InputError(
+            f"--index {value}: this command works on a local index; a Qdrant index is used by search, status, "
+            "remove and export-index (index locally, then `colrag export-index --to ...`; docs/SCALE.md)"
+        )
     if os.sep in value or "/" in value or value.startswith("."):
         return Path(value).expanduser()
     if not value.replace("-", "").replace("_", "").isalnum():

@@ -418,3 +418,41 @@ def test_export_index_command(tmp_path):
     assert again.returncode == 0 and "0 pages copied, 3 already there" in again.stdout
     bad = subprocess.run([*cmd, "--to", "elsewhere"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "expected qdrant+edge:PATH" in bad.stderr
+
+
+def test_cli_search_status_remove_on_an_exported_index(tmp_path, tiny_retriever_bundle):
+    """A local index of real renders (tiny retriever), exported to Qdrant Edge: `colrag search`
+    gives the same pages as on the local index; status and remove work; `colrag index` into
+    Qdrant is refused in one line (index locally, then export-index)."""
+    pytest.importorskip("qdrant_edge")
+    from tests.index_helpers import make_pdf
+
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 3, "alpha")
+    make_pdf(docs / "b.pdf", 2, "beta")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def colrag(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "colrag", *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    local = str(tmp_path / "local")
+    target = f"qdrant+edge:{tmp_path / 'q'}"
+    bundle = ["--retriever", str(tiny_retriever_bundle), "--threads", "1"]
+    assert colrag("index", str(docs), "--index", local, *bundle).returncode == 0
+    assert colrag("export-index", "--index", local, "--to", target).returncode == 0
+    here = colrag("search", "alpha page 2", "--index", local, "--json", *bundle)
+    there = colrag("search", "alpha page 2", "--index", target, "--json", *bundle)
+    assert here.returncode == 0 and there.returncode == 0, there.stderr
+    a, b = json.loads(here.stdout), json.loads(there.stdout)
+    assert [(h["file"], h["page"]) for h in a] == [(h["file"], h["page"]) for h in b] and len(b) == 5
+    np.testing.assert_allclose([h["score"] for h in b], [h["score"] for h in a], rtol=2e-3)  # float16 of int8 rows
+    status = json.loads(colrag("status", "--index", target, "--json").stdout)
+    assert status["pages"] == 5 and status["documents"] == 2 and status["retriever"]["bundle_id"]
+    removed = colrag("remove", str(docs / "a.pdf"), "--index", target)
+    assert removed.returncode == 0 and removed.stdout.strip() == f"removed {docs / 'a.pdf'}"
+    assert json.loads(colrag("status", "--index", target, "--json").stdout)["pages"] == 2
+    refused = colrag("index", str(docs), "--index", target, *bundle)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "export-index" in refused.stderr
+    assert not (tmp_path / "q" / "catalog.sqlite").exists()

@@ -63,6 +63,11 @@ def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threa
     return Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
 
 
+def _is_qdrant(index: str | None) -> bool:
+    """--index qdrant+edge:PATH or qdrant:URL (search, status, remove and export-index take it)."""
+    return bool(index) and str(index).startswith(("qdrant:", "qdrant+edge:"))
+
+
 class ProgressLine:
     """A dependency-free progress line on stderr: pages done/total, rate, ETA.
 
@@ -197,6 +202,12 @@ def search_cmd(
     from ..store import Index, RetrieverInfo
     from ..store.index import check_retriever
 
+    if _is_qdrant(index):  # docs/SCALE.md
+        from .scale_cmd import qdrant_search
+
+        assert index is not None
+        load_args = (retriever, models_dir, threads, backend, precision)
+        return qdrant_search(index, query, top_k, as_json, _load_retriever, load_args)
     target = index_dir(index)
     with Index.open(target) as idx:
         if not idx.snapshot().pages:
@@ -241,6 +252,11 @@ def status_cmd(
     from ..paths import index_dir
     from ..store import Index
 
+    if _is_qdrant(index):  # docs/SCALE.md
+        from .scale_cmd import qdrant_status
+
+        assert index is not None
+        return qdrant_status(index, as_json)
     target = index_dir(index)
     with Index.open(target) as idx:
         stats = idx.stats()
@@ -281,6 +297,11 @@ def remove_cmd(
     from ..paths import index_dir
     from ..store import Index
 
+    if _is_qdrant(index):  # docs/SCALE.md
+        from .scale_cmd import qdrant_remove
+
+        assert index is not None
+        return qdrant_remove(index, paths)
     with Index.open_writer(index_dir(index), None) as idx:
         removed = remove(idx, paths)
     for p in removed:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -44,3 +47,71 @@ def export_index_cmd(
             f"{counts['copied']} pages copied, {counts['skipped']} already there; "
             f"{to} holds the {counts['pages']} pages of {source}"
         )
+
+
+def qdrant_search(
+    spec: str, query: str, top_k: int, as_json: bool, load_retriever: Callable[..., Any], load_args: tuple
+) -> None:
+    """`colrag search --index qdrant...`: the query embedded here, ranked by Qdrant."""
+    from ..errors import IndexStoreError
+    from ..store.qdrant import open_qdrant
+
+    with open_qdrant(spec, create=False) as ix:
+        built = (ix.manifest or {}).get("retriever")
+        if not built:
+            raise IndexStoreError(
+                f"index {spec} was filled with precomputed vectors and records no retriever: "
+                "search it from Python with query vectors (QdrantIndex.search)"
+            )
+        model = load_retriever(*load_args)
+        if built.get("bundle_id") != str(model.bundle_id):
+            raise IndexStoreError(
+                f"index {spec} was built with retriever {built.get('name')!r} (bundle {built.get('bundle_id')}), "
+                f"not the one given ({model.name!r}): use the same retriever"
+            )
+        (q,) = model.embed_queries([query])
+        hits = ix.search(q, top_k)
+    if as_json:
+        typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+        return
+    for rank, h in enumerate(hits, 1):
+        typer.echo(f"{rank}\t{h.score:.4f}\t{h.file}\tpage {h.page}")
+
+
+def qdrant_status(spec: str, as_json: bool) -> None:
+    from ..store.qdrant import open_qdrant
+
+    with open_qdrant(spec, create=False) as ix:
+        stats = ix.stats()
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+        return
+    r = stats.get("retriever") or {}
+    typer.echo(f"index      {stats['index']}")
+    typer.echo(f"retriever  {r.get('name')} ({r.get('bundle_id')})" if r else "retriever  none (precomputed vectors)")
+    typer.echo(f"documents  {stats['documents']}")
+    typer.echo(f"pages      {stats['pages']}")
+    if stats["bytes_on_disk"] is not None:
+        typer.echo(f"on disk    {stats['bytes_on_disk'] / 1e6:.1f} MB")
+
+
+def qdrant_remove(spec: str, paths: list[Path]) -> None:
+    """Forget files (or every file under a folder) from a Qdrant index."""
+    import os
+
+    from ..store.qdrant import open_qdrant
+
+    with open_qdrant(spec, create=False) as ix:
+        known = {f for f, _ in ix.pages()}
+        targets: set[str] = set()
+        for raw in paths:
+            p = os.path.abspath(raw.expanduser())
+            targets |= {f for f in known if f == p or f.startswith(p.rstrip(os.sep) + os.sep)}
+        for f in sorted(targets):
+            ix.remove_file(f)
+        ix.commit()
+    for f in sorted(targets):
+        typer.echo(f"removed {f}")
+    if not targets:
+        typer.echo("nothing to remove: no indexed file matches", err=True)
+        raise typer.Exit(1)
