@@ -11,6 +11,7 @@ import typer
 
 from ..cli import app
 from .index_cmd import INDEX_OPTION
+from .output import printable
 
 
 @app.command("export-index")
@@ -45,7 +46,7 @@ def export_index_cmd(
     else:
         typer.echo(
             f"{counts['copied']} pages copied, {counts['skipped']} already there; "
-            f"{to} holds the {counts['pages']} pages of {source}"
+            f"{printable(to)} holds the {counts['pages']} pages of {printable(source)}"
         )
 
 
@@ -75,7 +76,7 @@ def qdrant_search(
         typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
         return
     for rank, h in enumerate(hits, 1):
-        typer.echo(f"{rank}\t{h.score:.4f}\t{h.file}\tpage {h.page}")
+        typer.echo(f"{rank}\t{h.score:.4f}\t{printable(h.file)}\tpage {h.page}")
 
 
 def qdrant_status(spec: str, as_json: bool) -> None:
@@ -111,7 +112,7 @@ def qdrant_remove(spec: str, paths: list[Path]) -> None:
             ix.remove_file(f)
         ix.commit()
     for f in sorted(targets):
-        typer.echo(f"removed {f}")
+        typer.echo(f"removed {printable(f)}")
     if not targets:
         typer.echo("nothing to remove: no indexed file matches", err=True)
         raise typer.Exit(1)
