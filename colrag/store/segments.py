@@ -74,12 +74,23 @@ def decode(codes: np.ndarray) -> np.ndarray:
     return x
 
 
+class _CodesOwner:
+    """Exposes a FAISS index's codes to numpy and keeps the index (and its mapping) alive
+    as long as any array viewing them exists."""
+
+    def __init__(self, index: Any, address: int, shape: tuple[int, int]):
+        self.index = index
+        self.__array_interface__ = {"shape": shape, "typestr": "|u1", "data": (address, True), "version": 3}
+
+
 def codes_view(index: Any) -> np.ndarray:
-    """The (ntotal, dim) uint8 codes of a segment index, without a copy (memory-mapped for readers)."""
+    """The (ntotal, dim) uint8 codes of a segment index, read-only and without a copy (memory-mapped
+    for readers); the array keeps the index alive."""
     n, size = int(index.ntotal), int(index.code_size)
     if n == 0:
         return np.zeros((0, size), dtype=np.uint8)
-    return faiss_io.faiss_module().rev_swig_ptr(index.codes.data(), n * size).reshape(n, size)
+    address = faiss_io.faiss_module().rev_swig_ptr(index.codes.data(), n * size).ctypes.data
+    return np.asarray(_CodesOwner(index, address, (n, size)))
 
 
 class SegmentReader:
