@@ -23,8 +23,6 @@ import numpy as np
 
 from .bundle import sha256_file
 from .render import PdfError, RenderOptions, find_pdfs, open_pdf, render_page
-from .search import EXACT_ALL_PAGES
-from .store import ann
 from .store.index import Index
 
 
@@ -90,14 +88,12 @@ class Indexer:
         password: str | None = None,
         progress=None,
         commit_pages: int = 4,
-        ann_min_pages: int = EXACT_ALL_PAGES,
     ):
         self.index = index
         self.retriever = retriever
         self.password = password
         self.progress = progress or NullProgress()
         self.commit_pages = max(1, commit_pages)
-        self.ann_min_pages = ann_min_pages
         self.render = index.render if index.render else RenderOptions()
 
     # -- the run -------------------------------------------------------------------
@@ -114,7 +110,7 @@ class Indexer:
                 self._index_file(job, report)
         finally:
             self.progress.finish()
-        self._refresh_ann()
+        self.index.refresh()  # page lists refreshed when they lag, dead rows compacted past a threshold
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -236,13 +232,6 @@ class Indexer:
         report.pages += 1
         return True
 
-    def _refresh_ann(self) -> None:
-        snap = self.index.snapshot()
-        if len(snap.pages) > self.ann_min_pages:
-            ann.ensure(self.index, snap, save_to_disk=True)
-        else:
-            ann.drop(self.index)  # small indexes are searched exhaustively; no cache to keep
-
 
 def remove(index: Index, paths: list[str | os.PathLike]) -> list[str]:
     """Forget files, or every file under a folder; returns the paths removed."""
@@ -255,7 +244,6 @@ def remove(index: Index, paths: list[str | os.PathLike]) -> list[str]:
         targets += index.paths_under(p)
     targets = sorted(set(targets))
     if targets:
-        index.remove_documents(targets)
-        if len(index.snapshot().pages) <= EXACT_ALL_PAGES:
-            ann.drop(index)  # a larger index's cache is filtered at search time and refreshed by the next run
+        index.remove_documents(targets)  # filtered out at search time; `colrag compact` reclaims the space
+        index.refresh()
     return targets

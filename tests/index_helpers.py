@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
     from colrag.indexer import Indexer
     from colrag.store import Index, RetrieverInfo
 
-    from colrag.store import codebook
+    from colrag.store import coarse
 
     slow = 0.0
     if "--slow" in argv:
@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
         del argv[i : i + 2]
     if "--codebook-rows" in argv:
         i = argv.index("--codebook-rows")
-        codebook.CODEBOOK_MIN_ROWS = int(argv[i + 1])
+        coarse.MIN_ROWS = int(argv[i + 1])
         del argv[i : i + 2]
     index_path, *paths = argv
     retriever = FakeRetriever(slow=slow)

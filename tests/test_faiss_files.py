@@ -8,7 +8,7 @@ import pymupdf  # noqa: F401  (loaded first on purpose: faiss.Kmeans breaks once
 import pytest
 
 from colrag.errors import IndexStoreError
-from colrag.search_new import maxsim_sq8
+from colrag.search import maxsim_sq8
 from colrag.scoring import maxsim
 from colrag.store import coarse, faiss_io, lists
 from colrag.store import segments as sg

@@ -1,5 +1,7 @@
-"""Index storage: manifest, SQLite catalog, fp16 vector segments, FAISS cache, writer lock."""
+"""Index storage: manifest, SQLite catalog, FAISS vector files (SQ8 segments, coarse centroids, page lists), writer lock."""
 
-from .index import CheckReport, Index, RetrieverInfo, Snapshot
+from .check import CheckReport
+from .index import Index, Snapshot
+from .manifest import RetrieverInfo
 
-__all__ = ["Index", "RetrieverInfo", "Snapshot", "CheckReport"]
+__all__ = ["CheckReport", "Index", "RetrieverInfo", "Snapshot"]
