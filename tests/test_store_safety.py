@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from colrag.errors import IndexStoreError
-from colrag.store import Index, RetrieverInfo, ann
+from colrag.store import Index, RetrieverInfo, coarse
 from colrag.store import catalog as cat
-from colrag.store import codebook as cb
+from colrag.store.catalog import migrations as mig
 from colrag.store.index import MANIFEST_FILE
-from colrag.store.vectors import SEGMENTS_DIR
+from colrag.store.segments import SEGMENTS_DIR
 from tests.index_helpers import FakeRetriever
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS page_errors (
 );
 CREATE INDEX IF NOT EXISTS page_errors_doc ON page_errors (doc_id);
 """
+
+
+CURRENT = cat.latest_version()  # this colrag's catalog version, before a test adds one
 
 
 def unit_rows(n: int, seed: int) -> np.ndarray:
@@ -140,35 +143,13 @@ def test_a_new_catalog_gets_every_migration_and_equals_the_schema_before_migrati
         assert schema_of(file) == schema_of(old)
 
 
-def test_an_index_written_before_migrations_opens_without_reindexing(tmp_path):
-    """A catalog made with the pre-migration code (schema 2, user_version 2) is read and written as it is."""
-    make_index(tmp_path / "ix")
-    file = tmp_path / "ix" / cat.CATALOG_FILE
-    legacy = tmp_path / "legacy.sqlite"
-    with closing(sqlite3.connect(legacy)) as c:  # rebuild the same content under the old schema script
-        c.executescript(SCHEMA_BEFORE_MIGRATIONS)
-        c.execute(f"ATTACH DATABASE '{file}' AS cur")
-        for t in ("meta", "segments", "documents", "pages", "page_errors"):
-            c.execute(f"DELETE FROM main.{t}")
-            c.execute(f"INSERT INTO main.{t} SELECT * FROM cur.{t}")
-        c.commit()
-        c.execute("DETACH DATABASE cur")
-        c.execute("PRAGMA user_version = 2")
-    shutil.copy(legacy, file)
-    with Index.open(tmp_path / "ix") as reader:
-        assert len(reader.snapshot().pages) == 2 and reader.check().ok
-    with Index.open_writer(tmp_path / "ix", INFO) as index:
-        assert index.check().ok and len(index.snapshot().pages) == 2
-
-
 @pytest.fixture
 def migration_3(monkeypatch):
-    """A test-only migration 3 (a new table), as another engineer would append it."""
-    monkeypatch.setattr(cat, "MIGRATIONS", dict(cat.MIGRATIONS))
-    assert cat.latest_version() == 2, "update this test: migration 3 exists now"
+    """A test-only next migration (a new table), as another engineer would append it."""
+    monkeypatch.setattr(mig, "MIGRATIONS", dict(mig.MIGRATIONS))
     calls = []
 
-    @cat.migration(3)
+    @cat.migration(CURRENT + 1)
     def _m003_notes(conn: sqlite3.Connection) -> None:
         calls.append(1)
         conn.execute("CREATE TABLE notes (doc_id INTEGER REFERENCES documents (id) ON DELETE CASCADE, text TEXT)")
@@ -179,10 +160,10 @@ def migration_3(monkeypatch):
 
 def test_writer_applies_a_new_migration_once_and_keeps_the_data(tmp_path, migration_3, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(cat, "MIGRATIONS", {2: cat.MIGRATIONS[2]})
+        m.setattr(mig, "MIGRATIONS", {v: f for v, f in mig.MIGRATIONS.items() if v <= CURRENT})
         make_index(tmp_path / "ix", n_docs=2)  # written by a colrag that knew only the baseline
     with Index.open_writer(tmp_path / "ix", INFO) as index:
-        assert cat.version(index.conn) == 3 and migration_3 == [1]
+        assert cat.version(index.conn) == CURRENT + 1 and migration_3 == [1]
         assert index.conn.execute("SELECT COUNT(*) FROM notes WHERE text = 'migrated'").fetchone()[0] == 2
         assert len(index.snapshot().pages) == 4 and index.check().ok
     with Index.open_writer(tmp_path / "ix", INFO):
@@ -191,17 +172,17 @@ def test_writer_applies_a_new_migration_once_and_keeps_the_data(tmp_path, migrat
 
 def test_reader_upgrades_an_older_catalog_it_can_write(tmp_path, migration_3, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(cat, "MIGRATIONS", {2: cat.MIGRATIONS[2]})
+        m.setattr(mig, "MIGRATIONS", {v: f for v, f in mig.MIGRATIONS.items() if v <= CURRENT})
         make_index(tmp_path / "ix")
     with Index.open(tmp_path / "ix") as reader:
-        assert cat.version(reader.conn) == 3 and len(reader.snapshot().pages) == 2
+        assert cat.version(reader.conn) == CURRENT + 1 and len(reader.snapshot().pages) == 2
         assert reader.conn.execute("SELECT COUNT(*) FROM notes").fetchone()[0] == 1
 
 
 def test_a_failing_migration_changes_nothing(tmp_path, monkeypatch):
     make_index(tmp_path / "ix")
     before = (tmp_path / "ix" / cat.CATALOG_FILE).read_bytes()
-    monkeypatch.setattr(cat, "MIGRATIONS", dict(cat.MIGRATIONS))
+    monkeypatch.setattr(mig, "MIGRATIONS", dict(mig.MIGRATIONS))
 
     @cat.migration(cat.latest_version() + 1)
     def _broken(conn: sqlite3.Connection) -> None:
@@ -219,7 +200,7 @@ def test_a_failing_migration_changes_nothing(tmp_path, monkeypatch):
 
 
 def test_migrations_must_be_numbered_in_sequence(monkeypatch):
-    monkeypatch.setattr(cat, "MIGRATIONS", dict(cat.MIGRATIONS))
+    monkeypatch.setattr(mig, "MIGRATIONS", dict(mig.MIGRATIONS))
     with pytest.raises(RuntimeError, match="out of sequence"):
         cat.migration(cat.latest_version() + 2)(lambda conn: None)
     with pytest.raises(RuntimeError, match="out of sequence"):
@@ -298,8 +279,8 @@ def public_tmp() -> Iterator[Path]:
 
 
 def test_search_and_status_work_on_a_read_only_folder(public_tmp, monkeypatch):
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 200)
-    ix = make_index(public_tmp / "ix", n_docs=30)  # with a codebook and codes
+    monkeypatch.setattr(coarse, "MIN_ROWS", 200)
+    ix = make_index(public_tmp / "ix", n_docs=30)  # with coarse centroids
     before = tree(ix)
     assert not (ix / (cat.CATALOG_FILE + "-wal")).exists()  # closed cleanly: a reader has to start the WAL itself
     import colrag.search  # noqa: F401  (imports happen before the uid drops)
@@ -308,18 +289,19 @@ def test_search_and_status_work_on_a_read_only_folder(public_tmp, monkeypatch):
     retriever = FakeRetriever()
     with unwritable(ix), Index.open(ix) as reader:
         snap = reader.snapshot()
-        assert len(snap.pages) == 60 and snap.codebook is not None
+        assert len(snap.pages) == 60 and snap.coarse is not None
         stats = reader.stats()
         assert stats["pages"] == 60
         assert reader.check().ok
         hits = Searcher(reader, retriever).search("page one", 3)
         assert len(hits) == 3
+        assert len(Searcher(reader, retriever, exact_all_pages=0, candidates=8).search("page one", 3)) == 3  # page lists in memory
     assert tree(ix) == before
 
 
 def test_an_older_catalog_in_a_read_only_folder_says_how_to_upgrade(public_tmp, migration_3, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(cat, "MIGRATIONS", {2: cat.MIGRATIONS[2]})
+        m.setattr(mig, "MIGRATIONS", {v: f for v, f in mig.MIGRATIONS.items() if v <= CURRENT})
         ix = make_index(public_tmp / "ix")
     with unwritable(ix), pytest.raises(IndexStoreError, match="upgrade"):
         Index.open(ix)
@@ -366,7 +348,7 @@ def test_an_interrupted_creation_can_be_retried(tmp_path):
 def test_a_symlinked_sub_folder_is_refused_and_its_files_kept(tmp_path, sub):
     ix = make_index(tmp_path / "ix")
     elsewhere = tmp_path / "thesis"
-    mine = user_files(elsewhere, {"thesis.tex": b"\\documentclass{article}\n", "data.csv": b"a,b\n1,2\n", "seg-000009.i8": b"x" * 256})
+    mine = user_files(elsewhere, {"thesis.tex": b"\\documentclass{article}\n", "data.csv": b"a,b\n1,2\n", "seg-000009-v000001.faiss": b"x" * 256})
     if sub == SEGMENTS_DIR:
         for f in (ix / sub).iterdir():  # the user moved the vectors elsewhere and linked the folder
             shutil.copy(f, elsewhere / f.name)
@@ -380,21 +362,23 @@ def test_a_symlinked_sub_folder_is_refused_and_its_files_kept(tmp_path, sub):
 
 
 def test_repair_deletes_only_names_colrag_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 200)
+    monkeypatch.setattr(coarse, "MIN_ROWS", 200)
     ix = make_index(tmp_path / "ix", n_docs=30)
     with Index.open_writer(ix, INFO) as index:
-        ann.ensure(index, index.snapshot(), save_to_disk=True)
+        index.writer.refresh_lists(force=True)
     mine = user_files(ix, {
-        "vectors/embeddings.npy": b"mine", "vectors/seg-1.i8": b"mine", "vectors/notes.codes": b"mine",
-        "vectors/seg-000001.i8.bak": b"mine", "ann/notes.txt": b"mine", "ann/g1.pages.npy.orig": b"mine",
+        "vectors/embeddings.npy": b"mine", "vectors/seg-1.faiss": b"mine", "vectors/notes.faiss": b"mine",
+        "vectors/seg-000001-v000001.faiss.bak": b"mine", "ann/notes.txt": b"mine", "ann/g1.pages.npy.orig": b"mine",
     })
-    leftovers = user_files(ix, {"vectors/seg-000077.i8": b"\0" * 256, "vectors/seg-000077.codes": b"\0" * 4, "ann/g0.pages.npy": b"old"})
+    leftovers = user_files(ix, {
+        "vectors/seg-000077-v000001.faiss": b"\0" * 256, "vectors/.seg-000001-v000099.faiss.tmp": b"\0" * 4,
+        "vectors/lists-g000000001.faiss": b"old", "vectors/seg-000003.i8": b"\0" * 256, "ann/g0.pages.npy": b"old",
+    })
     with Index.open_writer(ix, INFO) as index:
         doc = index.begin_document("/docs/new.pdf", 1, 1, "sha-new", 1)
         index.add_pages(doc, [(1, 10, 20, unit_rows(5, 999))])
         index.finish_document(doc)
-        ann.ensure(index, index.snapshot(), save_to_disk=True)
-        ann.drop(index)
+        index.writer.refresh_lists(force=True)
         assert index.check().ok
     assert_untouched(mine)
     assert not any(p.exists() for p in leftovers)  # crash leftovers named like colrag's files do go
@@ -403,7 +387,7 @@ def test_repair_deletes_only_names_colrag_writes(tmp_path, monkeypatch):
 def test_a_linked_segment_or_lock_file_is_never_written_through(tmp_path):
     ix = make_index(tmp_path / "ix")
     mine = user_files(tmp_path / "elsewhere", {"victim.bin": b"precious bytes" * 100, "lockvictim.txt": b"keep me\n"})
-    seg = next((ix / SEGMENTS_DIR).glob("seg-*.i8"))
+    seg = next((ix / SEGMENTS_DIR).glob("seg-*.faiss"))
     seg.unlink()
     seg.symlink_to(tmp_path / "elsewhere" / "victim.bin")
     with pytest.raises(IndexStoreError), Index.open_writer(ix, INFO) as index:
@@ -435,29 +419,19 @@ def test_a_segment_name_from_the_catalog_is_validated_before_use(tmp_path):
     assert_untouched(mine)
 
 
-def test_a_codebook_name_from_the_catalog_is_validated(tmp_path):
+@pytest.mark.parametrize("key", ["coarse", "lists"])
+def test_a_vector_file_name_from_the_catalog_meta_is_validated(tmp_path, key):
     ix = make_index(tmp_path / "ix")
-    mine = user_files(tmp_path, {"victim.npy": b"mine"})
+    mine = user_files(tmp_path, {"victim.faiss": b"mine"})
+    record = {"file": "../../victim.faiss", "n_centroids": 4, "generation": 1}
     with closing(sqlite3.connect(ix / cat.CATALOG_FILE)) as c:
-        c.execute("INSERT INTO meta VALUES ('codebook', ?)", (json.dumps({"file": "../../victim.npy", "coarse": 4, "fine": 4}),))
+        c.execute("INSERT INTO meta VALUES (?, ?)", (key, json.dumps(record)))
         c.commit()
-    with pytest.raises(IndexStoreError, match="codebook"), Index.open_writer(ix, INFO) as index:
+    with pytest.raises(IndexStoreError, match=key), Index.open_writer(ix, INFO) as index:
         index.snapshot()
+    with pytest.raises(IndexStoreError, match=key), Index.open(ix) as reader:
+        reader.snapshot()
     assert_untouched(mine)
-
-
-def test_ann_state_naming_other_files_is_ignored(tmp_path, monkeypatch):
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 200)
-    ix = make_index(tmp_path / "ix", n_docs=30)
-    with Index.open_writer(ix, INFO) as index:
-        ann.ensure(index, index.snapshot(), save_to_disk=True)
-    state = json.loads((ix / "ann" / ann.STATE_FILE).read_text())
-    outside = tmp_path / "outside.npy"
-    np.save(outside, np.zeros(3))
-    (ix / "ann" / ann.STATE_FILE).write_text(json.dumps({**state, "pages": "../../outside.npy"}))
-    with Index.open(ix) as reader:
-        assert ann.load(reader) is None
-    assert outside.is_file()
 
 
 # -- index manifests (item 10) ---------------------------------------------------------------
@@ -466,7 +440,7 @@ def test_ann_state_naming_other_files_is_ignored(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "change",
     [
-        {"retriever": None}, {"retriever": {"name": "x"}}, {"retriever": {"bundle_id": 7}}, {"dim": "x"}, {"dim": None},
+        {"retriever": "x"}, {"retriever": {"name": "x"}}, {"retriever": {"bundle_id": 7}}, {"dim": "x"}, {"dim": None},
         {"dim": -1}, {"max_pixels": "big"}, {"render": None}, {"render": {"dpi": 300}}, {"render": {"max_side": "4096"}},
         {"schema_version": "2"}, {"format": None},
     ],
