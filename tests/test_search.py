@@ -1,5 +1,5 @@
-"""Search equals brute-force MaxSim over the stored (int8, dequantized) vectors; the centroid
-candidate stage keeps the top pages."""
+"""Search equals brute-force MaxSim over the stored (SQ8, decoded) vectors; the FAISS candidate
+stage (coarse quantizer + page lists) keeps the top pages; results do not depend on threads."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ import pytest
 from colrag.errors import IndexStoreError, InputError
 from colrag.indexer import Indexer
 from colrag.scoring import maxsim
-from colrag.search import Searcher, best_centroids, maxsim_int8
-from colrag.store import Index, RetrieverInfo
-from colrag.store import ann
-from colrag.store import codebook as cb
-from colrag.store.vectors import dequantize, quantize
+from colrag.search import Searcher
+from colrag.store import Index, RetrieverInfo, coarse
 from tests.index_helpers import FakeRetriever, clustered_rows, make_pdf
 
 QUERIES = ["revenue by region", "chart of energy use", "page 2", "a blue box", "zz"]
@@ -25,14 +22,15 @@ def small_index(tmp_path_factory):
     for i in range(6):
         make_pdf(root / "docs" / f"doc{i}.pdf", 4, f"doc{i}")
     retriever = FakeRetriever()
-    saved = cb.CODEBOOK_MIN_ROWS
-    cb.CODEBOOK_MIN_ROWS = 200  # centroids after a few pages, so the candidate stage can be forced
+    saved = coarse.MIN_ROWS
+    coarse.MIN_ROWS = 200  # centroids after a few pages, so the candidate stage can be forced
     try:
         with Index.open_writer(root / "ix", RetrieverInfo.of(retriever)) as index:
-            report = Indexer(index, retriever, ann_min_pages=0).run([root / "docs"])
-            assert index.snapshot().codebook is not None and ann.load(index) is not None
+            report = Indexer(index, retriever).run([root / "docs"])
+            index.writer.refresh_lists(force=True)
+            assert index.snapshot().coarse is not None and index.page_lists(index.snapshot()) is not None
     finally:
-        cb.CODEBOOK_MIN_ROWS = saved
+        coarse.MIN_ROWS = saved
     assert report.ok and report.pages == 24
     return root / "ix", retriever
 
@@ -68,25 +66,26 @@ def test_centroid_stage_reranks_exactly(small_index, query):
         assert len(searcher.candidates(retriever.embed_queries([query])[0], 3)) == 8
         hits = searcher.search(query, top_k=3)
     for h in hits:
-        assert h.score == pytest.approx(exact[(h.file, h.page)], rel=1e-6)
+        assert h.score == pytest.approx(exact[(h.file, h.page)], rel=1e-5, abs=1e-5)  # decode applied after the product
 
 
 def test_centroid_stage_recall_on_clustered_pages(tmp_path, monkeypatch):
-    """Pages of clustered tokens, queries made of one page's noisy tokens: the candidate stage
-    returns the exact top 5 (scores equal to brute force) for nearly every query."""
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 24000)  # trained on all 300 pages: 1,024 centroids
+    """Pages of clustered tokens, queries made of one page's noisy tokens: the FAISS candidate stage
+    returns the exact top 5 (scores equal to brute force over the decoded vectors) for nearly every query,
+    and every returned page is within 1 % of the exact 5th score (tie-tolerant recall)."""
+    monkeypatch.setattr(coarse, "MIN_ROWS", 24000)  # trained on all 300 pages
     retriever = FakeRetriever()
     with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
         for d in range(10):
             doc = index.begin_document(f"/d{d}.pdf", 1, 1, f"s{d}", 30)
             index.add_pages(doc, [(i + 1, 10, 10, clustered_rows(80, seed=d * 100 + i, n_dirs=256)) for i in range(30)])
             index.finish_document(doc)
-        ann.ensure(index, index.snapshot(), save_to_disk=True)
+        index.writer.refresh_lists(force=True)
     rng = np.random.default_rng(0)
     with Index.open(tmp_path / "ix") as index:
         snap = index.snapshot()
         searcher = Searcher(index, retriever, exact_all_pages=0, nprobe=8, candidates=30)
-        found = 0
+        found = tolerant = 0
         for n in range(20):
             page = snap.pages[rng.integers(len(snap.pages))]
             rows = index.page_vectors(snap, page)[rng.choice(page.n_tokens, 20, replace=False)]
@@ -96,11 +95,14 @@ def test_centroid_stage_recall_on_clustered_pages(tmp_path, monkeypatch):
             assert (hits[0].file, hits[0].page) == (page.path, page.page_no)
             exact = maxsim([q], [index.page_vectors(snap, p) for p in snap.pages])[0]
             top = {(snap.pages[i].path, snap.pages[i].page_no): exact[i] for i in np.argsort(-exact)[:5]}
+            fifth = np.sort(exact)[-5]
+            tolerant += sum(h.score >= 0.99 * fifth for h in hits)
             for h in hits:  # a page found has its exact score
                 if (h.file, h.page) in top:
                     found += 1
-                    assert h.score == pytest.approx(top[(h.file, h.page)], rel=1e-6)
+                    assert h.score == pytest.approx(top[(h.file, h.page)], rel=1e-5, abs=1e-5)
         assert found >= 0.95 * 100  # recall@5
+        assert tolerant >= 0.99 * 100  # tie-tolerant recall@5
 
 
 def test_each_page_finds_itself(small_index):
@@ -125,75 +127,62 @@ def test_empty_index_and_bad_arguments(tmp_path):
             Searcher(index, retriever).search("   ")
 
 
-def test_indexer_keeps_the_centroid_cache_current(tmp_path, monkeypatch):
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 50)
+def test_indexer_keeps_the_page_lists_current(tmp_path, monkeypatch):
+    monkeypatch.setattr(coarse, "MIN_ROWS", 50)
+    monkeypatch.setattr("colrag.search.EXACT_ALL_PAGES", 0)  # lists are kept for indexes above this
     retriever = FakeRetriever()
     docs = tmp_path / "docs"
     make_pdf(docs / "a.pdf", 3, "a")
     with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
-        Indexer(index, retriever, ann_min_pages=0).run([docs])
-        cached = ann.load(index)
-        assert cached is not None and cached.generation == index.generation()
+        Indexer(index, retriever).run([docs])
+        lists = index.page_lists(index.snapshot())
+        assert lists is not None and lists.generation == index.generation()
         make_pdf(docs / "b.pdf", 2, "b")
-        Indexer(index, retriever, ann_min_pages=0).run([docs])
-        cached = ann.load(index)
+        Indexer(index, retriever).run([docs])
         snap = index.snapshot()
-        assert cached.generation == snap.generation and set(cached.page_ids.tolist()) == {p.id for p in snap.pages}
+        index.writer.refresh_lists(force=True)
+        lists = index.page_lists(index.snapshot())
+        assert lists.generation == snap.generation and set(lists.all_page_ids().tolist()) == {p.id for p in snap.pages}
     with Index.open(tmp_path / "ix") as index:
         hits = Searcher(index, retriever, exact_all_pages=0, candidates=2).search("b page 2", top_k=5)
         assert [(h.file, h.page) for h in hits] == [(h.file, h.page) for h in Searcher(index, retriever).search("b page 2", top_k=5)]
-    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
-        Indexer(index, retriever).run([docs])  # small by the default threshold: no cache kept
-        assert ann.load(index) is None
 
 
-def test_reader_with_a_stale_cache_sees_new_and_removed_pages(tmp_path, monkeypatch):
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 500)
+def test_reader_with_stale_lists_sees_new_and_removed_pages(tmp_path, monkeypatch):
+    """Pages removed since the lists were saved are filtered out at search time; pages added since are candidates."""
+    monkeypatch.setattr(coarse, "MIN_ROWS", 500)
     retriever = FakeRetriever()
     with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
         for d in range(4):
             doc = index.begin_document(f"/d{d}.pdf", 1, 1, f"s{d}", 5)
             index.add_pages(doc, [(i + 1, 10, 10, clustered_rows(60, seed=d * 10 + i, n_dirs=32)) for i in range(5)])
             index.finish_document(doc)
-        ann.ensure(index, index.snapshot(), save_to_disk=True)
+        index.writer.refresh_lists(force=True)
         new = clustered_rows(60, seed=999, n_dirs=32)
         doc = index.begin_document("/new.pdf", 1, 1, "n", 1)
         index.add_pages(doc, [(1, 10, 10, new)])
         index.finish_document(doc)
         index.remove_documents(["/d0.pdf"])
     with Index.open(tmp_path / "ix") as index:
+        snap = index.snapshot()
+        assert index.page_lists(snap).generation < snap.generation  # stale
         searcher = Searcher(index, retriever, exact_all_pages=0, candidates=3)
-        hits = searcher.search_vectors(index.page_vectors(index.snapshot(), index.snapshot().pages[-1]), top_k=20)
+        hits = searcher.search_vectors(index.page_vectors(snap, snap.pages[-1]), top_k=20)
         assert (hits[0].file, hits[0].page) == ("/new.pdf", 1)
         assert "/d0.pdf" not in {h.file for h in hits}
 
 
-@pytest.mark.parametrize("n_centroids, k", [(4096, 8), (4096, 1), (1000, 8), (256, 8)])
-def test_best_centroids_are_the_exact_top_k(n_centroids, k):
-    """Grouped selection (4096 = 64 groups), k = 1, a count that is no multiple of the group, too few groups."""
-    sim_t = np.random.default_rng(n_centroids + k).standard_normal((n_centroids, 25)).astype(np.float32)
-    ids, vals = best_centroids(sim_t, k)
-    assert ids.shape == vals.shape == (25, k)
-    want = np.argsort(-sim_t, axis=0)[:k].T  # (n_q, k)
-    assert [set(row) for row in ids.tolist()] == [set(row) for row in want.tolist()]
-    np.testing.assert_array_equal(vals, np.take_along_axis(sim_t.T, ids, axis=1))
-
-
-@pytest.mark.parametrize("workers", [1, 2, 3])
-def test_maxsim_int8_equals_maxsim_over_dequantized_rows(workers):
-    rng = np.random.default_rng(workers)
-    sizes = [1, 700, 2500, *rng.integers(1, 900, size=150).tolist()]  # one page larger than a block
-    pages = [quantize(rng.standard_normal((n, 128)).astype(np.float32)) for n in sizes]
-    q = rng.standard_normal((20, 128)).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    want = maxsim([q], [dequantize(p) for p in pages])[0]
-    got = maxsim_int8(q, pages, block_rows=2000, workers=workers)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert maxsim_int8(q, [], workers=workers).shape == (0,)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_results_do_not_depend_on_the_thread_count(small_index, threads):
+    path, retriever = small_index
+    with Index.open(path) as index:
+        base = [Searcher(index, retriever, exact_all_pages=0, candidates=16, threads=1).search(q, 10) for q in QUERIES]
+        got = [Searcher(index, retriever, exact_all_pages=0, candidates=16, threads=threads).search(q, 10) for q in QUERIES]
+    assert got == base
 
 
 def test_search_prefetches_the_pages_it_reranks(small_index, monkeypatch):
-    from colrag.store.vectors import SegmentReader
+    from colrag.store.segments import SegmentReader
 
     path, retriever = small_index
     asked = []

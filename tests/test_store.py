@@ -1,5 +1,5 @@
 """Index storage: manifest checks, visibility of commits, crash leftovers, integrity check, lock,
-int8 vectors, the codebook and its codes, the centroid inverted file."""
+SQ8 vectors in FAISS files, coarse centroids and each page's centroid ids, compaction."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 
 from colrag.errors import IndexStoreError
-from colrag.store import Index, RetrieverInfo
 from colrag.scoring import maxsim
-from colrag.store import ann
-from colrag.store import codebook as cb
+from colrag.store import Index, RetrieverInfo, coarse, faiss_io
+from colrag.store import segments as sg
 from colrag.store.index import MANIFEST_FILE
-from colrag.store.vectors import SEGMENTS_DIR, dequantize, quantize
+from colrag.store.segments import SEGMENTS_DIR, decode, encode, new_segment
 from tests.index_helpers import FakeRetriever, clustered_rows, make_pdf
 
 INFO = RetrieverInfo.of(FakeRetriever())
@@ -46,7 +45,7 @@ def test_manifest_records_identity_and_refuses_other_retriever(tmp_path):
     manifest = json.loads((tmp_path / "ix" / MANIFEST_FILE).read_text())
     assert manifest["retriever"] == {"bundle_id": INFO.bundle_id, "name": INFO.name}
     assert manifest["dim"] == 128 and manifest["max_pixels"] == INFO.max_pixels
-    assert manifest["schema_version"] == 2 and manifest["vector_dtype"] == "int8"
+    assert manifest["schema_version"] == 3 and manifest["vector_codec"].startswith("SQ8")
     assert {"target_pixels", "max_side"} <= set(manifest["render"]) and "colrag_version" in manifest
     other = RetrieverInfo("another", "other-model", 128, INFO.max_pixels)
     with pytest.raises(IndexStoreError, match="built with retriever"):
@@ -83,18 +82,16 @@ def test_version_1_index_is_refused_with_reindex_hint(tmp_path):
             opener()
 
 
-def test_int8_rows_drift_from_fp32(tmp_path):
-    """Stored int8 rows vs the fp32 input: per-element error, MaxSim error, ranking."""
+def test_sq8_rows_drift_from_fp32():
+    """Stored SQ8 codes vs the fp32 input: per-element error, MaxSim error, ranking."""
     pages = [clustered_rows(200, seed=i, n_dirs=64) for i in range(40)]
-    q8 = [quantize(p) for p in pages]
-    deq = [dequantize(q) for q in q8]
-    for p, q, d in zip(pages, q8, deq):
-        assert q.dtype == np.int8 and (np.abs(q.astype(int)).max(axis=1) == 127).all()
-        np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
-        assert np.abs(d - p).max() < 4e-3  # half a quantization step of the largest coordinate, renormalised
+    codec = new_segment(128)
+    dec = [decode(encode(codec, p)) for p in pages]
+    for p, d in zip(pages, dec):
+        assert np.abs(d - p).max() <= 1 / 255 + 1e-6  # half a step of 2/255
     queries = [clustered_rows(25, seed=1000 + i, n_dirs=64) for i in range(10)]
-    exact, approx = maxsim(queries, pages), maxsim(queries, deq)
-    assert np.abs(approx - exact).max() < 5e-3 * 25  # < 0.005 per query token
+    exact, approx = maxsim(queries, pages), maxsim(queries, dec)
+    assert np.abs(approx - exact).max() < 0.01 * 25  # < 0.01 per query token
     assert (np.argsort(-exact, axis=1)[:, :5] == np.argsort(-approx, axis=1)[:, :5]).mean() >= 0.9
 
 
@@ -137,35 +134,39 @@ def test_reader_reuses_its_snapshot_until_the_generation_moves(tmp_path):
         assert index.snapshot() is not index.snapshot()  # a writer always reads afresh
 
 
-def test_uncommitted_tail_is_ignored_then_truncated(tmp_path):
+def test_uncommitted_versions_are_ignored_then_deleted(tmp_path):
     with Index.open_writer(tmp_path / "ix", INFO) as index:
         add_doc(index, "/a.pdf", 2)
-    seg = next((tmp_path / "ix" / SEGMENTS_DIR).iterdir())
-    committed = seg.stat().st_size
-    with open(seg, "ab") as f:  # what a writer killed between append and commit leaves behind
-        f.write(b"\x13" * 1000)
-    (tmp_path / "ix" / SEGMENTS_DIR / "seg-000099.i8").write_bytes(b"\0" * 512)
+    folder = tmp_path / "ix" / SEGMENTS_DIR
+    (committed,) = folder.iterdir()
+    leftovers = [folder / "seg-000001-v000099.faiss", folder / ".seg-000001-v000100.faiss.tmp", folder / "seg-000002-v000001.faiss"]
+    for f in leftovers:  # what a writer killed between writing a version and committing it leaves behind
+        f.write_bytes(b"\0" * 512)
     with Index.open(tmp_path / "ix") as reader:
         report = reader.check()
-        assert report.ok and any("tail" in n for n in report.notes)
+        assert report.ok and sum("unreferenced" in n for n in report.notes) == 3
         assert len(reader.snapshot().pages) == 2
     with Index.open_writer(tmp_path / "ix", INFO) as index:
-        assert seg.stat().st_size == committed
-        assert not (tmp_path / "ix" / SEGMENTS_DIR / "seg-000099.i8").exists()
+        assert sorted(folder.iterdir()) == [committed]
         add_doc(index, "/b.pdf", 1)
         assert index.check().ok and not index.check().notes
+        (current,) = folder.iterdir()
+        assert current.name == "seg-000001-v000002.faiss"  # one more commit: b.pdf's pages
 
 
 def test_check_finds_damage(tmp_path):
     with Index.open_writer(tmp_path / "ix", INFO) as index:
         add_doc(index, "/a.pdf", 2)
-    seg = next((tmp_path / "ix" / SEGMENTS_DIR).iterdir())
+    (seg,) = (tmp_path / "ix" / SEGMENTS_DIR).iterdir()
     data = seg.read_bytes()
     seg.write_bytes(data[: len(data) // 2])
     with Index.open(tmp_path / "ix") as reader:
         report = reader.check()
-        assert not report.ok and "bytes" in report.problems[0]
-    seg.write_bytes(b"\0" * len(data))  # right size, zeroed vectors
+        assert not report.ok and "damaged" in report.problems[0]
+    zeros = new_segment(128)
+    zeros.add_sa_codes(np.full((11, 128), 127, dtype=np.uint8))  # a valid file of near-zero vectors
+    seg.unlink()
+    faiss_io.write_index(zeros, seg.parent, seg.name)
     with Index.open(tmp_path / "ix") as reader:
         assert any("unit vector" in p for p in reader.check().problems)
 
@@ -202,33 +203,42 @@ def add_clustered(index: Index, path: str, n_pages: int, seed: int, tokens: int 
     return doc
 
 
-def test_codebook_starts_with_backfilled_codes(tmp_path, monkeypatch):
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 1000)
-    monkeypatch.setattr("colrag.store.vectors.SEGMENT_MAX_BYTES", 300 * 128)  # several segments
+def page_sets(index: Index) -> dict[int, np.ndarray]:
+    from colrag.store import catalog as cat
+
+    return {pid: None if blob is None else coarse.unpack(blob) for pid, blob in cat.visible_page_centroids(index.conn)}
+
+
+def test_coarse_centroids_start_with_every_page_assigned(tmp_path, monkeypatch):
+    monkeypatch.setattr(coarse, "MIN_ROWS", 1000)
+    monkeypatch.setattr(sg, "SEGMENT_MAX_ROWS", 300)  # several segments
+    monkeypatch.setattr("colrag.store.writer.SEGMENT_MAX_ROWS", 300)
     with Index.open_writer(tmp_path / "ix", INFO) as index:
-        add_clustered(index, "/a.pdf", 10, seed=1)  # 600 rows: no codebook yet
-        snap = index.snapshot()
-        assert snap.codebook is None and not list((tmp_path / "ix" / SEGMENTS_DIR).glob("*.codes"))
-        add_clustered(index, "/b.pdf", 10, seed=2)  # 1,200 rows: centroids trained, earlier rows coded
+        add_clustered(index, "/a.pdf", 10, seed=1)  # 600 rows: no centroids yet
+        assert index.snapshot().coarse is None and set(page_sets(index).values()) == {None}
+        assert not list((tmp_path / "ix" / SEGMENTS_DIR).glob("coarse-*"))
+        add_clustered(index, "/b.pdf", 10, seed=2)  # 1,200 rows: centroids trained, earlier pages assigned
         add_clustered(index, "/c.pdf", 5, seed=3)
         snap = index.snapshot()
-        book = index.codebook(snap)
-        assert snap.codebook["coarse"] * snap.codebook["fine"] == book.n_centroids == cb.sizes(1200)[0] * cb.sizes(1200)[1]
+        quantizer = index.coarse_quantizer(snap)
+        assert snap.coarse["n_centroids"] == quantizer.ntotal == coarse.n_centroids(1200)
         assert len(snap.segments) > 2 and index.check().ok
-        for page in snap.pages:  # every row's code is its centroid under the tree assignment
-            np.testing.assert_array_equal(index.page_codes(snap, page), book.assign(index.page_vectors(snap, page)))
+        sets = page_sets(index)
+        for page in snap.pages:  # every page's centroids are FAISS's assignment of its stored tokens
+            want = np.unique(coarse.assign(quantizer, index.page_vectors(snap, page)))
+            np.testing.assert_array_equal(sets[page.id], want)
         stats = index.stats()
-        assert stats["vector_bytes"] == stats["tokens"] * (128 + 2) and stats["centroids"] == book.n_centroids
+        assert stats["vector_bytes"] == stats["tokens"] * 128 and stats["centroids"] == quantizer.ntotal
 
 
-def test_failed_first_codebook_commit_leaves_no_codes(tmp_path, monkeypatch):
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 1000)
+def test_failed_first_coarse_commit_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(coarse, "MIN_ROWS", 1000)
     with Index.open_writer(tmp_path / "ix", INFO) as index:
         add_clustered(index, "/a.pdf", 10, seed=1)
         doc = index.begin_document("/b.pdf", 1, 1, "sha-b", 10)
         real = index.conn
 
-        class Failing:  # the transaction recording the pages (and the codebook) fails
+        class Failing:  # the transaction recording the pages (and the centroids) fails
             def execute(self, sql, *args):
                 if sql.startswith("INSERT OR REPLACE INTO meta"):
                     raise sqlite3.OperationalError("disk I/O error")
@@ -242,55 +252,42 @@ def test_failed_first_codebook_commit_leaves_no_codes(tmp_path, monkeypatch):
             index.add_pages(doc, [(i + 1, 10, 10, clustered_rows(60, seed=50 + i, n_dirs=32)) for i in range(10)])
         index.conn = real
         folder = tmp_path / "ix" / SEGMENTS_DIR
-        assert not list(folder.glob("*.codes")) and not (folder / cb.CODEBOOK_FILE).exists()
-        assert index.snapshot().codebook is None and index.check().ok
+        assert [f.name for f in folder.iterdir()] == [index.snapshot().segments[1][0]]  # no coarse file, no new version
+        assert index.snapshot().coarse is None and index.check().ok
         index.add_pages(doc, [(i + 1, 10, 10, clustered_rows(60, seed=50 + i, n_dirs=32)) for i in range(10)])
         index.finish_document(doc)
-        assert index.snapshot().codebook is not None and index.check().ok
+        assert index.snapshot().coarse is not None and index.check().ok
 
 
-def test_uncommitted_codes_tail_is_truncated(tmp_path, monkeypatch):
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 500)
-    with Index.open_writer(tmp_path / "ix", INFO) as index:
-        add_clustered(index, "/a.pdf", 10, seed=1)
-    folder = tmp_path / "ix" / SEGMENTS_DIR
-    (codes,) = folder.glob("*.codes")
-    size = codes.stat().st_size
-    with open(codes, "ab") as f:
-        f.write(b"\xff" * 100)
-    with Index.open(tmp_path / "ix") as reader:
-        assert reader.check().ok
-    with Index.open_writer(tmp_path / "ix", INFO) as index:
-        assert codes.stat().st_size == size == 600 * 2
-        codes.write_bytes(codes.read_bytes()[:-2])
-        assert any("codes" in p for p in index.check().problems)
-
-
-def test_centroid_ivf_builds_saves_and_goes_stale(tmp_path, monkeypatch):
-    monkeypatch.setattr(cb, "CODEBOOK_MIN_ROWS", 500)
+def test_compaction_reclaims_removed_pages_and_keeps_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setattr(coarse, "MIN_ROWS", 500)
     with Index.open_writer(tmp_path / "ix", INFO) as index:
         for d in range(4):
             add_clustered(index, f"/d{d}.pdf", 5, seed=d)
         snap = index.snapshot()
-        ivf = ann.ensure(index, snap, save_to_disk=True)
-        assert ivf.generation == snap.generation and ivf.page_ids.tolist() == [p.id for p in snap.pages]
-        for pos, page in enumerate(snap.pages):  # each page is on the list of exactly its centroids
-            have = {c for c in range(ivf.n_centroids) if pos in set(ivf.pages_of(c).tolist())}
-            assert have == set(index.page_codes(snap, page).tolist())
-        loaded = ann.load(index)
-        assert loaded.generation == snap.generation
-        np.testing.assert_array_equal(loaded.entries, ivf.entries)
-        np.testing.assert_array_equal(loaded.offsets, ivf.offsets)
-        add_clustered(index, "/d9.pdf", 2, seed=9)
-        assert ann.load(index).generation < index.generation()  # stale until refreshed
-        fresh = ann.ensure(index, index.snapshot(), save_to_disk=True)
-        assert fresh.generation == index.generation() and len(fresh.page_ids) == 22
-        assert [f.name for f in (tmp_path / "ix" / ann.ANN_DIR).iterdir()].count(ann.STATE_FILE) == 1
-        assert len(list((tmp_path / "ix" / ann.ANN_DIR).iterdir())) == 4  # old generation's files deleted
+        keep = {(p.path, p.page_no): index.page_vectors(snap, p).copy() for p in snap.pages if p.path != "/d1.pdf"}
+        index.remove_documents(["/d1.pdf"])
+        add_clustered(index, "/d2.pdf", 5, seed=7)  # a new version: the old one's rows are dead too
+        keep = {k: v for k, v in keep.items() if k[0] != "/d2.pdf"}
+        before = index.stats()
+        assert before["dead_vector_bytes"] == 10 * 60 * 128
+        with Index.open(tmp_path / "ix") as reader:  # a reader holding the old files keeps working
+            old_snap = reader.snapshot()
+            result = index.compact()
+            assert [p.path for p in reader.snapshot().pages] != [] and old_snap.generation < reader.generation()
+        assert result["vector_bytes_after"] == result["vector_bytes_before"] - 10 * 60 * 128
+        stats = index.stats()
+        assert stats["dead_vector_bytes"] == 0 and stats["pages"] == 15 and index.check().ok
+        snap = index.snapshot()
+        for p in snap.pages:
+            if (p.path, p.page_no) in keep:
+                np.testing.assert_array_equal(index.page_vectors(snap, p), keep[(p.path, p.page_no)])
+        add_clustered(index, "/d9.pdf", 1, seed=9)  # writing goes on after a compaction
+        assert index.check().ok and len(index.snapshot().pages) == 16
 
 
-def test_kill_9_while_writing_codes_then_resume(tmp_path):
-    """The kill -9 test with a codebook: rows and codes become visible only with their commit."""
+def test_kill_9_while_writing_with_centroids_then_resume(tmp_path):
+    """The kill -9 test with coarse centroids: rows and centroid ids become visible only with their commit."""
     docs = tmp_path / "docs"
     make_pdf(docs / "a.pdf", 4, "a")
     make_pdf(docs / "b.pdf", 6, "b")
@@ -312,7 +309,7 @@ def test_kill_9_while_writing_codes_then_resume(tmp_path):
     with Index.open(tmp_path / "ix") as index:
         report = index.check()
         assert report.ok, report.problems
-        assert index.snapshot().codebook is not None  # a.pdf (4 x 24 rows) passed the threshold
+        assert index.snapshot().coarse is not None  # a.pdf (4 x 24 rows) passed the threshold
     cmd = cmd[:-4] + ["--codebook-rows", "60"]
     done = subprocess.run(cmd, cwd=env["PYTHONPATH"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -320,28 +317,26 @@ def test_kill_9_while_writing_codes_then_resume(tmp_path):
         assert index.check().ok
         snap = index.snapshot()
         assert len(snap.pages) == 10
-        book = index.codebook(snap)
+        quantizer, sets = index.coarse_quantizer(snap), page_sets(index)
         for page in snap.pages:
-            np.testing.assert_array_equal(index.page_codes(snap, page), book.assign(index.page_vectors(snap, page)))
+            np.testing.assert_array_equal(sets[page.id], np.unique(coarse.assign(quantizer, index.page_vectors(snap, page))))
 
 
-def test_willneed_advises_page_aligned_spans_of_the_mapping():
+def test_willneed_advises_page_aligned_spans(monkeypatch):
     import mmap
-
-    from colrag.store.vectors import willneed
 
     calls = []
 
-    class FakeMapping(bytearray):  # stands in for mmap.mmap: a buffer with madvise
-        def madvise(self, *args):
-            calls.append(args)
+    class Libc:
+        class madvise_fn:
+            argtypes: list = []
 
-    class Mapped(np.ndarray):
-        pass
+            def __call__(self, start, length, advice):
+                calls.append((start, length, advice))
 
-    mapping = FakeMapping(4 * mmap.PAGESIZE)
-    arr = np.frombuffer(mapping, dtype=np.uint8)[128:].view(Mapped)  # data starts 128 bytes into the mapping, like an .npy
-    arr._mmap = mapping
-    willneed(arr, [(mmap.PAGESIZE + 10, 100), (0, 8)])
-    assert calls == [(mmap.MADV_WILLNEED, mmap.PAGESIZE, 128 + 10 + 100), (mmap.MADV_WILLNEED, 0, 128 + 8)]
-    willneed(np.zeros(10), [(0, 10)])  # an array in memory: nothing to advise, no error
+        madvise = madvise_fn()
+
+    monkeypatch.setattr(faiss_io, "_LIBC", [Libc()])
+    faiss_io.willneed(3 * mmap.PAGESIZE + 10, 100)
+    faiss_io.willneed(5, 0)  # nothing to advise
+    assert calls == [(3 * mmap.PAGESIZE, 110, mmap.MADV_WILLNEED)]
