@@ -18,7 +18,7 @@ answer) or 20 noisy popular concepts (random queries, no right answer).
 
 Latency is Searcher.search_vectors (after the query is embedded), warm (the index is
 opened once, every query searched once untimed, then `--runs` timed times). Recall@5 compares the
-returned top 5 with exact brute-force MaxSim over every stored (dequantized) vector.
+returned top 5 with exact brute-force MaxSim over every stored (decoded) vector.
 Open time is measured in a new process: import + Index.open + Searcher + the first
 search (which loads the snapshot and the inverted file). Cold searches: 8 queries in a
 new process right after the index's files were dropped from the page cache
@@ -42,8 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from colrag.search import Searcher  # noqa: E402
-from colrag.store import Index, RetrieverInfo, ann  # noqa: E402
-from colrag.store.vectors import dequantize  # noqa: E402
+from colrag.store import Index, RetrieverInfo  # noqa: E402
 
 DIM = 128
 IMAGE_TOKENS = 768
@@ -118,7 +117,7 @@ def build(n_pages: int, folder: Path, synth: Synth) -> dict:
             index.finish_document(doc)
             print(f"  {first + n}/{n_pages} pages, {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         t1 = time.perf_counter()
-        ann.ensure(index, index.snapshot(), save_to_disk=True)
+        index.writer.refresh_lists(force=True)
         ivf_s = time.perf_counter() - t1
     return {"build_s": time.perf_counter() - t0, "ivf_build_s": ivf_s, "max_rss_mb": _rss_mb()}
 
@@ -143,7 +142,7 @@ def make_queries(index: Index, synth: Synth, n: int) -> tuple[list[np.ndarray], 
 
 
 def exact_top(index: Index, queries: list[np.ndarray], k: int = 5) -> list[list[tuple[str, int, float]]]:
-    """Brute-force MaxSim of every query against every stored page (dequantized), top k with scores.
+    """Brute-force MaxSim of every query against every stored page (decoded), top k with scores.
 
     All queries at once, 16 pages at a time (bounded memory), over the same stored rows."""
     snap = index.snapshot()
@@ -153,7 +152,7 @@ def exact_top(index: Index, queries: list[np.ndarray], k: int = 5) -> list[list[
     step = 16
     for start in range(0, len(snap.pages), step):
         block = snap.pages[start : start + step]
-        rows = dequantize(np.concatenate([index.page_rows(snap, p) for p in block]))  # (n, dim)
+        rows = np.concatenate([index.page_vectors(snap, p) for p in block])  # (n, dim), decoded as FAISS does
         sim = q_all @ rows.T  # (sum n_q, n)
         p_starts = np.cumsum([0] + [p.n_tokens for p in block[:-1]])
         per_page = np.maximum.reduceat(sim, p_starts, axis=1)  # (sum n_q, len(block))
@@ -217,18 +216,16 @@ def cold_searches(folder: Path, queries_file: Path) -> list[float] | None:
 
 
 def disk_breakdown(folder: Path) -> dict:
-    parts = {"vectors": 0, "codes": 0, "codebook": 0, "ivf": 0, "catalog": 0, "other": 0}
+    parts = {"vectors": 0, "codes": 0, "codebook": 0, "ivf": 0, "catalog": 0, "other": 0}  # FAISS: seg / -, coarse, lists
     for p in folder.rglob("*"):
         if not p.is_file():
             continue
         size = p.stat().st_size
-        if p.suffix == ".i8":
+        if p.name.startswith("seg-"):
             parts["vectors"] += size
-        elif p.suffix == ".codes":
-            parts["codes"] += size
-        elif p.name == "codebook.npy":
+        elif p.name.startswith("coarse-"):
             parts["codebook"] += size
-        elif p.parent.name == "ann":
+        elif p.name.startswith("lists-"):
             parts["ivf"] += size
         elif p.name.startswith("catalog.sqlite"):
             parts["catalog"] += size
@@ -245,7 +242,9 @@ def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candid
     complete = False
     if (folder / "manifest.json").is_file():
         with Index.open(folder) as ix:
-            complete = len(ix.snapshot().pages) == n_pages and ann.load(ix) is not None and ann.load(ix).generation == ix.generation()
+            snap = ix.snapshot()
+            lists = ix.page_lists(snap)
+            complete = len(snap.pages) == n_pages and lists is not None and lists.generation == snap.generation
     if not complete:
         print(f"building {n_pages} pages in {folder}", file=sys.stderr, flush=True)
         with_build = build(n_pages, folder, synth)
@@ -254,7 +253,7 @@ def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candid
     kwargs = {k: v for k, v in (("nprobe", nprobe), ("candidates", candidates)) if v is not None}
     with Index.open(folder) as index:
         queries, kinds = make_queries(index, synth, n_queries)
-        truth_file = folder.parent / f"{n_pages}.truth.{n_queries}.v2.json"
+        truth_file = folder.parent / f"{n_pages}.truth.{n_queries}.v3.json"
         if truth_file.is_file():
             truth = [[(f, p, s) for f, p, s in row] for row in json.loads(truth_file.read_text())]
         else:

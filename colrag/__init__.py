@@ -4,11 +4,13 @@ Public API (imported lazily so `import colrag` stays cheap):
     colrag.Retriever   ColQwen2 page/query multi-vectors on onnxruntime
     colrag.Generator   Qwen2-VL answers on onnxruntime
     colrag.maxsim      late-interaction scores
+    colrag.open_index  store and search page vectors without a model (colrag.api)
+    colrag.Hit         a search result: file, page (1-based), score
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Retriever", "Generator", "maxsim", "__version__"]
+__all__ = ["Generator", "Hit", "Retriever", "__version__", "maxsim", "open_index"]
 
 
 def __getattr__(name):
@@ -20,6 +22,10 @@ def __getattr__(name):
         from .generator import Generator
 
         return Generator
+    if name in ("open_index", "Hit"):
+        from . import api
+
+        return getattr(api, name)
     if name == "maxsim":
         from .scoring import maxsim
 

@@ -27,7 +27,6 @@ REQUIRED_MODULES = (
     ("PIL", "images", "pillow"),
     ("pymupdf", "PDF rendering", "pymupdf"),
     ("tokenizers", "tokenization", "tokenizers"),
-    ("faiss", "candidate search", "faiss-cpu"),
 )
 INSTALL_MODULES = (("huggingface_hub", "downloads"), ("torch", "export"), ("transformers", "export"), ("onnx", "export"))
 
@@ -93,6 +92,40 @@ def check_module(module: str, purpose: str, package: str) -> Check:
     except Exception as exc:
         return Check(module, FAIL, f"cannot import ({purpose}): {_first_line(exc)}", f"pip install {package}")
     return Check(module, OK, _version(mod) or "imported")
+
+
+def check_faiss() -> Check:
+    """FAISS loads and does what the index asks of it, with pymupdf loaded too: an SQ8 segment written,
+    memory-mapped and decoded; k-means through an IVF index's train; a page-lists file read back."""
+    import tempfile
+
+    import numpy as np
+    import pymupdf  # noqa: F401  (loaded first, as `colrag index` does: faiss's Python k-means breaks then)
+
+    from .store import coarse, faiss_io, lists
+    from .store import segments as sg
+
+    faiss = faiss_io.faiss_module()
+    rng = np.random.default_rng(0)
+    x = sg.unit_rows(rng.standard_normal((2048, 16)))
+    with tempfile.TemporaryDirectory(prefix="colrag-doctor-") as tmp:
+        folder = Path(tmp)
+        seg = sg.SegmentWriter(folder, 16, 1, 0, None, 0)
+        seg.append(x)
+        seg.write()
+        seg.committed()
+        codes = sg.SegmentReader(folder, 16).rows(sg.segment_name(1, 1), len(x))
+        if np.abs(sg.decode(codes) - x).max() > 1 / 255 + 1e-6:
+            return Check("faiss", FAIL, "SQ8 vectors do not decode to what was stored", "pip install --force-reinstall faiss-cpu")
+        quantizer = coarse.train(x)
+        ids = coarse.assign(quantizer, x[:64])
+        if not np.array_equal(ids, np.argmax(x[:64] @ coarse.centroids(quantizer).T, axis=1)):
+            return Check("faiss", FAIL, "the coarse quantizer assigns rows to the wrong centroids", "pip install --force-reinstall faiss-cpu")
+        faiss_io.write_index(lists.build(int(quantizer.ntotal), np.array([7]), [np.unique(ids)]), folder, lists.lists_name(1))
+        page_lists = lists.PageLists(faiss_io.read_index(folder, lists.lists_name(1), mmap="lists"), 1)
+        if page_lists.all_page_ids().tolist() != [7]:
+            return Check("faiss", FAIL, "a page-lists file does not read back", "pip install --force-reinstall faiss-cpu")
+    return Check("faiss", OK, f"{_version(faiss)}: SQ8 vectors, k-means, page lists work ({faiss.omp_get_max_threads()} threads)")
 
 
 def check_extras(bundles_ok: bool) -> Check:
@@ -212,6 +245,7 @@ def run_checks(*, models_dir: str | os.PathLike | None = None, index: str | os.P
     checks = [_guard("python", check_python), _guard("onnxruntime", check_onnxruntime),
               _guard("backend", lambda: check_backend(backend, precision))]
     checks += [_guard(m, lambda m=m, p=p, k=k: check_module(m, p, k)) for m, p, k in REQUIRED_MODULES]
+    checks.append(_guard("faiss", check_faiss))
     home = colrag_home()
     checks.append(Check("home", OK, f"{home} (set COLRAG_HOME to move it)"))
     rdir, gdir = retriever_dir(None, models_dir), generator_dir(None, models_dir)

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -147,3 +148,24 @@ def test_unreadable_catalog_fails_with_a_rebuild_hint(home, tmp_path):
             file.write_bytes(b"not a database" * 100)
     check = {c.name: c for c in run_checks()}["index"]
     assert check.status == FAIL and "cannot be read" in check.detail and "colrag index DIR" in check.fix
+
+
+def test_faiss_is_checked_by_using_it(home, monkeypatch):
+    """doctor's faiss line is ok only when FAISS loads and does the index's work (SQ8 vectors, k-means, page lists)."""
+    check = {c.name: c for c in run_checks()}["faiss"]
+    assert check.status == OK and "k-means" in check.detail
+    from colrag.errors import IndexStoreError
+    from colrag.store import faiss_io
+
+    def missing():
+        raise IndexStoreError("faiss is not installed (it stores and searches the vectors): pip install faiss-cpu")
+
+    monkeypatch.setattr(faiss_io, "faiss_module", missing)
+    check = {c.name: c for c in run_checks()}["faiss"]
+    assert check.status == FAIL and "faiss" in check.detail
+    monkeypatch.undo()
+    from colrag.store import coarse
+
+    monkeypatch.setattr(coarse, "assign", lambda quantizer, x: np.zeros(len(x), dtype=np.int64))  # a broken assignment
+    check = {c.name: c for c in run_checks()}["faiss"]
+    assert check.status == FAIL and "wrong centroids" in check.detail

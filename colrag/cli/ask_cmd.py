@@ -68,22 +68,17 @@ def _retrieve(question: str, n_pages: int, index: Optional[str], models_dir, ret
     from ..errors import IndexStoreError
     from ..paths import index_dir, retriever_dir
     from ..retriever import Retriever
-    from ..search import Searcher
-    from ..store import Index, RetrieverInfo
-    from ..store.index import check_retriever
+    from ..api import open_index
+    from ..store.manifest import check_no_retriever
 
     target = index_dir(index)
-    with Index.open(target) as idx:
-        if not idx.snapshot().pages:
+    with open_index(target, readonly=True, threads=threads) as ix:
+        check_no_retriever(target, ix.index.manifest)
+        if not ix.index.snapshot().pages:
             raise IndexStoreError(f"index {target} has no pages yet: run `colrag index DIR` first")
         bundle = _require_bundle(retriever_dir(retriever, models_dir), "retriever", "--retriever")
-        if threads:
-            import faiss
-
-            faiss.omp_set_num_threads(threads)
         model = Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
-        check_retriever(target, idx.manifest, RetrieverInfo.of(model))
-        hits = Searcher(idx, model).search(question, n_pages)
+        hits = ix.search_text(question, model, n_pages)
     del model
     gc.collect()  # the generator needs the memory more
     return hits

@@ -36,7 +36,8 @@ def check_threads_option(value: Optional[int]) -> Optional[int]:
 
 
 THREADS_OPTION = typer.Option(
-    None, "--threads", min=1, callback=check_threads_option, help="CPU threads for onnxruntime and FAISS \\[default: OMP_NUM_THREADS, else all cores].",
+    None, "--threads", min=1, callback=check_threads_option,
+    help="CPU threads for onnxruntime, FAISS and the rerank \[default: OMP_NUM_THREADS, else all cores]; results do not depend on it.",
 )
 
 
@@ -54,7 +55,7 @@ def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threa
             f"no retriever bundle at {bundle}: run `colrag models install`, or "
             f"`colrag models export retriever SRC --out {bundle}` (or pass --retriever DIR)"
         )
-    if threads:
+    if threads:  # FAISS's OpenMP threads for indexing (centroid assignment); searches set theirs per call
         import faiss
 
         faiss.omp_set_num_threads(threads)
@@ -196,11 +197,10 @@ def search_cmd(
     password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted PDFs (for --explain, which re-renders pages)."),
 ) -> None:
     """Rank the indexed pages for a query by late-interaction (MaxSim) score."""
+    from ..api import open_index
     from ..errors import IndexStoreError
     from ..paths import index_dir
-    from ..search import Searcher
-    from ..store import Index, RetrieverInfo
-    from ..store.index import check_retriever
+    from ..store.manifest import check_no_retriever
 
     if _is_qdrant(index):  # docs/SCALE.md
         from .scale_cmd import qdrant_search
@@ -209,12 +209,13 @@ def search_cmd(
         load_args = (retriever, models_dir, threads, backend, precision)
         return qdrant_search(index, query, top_k, as_json, _load_retriever, load_args)
     target = index_dir(index)
-    with Index.open(target) as idx:
+    with open_index(target, readonly=True, threads=threads) as ix:
+        idx = ix.index
+        check_no_retriever(target, idx.manifest)
         if not idx.snapshot().pages:
             raise IndexStoreError(f"index {target} has no pages yet: run `colrag index DIR` first")
         model = _load_retriever(retriever, models_dir, threads, backend, precision)
-        check_retriever(target, idx.manifest, RetrieverInfo.of(model))
-        hits = Searcher(idx, model).search(query, top_k)
+        hits = ix.search_text(query, model, top_k)
         if explain:
             for rank, hit in enumerate(hits, 1):
                 path = _explain_hit(idx, model, query, hit, explain_dir / f"explain-{rank}-{Path(hit.file).stem}-p{hit.page}.png", password)
@@ -274,7 +275,10 @@ def status_cmd(
         typer.echo(f"retriever  {printable(r.get('name'))} ({r.get('bundle_id')})")
         typer.echo(f"documents  {stats['documents']} ({stats['failed_documents']} failed, {stats['documents_in_progress']} interrupted)")
         typer.echo(f"pages      {stats['pages']} ({stats['failed_pages']} failed)")
-        typer.echo(f"on disk    {_human_bytes(stats['bytes_on_disk'])} (dead vectors {_human_bytes(stats['dead_vector_bytes'])})")
+        typer.echo(
+            f"on disk    {_human_bytes(stats['bytes_on_disk'])} (dead vectors {_human_bytes(stats['dead_vector_bytes'])}: "
+            "removed or replaced pages, reclaimed by `colrag compact`, or automatically past a quarter of the vectors)"
+        )
         for f in stats["failed"]:
             typer.echo(f"failed     {printable(f['path'])}: {printable(f['error'])}")
         for f in stats["page_failures"]:
@@ -309,3 +313,21 @@ def remove_cmd(
     if not removed:
         typer.echo("nothing to remove: no indexed file matches", err=True)
         raise typer.Exit(1)
+
+
+@app.command("compact")
+def compact_cmd(
+    index: Optional[str] = INDEX_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print {vector_bytes_before, vector_bytes_after} as JSON."),
+) -> None:
+    """Reclaim the space of removed and replaced pages' vectors (searches keep working meanwhile)."""
+    from ..paths import index_dir
+    from ..store import Index
+
+    with Index.open_writer(index_dir(index), None) as idx:
+        result = idx.compact()
+        idx.refresh()
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"vectors: {_human_bytes(result['vector_bytes_before'])} -> {_human_bytes(result['vector_bytes_after'])}")

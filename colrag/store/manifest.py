@@ -110,13 +110,18 @@ def _check_manifest(manifest: dict[str, Any], file: Path) -> None:
     need(all(_is_int(v) and v > 0 for v in render.values()), "'render' values must be positive integers")
 
 
-def check_retriever(path: Path, manifest: dict[str, Any], info: RetrieverInfo) -> None:
-    built = manifest.get("retriever")
-    if built is None:
+def check_no_retriever(path: Path, manifest: dict[str, Any]) -> None:
+    """One sentence for a text query on an index of precomputed vectors (before any model loads)."""
+    if manifest.get("retriever") is None:
         raise IndexStoreError(
             f"index {path} holds precomputed vectors (created with colrag.open_index, no retriever), so it cannot "
             "embed a text query: search it from Python with colrag.open_index(...).search(query_vectors)"
         )
+
+
+def check_retriever(path: Path, manifest: dict[str, Any], info: RetrieverInfo) -> None:
+    check_no_retriever(path, manifest)
+    built = manifest["retriever"]
     if built.get("bundle_id") != info.bundle_id:
         raise IndexStoreError(
             f"index {path} was built with retriever {built.get('name')!r} (bundle {built.get('bundle_id')}), "
