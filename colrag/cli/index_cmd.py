@@ -37,7 +37,7 @@ def check_threads_option(value: Optional[int]) -> Optional[int]:
 
 THREADS_OPTION = typer.Option(
     None, "--threads", min=1, callback=check_threads_option,
-    help="CPU threads for onnxruntime, FAISS and the rerank \[default: OMP_NUM_THREADS, else all cores]; results do not depend on it.",
+    help="CPU threads for onnxruntime, FAISS and the rerank \\[default: OMP_NUM_THREADS, else all cores]; results do not depend on it.",
 )
 
 
