@@ -52,8 +52,8 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one-thread BLAS, as colrag's search path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
+import faiss
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,8 +61,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_search as bs  # noqa: E402
 
-from colrag.search import best_centroids  # noqa: E402
-from colrag.store.vectors import dequantize, quantize  # noqa: E402
 
 DIM = 128
 TOKENS = bs.IMAGE_TOKENS + bs.TEXT_TOKENS
@@ -70,6 +68,18 @@ N_TOPICS = 256
 CONCEPTS_PER_TOPIC = 16
 TRAIN_ROWS = 1 << 18
 TIE = 0.01
+
+
+def quantize(x: np.ndarray) -> np.ndarray:
+    """Schema 2's int8 rows: each row scaled so that max |x| -> 127."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.rint(x * (127.0 / np.abs(x).max(axis=1, keepdims=True))).astype(np.int8)
+
+
+def dequantize(q: np.ndarray) -> np.ndarray:
+    """Schema 2's decode: the int8 row, renormalised (x = q / ||q||)."""
+    x = np.asarray(q, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -82,7 +92,9 @@ class Topics:
     def __init__(self, seed: int = 1):
         rng = np.random.default_rng(seed)
         centres = _unit(rng.standard_normal((N_TOPICS, DIM)))
-        self.concepts = _unit(centres[:, None, :] + 0.9 * _unit(rng.standard_normal((N_TOPICS, CONCEPTS_PER_TOPIC, DIM))))
+        self.concepts = _unit(
+            centres[:, None, :] + 0.9 * _unit(rng.standard_normal((N_TOPICS, CONCEPTS_PER_TOPIC, DIM)))
+        )
         w = 1.0 / np.arange(1, N_TOPICS + 1) ** 0.5
         self.popularity = w / w.sum()
         self.prompt = _unit(rng.standard_normal((bs.TEXT_TOKENS, DIM)))
@@ -99,7 +111,9 @@ class Topics:
             tw = rng.dirichlet(np.full(k, 1.0))
             t_of = rng.choice(k, size=bs.IMAGE_TOKENS, p=tw)
             c_of = rng.integers(0, CONCEPTS_PER_TOPIC, size=bs.IMAGE_TOKENS)
-            centres = _unit(self.concepts[topics] + 0.05 * rng.standard_normal((k, CONCEPTS_PER_TOPIC, DIM)).astype(np.float32))
+            centres = _unit(
+                self.concepts[topics] + 0.05 * rng.standard_normal((k, CONCEPTS_PER_TOPIC, DIM)).astype(np.float32)
+            )
             image = centres[t_of, c_of] + 0.06 * rng.standard_normal((bs.IMAGE_TOKENS, DIM)).astype(np.float32)
             text = self.prompt + 0.01 * rng.standard_normal((bs.TEXT_TOKENS, DIM)).astype(np.float32)
             out.append(_unit(np.concatenate([text, image])))
@@ -174,7 +188,8 @@ def candidate_scores(q: np.ndarray, centroids: np.ndarray, lists: PageLists, npr
     """PLAID centroid interaction, as colrag.search.centroid_scores."""
     sim_t = centroids @ q.T  # (nlist, n_q)
     n_q = len(q)
-    probe, probe_sim = best_centroids(sim_t, nprobe)
+    probe = np.argpartition(-sim_t, nprobe - 1, axis=0)[:nprobe].T  # (n_q, nprobe): each token's best centroids
+    probe_sim = np.take_along_axis(sim_t.T, probe, axis=1)
     rank = np.argsort(-probe_sim, axis=1)
     probe = np.take_along_axis(probe, rank, axis=1)
     probe_sim = np.take_along_axis(probe_sim, rank, axis=1)
@@ -232,7 +247,9 @@ class SQ(Layout):
         self.codec_bytes = 2 * DIM * 4
 
     def train(self, sample, quantizer):
-        qt = {8: faiss.ScalarQuantizer.QT_8bit, 6: faiss.ScalarQuantizer.QT_6bit, 4: faiss.ScalarQuantizer.QT_4bit}[self.bits]
+        qt = {8: faiss.ScalarQuantizer.QT_8bit, 6: faiss.ScalarQuantizer.QT_6bit, 4: faiss.ScalarQuantizer.QT_4bit}[
+            self.bits
+        ]
         self.index = faiss.IndexScalarQuantizer(DIM, qt, faiss.METRIC_INNER_PRODUCT)
         self.index.train(sample)
 
@@ -290,8 +307,12 @@ class IvfSq(Layout):
         self.name = f"IVF-SQ{bits} (residual)"
 
     def train(self, sample, quantizer):
-        qt = {8: faiss.ScalarQuantizer.QT_8bit, 6: faiss.ScalarQuantizer.QT_6bit, 4: faiss.ScalarQuantizer.QT_4bit}[self.bits]
-        self.index = faiss.IndexIVFScalarQuantizer(quantizer, DIM, quantizer.ntotal, qt, faiss.METRIC_INNER_PRODUCT, True)
+        qt = {8: faiss.ScalarQuantizer.QT_8bit, 6: faiss.ScalarQuantizer.QT_6bit, 4: faiss.ScalarQuantizer.QT_4bit}[
+            self.bits
+        ]
+        self.index = faiss.IndexIVFScalarQuantizer(
+            quantizer, DIM, quantizer.ntotal, qt, faiss.METRIC_INNER_PRODUCT, True
+        )
         self.index.train(sample)
         self.code_bytes = self.index.sa_code_size()
         self.codec_bytes = quantizer.ntotal * DIM * 4 + 2 * DIM * 4
@@ -309,8 +330,16 @@ def maxsim_rows(q: np.ndarray, rows: np.ndarray, n_pages: int) -> np.ndarray:
     return sim.reshape(n_pages, TOKENS, -1).max(axis=1).sum(axis=1)
 
 
-def run(kind: str, n_pages: int, n_queries: int, nlist: int, nprobe: int, candidates: list[int], pq_sizes: list[int],
-        only: list[str] = ()) -> dict:
+def run(
+    kind: str,
+    n_pages: int,
+    n_queries: int,
+    nlist: int,
+    nprobe: int,
+    candidates: list[int],
+    pq_sizes: list[int],
+    only: list[str] = (),
+) -> dict:
     t0 = time.perf_counter()
     x, queries = corpus(kind, n_pages, n_queries)
     gen_s = time.perf_counter() - t0
@@ -344,7 +373,17 @@ def run(kind: str, n_pages: int, n_queries: int, nlist: int, nprobe: int, candid
         cand.append(best)
     top5 = [np.argsort(-row, kind="stable")[:5] for row in exact]
     fifth = np.array([row[t5[-1]] for row, t5 in zip(exact, top5)])
-    every: list[Layout] = [Fp32(), Int8(), SQ(8), SQ8Fixed(), SQ(6), SQ(4), IvfSq(8), IvfSq(6), *(IvfPq(m) for m in pq_sizes)]
+    every: list[Layout] = [
+        Fp32(),
+        Int8(),
+        SQ(8),
+        SQ8Fixed(),
+        SQ(6),
+        SQ(4),
+        IvfSq(8),
+        IvfSq(6),
+        *(IvfPq(m) for m in pq_sizes),
+    ]
     layouts = [lay for lay in every if not only or any(lay.name.startswith(o) for o in only)]
     results = []
     for lay in layouts:
@@ -355,12 +394,19 @@ def run(kind: str, n_pages: int, n_queries: int, nlist: int, nprobe: int, candid
         if isinstance(lay, Fp32):
             codes = x  # no copy of the float32 corpus
         else:
-            codes = np.concatenate([lay.encode(np.ascontiguousarray(flat[s : s + (1 << 17)])) for s in range(0, len(flat), 1 << 17)])
+            codes = np.concatenate(
+                [lay.encode(np.ascontiguousarray(flat[s : s + (1 << 17)])) for s in range(0, len(flat), 1 << 17)]
+            )
             codes = codes.reshape(n_pages, TOKENS, -1)
         encode_s = time.perf_counter() - t
-        row = {"layout": lay.name, "bytes_per_token": lay.code_bytes,
-               "bytes_per_page": lay.code_bytes * TOKENS + list_bytes_per_page + 60 + lay.codec_bytes / n_pages,
-               "train_s": train_s, "encode_s_per_1000_pages": encode_s / n_pages * 1000, "by_candidates": {}}
+        row = {
+            "layout": lay.name,
+            "bytes_per_token": lay.code_bytes,
+            "bytes_per_page": lay.code_bytes * TOKENS + list_bytes_per_page + 60 + lay.codec_bytes / n_pages,
+            "train_s": train_s,
+            "encode_s_per_1000_pages": encode_s / n_pages * 1000,
+            "by_candidates": {},
+        }
         for c in candidates:
             tol, strict, drift, ms = [], [], [], []
             for qi, q in enumerate(queries):
@@ -376,26 +422,41 @@ def run(kind: str, n_pages: int, n_queries: int, nlist: int, nprobe: int, candid
                 strict.append(len(set(got.tolist()) & set(top5[qi].tolist())) / 5)
                 drift.extend((np.abs(scores[order] - ex) / ex).tolist())
             row["by_candidates"][c] = {
-                "recall_tie": float(np.mean(tol)), "recall_strict": float(np.mean(strict)),
-                "drift_p99": float(np.percentile(drift, 99)), "drift_max": float(np.max(drift)),
+                "recall_tie": float(np.mean(tol)),
+                "recall_strict": float(np.mean(strict)),
+                "drift_p99": float(np.percentile(drift, 99)),
+                "drift_max": float(np.max(drift)),
                 "rerank_p50_ms": float(np.median(ms)),
             }
         results.append(row)
         print(json.dumps({"corpus": kind, **row}), file=sys.stderr, flush=True)
     return {
-        "corpus": kind, "pages": n_pages, "queries": n_queries, "nlist": nlist, "nprobe": nprobe,
-        "generate_s": gen_s, "exact_s": exact_s, "kmeans_s": kmeans_s, "assign_s_per_1000_pages": assign_s / n_pages * 1000,
-        "list_entries_per_page": len(lists.entries) / n_pages, "candidate_stage_p50_ms": float(np.median(stage_ms)),
-        "layouts": results, "load": os.getloadavg(),
+        "corpus": kind,
+        "pages": n_pages,
+        "queries": n_queries,
+        "nlist": nlist,
+        "nprobe": nprobe,
+        "generate_s": gen_s,
+        "exact_s": exact_s,
+        "kmeans_s": kmeans_s,
+        "assign_s_per_1000_pages": assign_s / n_pages * 1000,
+        "list_entries_per_page": len(lists.entries) / n_pages,
+        "candidate_stage_p50_ms": float(np.median(stage_ms)),
+        "layouts": results,
+        "load": os.getloadavg(),
     }
 
 
 def print_table(res: dict) -> None:
     cs = list(res["layouts"][0]["by_candidates"])
-    print(f"\n### {res['corpus']}: {res['pages']:,} pages, {res['queries']} queries, {res['nlist']} centroids, nprobe {res['nprobe']}")
-    print(f"k-means {res['kmeans_s']:.0f} s, assignment {res['assign_s_per_1000_pages']:.1f} s / 1000 pages, "
-          f"{res['list_entries_per_page']:.0f} list entries / page, candidate stage p50 {res['candidate_stage_p50_ms']:.1f} ms, "
-          f"load after {', '.join(f'{v:.2f}' for v in res['load'])}\n")
+    print(
+        f"\n### {res['corpus']}: {res['pages']:,} pages, {res['queries']} queries, {res['nlist']} centroids, nprobe {res['nprobe']}"
+    )
+    print(
+        f"k-means {res['kmeans_s']:.0f} s, assignment {res['assign_s_per_1000_pages']:.1f} s / 1000 pages, "
+        f"{res['list_entries_per_page']:.0f} list entries / page, candidate stage p50 {res['candidate_stage_p50_ms']:.1f} ms, "
+        f"load after {', '.join(f'{v:.2f}' for v in res['load'])}\n"
+    )
     head = " | ".join(f"{c} cand.: tie / strict recall@5, drift p99, rerank p50" for c in cs)
     print(f"| layout | B/token | B/page | train s | encode s/1000 p | {head} |")
     print("|---" * (5 + len(cs)) + "|")
@@ -403,9 +464,13 @@ def print_table(res: dict) -> None:
         cells = []
         for c in cs:
             b = r["by_candidates"][c]
-            cells.append(f"{b['recall_tie']:.3f} / {b['recall_strict']:.3f}, {100 * b['drift_p99']:.2f} %, {b['rerank_p50_ms']:.0f} ms")
-        print(f"| {r['layout']} | {r['bytes_per_token']} | {r['bytes_per_page']:,.0f} | {r['train_s']:.1f} | "
-              f"{r['encode_s_per_1000_pages']:.2f} | " + " | ".join(cells) + " |")
+            cells.append(
+                f"{b['recall_tie']:.3f} / {b['recall_strict']:.3f}, {100 * b['drift_p99']:.2f} %, {b['rerank_p50_ms']:.0f} ms"
+            )
+        print(
+            f"| {r['layout']} | {r['bytes_per_token']} | {r['bytes_per_page']:,.0f} | {r['train_s']:.1f} | "
+            f"{r['encode_s_per_1000_pages']:.2f} | " + " | ".join(cells) + " |"
+        )
     sys.stdout.flush()
 
 

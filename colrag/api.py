@@ -58,7 +58,9 @@ class VectorIndex:
         """Stage one page's (n_tokens, dim) vectors (page numbers are 1-based); stored at commit()."""
         x = np.asarray(vectors, dtype=np.float32)
         if self._index is None and x.ndim == 2 and 0 < x.shape[1] <= 65536:
-            self._index = Index.open_writer(self._target, None, dim=int(x.shape[1]))  # a new index: dim from the first page
+            self._index = Index.open_writer(
+                self._target, None, dim=int(x.shape[1])
+            )  # a new index: dim from the first page
         if not self.index.writable:
             raise IndexStoreError(f"index {self.path} was opened read-only")
         if x.ndim != 2 or x.shape[1] != self.dim or len(x) == 0 or not np.all(np.isfinite(x)):

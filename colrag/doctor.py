@@ -116,16 +116,29 @@ def check_faiss() -> Check:
         seg.committed()
         codes = sg.SegmentReader(folder, 16).rows(sg.segment_name(1, 1), len(x))
         if np.abs(sg.decode(codes) - x).max() > 1 / 255 + 1e-6:
-            return Check("faiss", FAIL, "SQ8 vectors do not decode to what was stored", "pip install --force-reinstall faiss-cpu")
+            return Check(
+                "faiss", FAIL, "SQ8 vectors do not decode to what was stored", "pip install --force-reinstall faiss-cpu"
+            )
         quantizer = coarse.train(x)
         ids = coarse.assign(quantizer, x[:64])
         if not np.array_equal(ids, np.argmax(x[:64] @ coarse.centroids(quantizer).T, axis=1)):
-            return Check("faiss", FAIL, "the coarse quantizer assigns rows to the wrong centroids", "pip install --force-reinstall faiss-cpu")
-        faiss_io.write_index(lists.build(int(quantizer.ntotal), np.array([7]), [np.unique(ids)]), folder, lists.lists_name(1))
-        page_lists = lists.PageLists(faiss_io.read_index(folder, lists.lists_name(1), mmap="lists"), 1)
+            return Check(
+                "faiss",
+                FAIL,
+                "the coarse quantizer assigns rows to the wrong centroids",
+                "pip install --force-reinstall faiss-cpu",
+            )
+        faiss_io.write_index(
+            lists.build(int(quantizer.ntotal), np.array([7]), [np.unique(ids)]), folder, lists.lists_name(1)
+        )
+        page_lists = lists.PageLists(faiss_io.read_index(folder, lists.lists_name(1), mmap="lists"), 1, 7)
         if page_lists.all_page_ids().tolist() != [7]:
-            return Check("faiss", FAIL, "a page-lists file does not read back", "pip install --force-reinstall faiss-cpu")
-    return Check("faiss", OK, f"{_version(faiss)}: SQ8 vectors, k-means, page lists work ({faiss.omp_get_max_threads()} threads)")
+            return Check(
+                "faiss", FAIL, "a page-lists file does not read back", "pip install --force-reinstall faiss-cpu"
+            )
+    return Check(
+        "faiss", OK, f"{_version(faiss)}: SQ8 vectors, k-means, page lists work ({faiss.omp_get_max_threads()} threads)"
+    )
 
 
 def check_extras(bundles_ok: bool) -> Check:

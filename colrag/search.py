@@ -134,8 +134,7 @@ class Searcher:
         view.order = np.argsort(ids, kind="stable")
         view.ids_sorted = ids[view.order]
         lists = self.index.page_lists(snap)
-        known = lists.all_page_ids() if lists is not None else np.zeros(0, dtype=np.int64)
-        missing = ~np.isin(view.ids_sorted, known)
+        missing = view.ids_sorted > (lists.max_page_id if lists is not None else -1)  # added since (page ids only grow)
         if lists is None or int(missing.sum()) > MAX_STALE_PAGES:
             lists = self.index.build_page_lists(snap)  # a writer saves it; a reader keeps it in memory
             missing[:] = False
@@ -184,7 +183,9 @@ def centroid_scores(lists: PageLists, probe: np.ndarray, probe_sim: np.ndarray, 
         pos_c, tok, sims = pos_c[live], tok[live], sims[live]
         flat[pos_c * n_q + tok] = sims
         seen[pos_c] = True
-    scores = best @ np.ones(n_q, dtype=np.float32)  # (n_pages,) row sums; a BLAS gemv reads the array faster than .sum(1)
+    scores = best @ np.ones(
+        n_q, dtype=np.float32
+    )  # (n_pages,) row sums; a BLAS gemv reads the array faster than .sum(1)
     scores[~seen] = -np.inf
     return scores
 

@@ -81,7 +81,16 @@ def test_cli_search_on_an_index_without_retriever_says_so_in_one_sentence(tmp_pa
     with colrag.open_index(tmp_path / "ix", dim=64) as ix:
         ix.add_page("a.pdf", 1, pages(1, 0)[0])
         ix.commit()
-    done = subprocess.run([sys.executable, "-m", "colrag", "search", "what is it", "--index", str(tmp_path / "ix")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "colrag", "search", "what is it", "--index", str(tmp_path / "ix")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and "precomputed vectors" in done.stderr and "open_index" in done.stderr
+    assert (
+        len(done.stderr.strip().splitlines()) == 1
+        and "precomputed vectors" in done.stderr
+        and "open_index" in done.stderr
+    )

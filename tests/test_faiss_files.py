@@ -8,8 +8,8 @@ import pymupdf  # noqa: F401  (loaded first on purpose: faiss.Kmeans breaks once
 import pytest
 
 from colrag.errors import IndexStoreError
-from colrag.search import maxsim_sq8
 from colrag.scoring import maxsim
+from colrag.search import maxsim_sq8
 from colrag.store import coarse, faiss_io, lists
 from colrag.store import segments as sg
 from tests.index_helpers import clustered_rows
@@ -92,7 +92,7 @@ def test_page_lists_round_trip_memory_mapped(tmp_path):
     ivf = lists.build(4, np.array([10, 11, 12]), sets)
     name = lists.lists_name(7)
     faiss_io.write_index(ivf, tmp_path, name)
-    pl = lists.PageLists(faiss_io.read_index(tmp_path, name, mmap="lists"), 7)
+    pl = lists.PageLists(faiss_io.read_index(tmp_path, name, mmap="lists"), 7, 12)
     assert [sorted(pl.pages(c).tolist()) for c in range(4)] == [[10], [12], [12], [10, 11, 12]]
     assert pl.all_page_ids().tolist() == [10, 11, 12] and pl.entries == 6
     assert not list(tmp_path.glob(".*"))  # no temp file left

@@ -44,34 +44,53 @@ def make_schema_2_index(path: Path, n_docs: int = 3, pages: int = 4, tokens: int
     with closing(sqlite3.connect(path / "catalog.sqlite")) as c:
         c.executescript(SCHEMA_BEFORE_MIGRATIONS)
         c.execute("INSERT INTO meta VALUES ('generation', ?)", (str(n_docs),))
-        c.execute("INSERT INTO segments (id, name, committed_rows) VALUES (1, 'seg-000001.i8', ?)", (n_docs * pages * tokens,))
+        c.execute(
+            "INSERT INTO segments (id, name, committed_rows) VALUES (1, 'seg-000001.i8', ?)", (n_docs * pages * tokens,)
+        )
         offset = 0
         for d in range(n_docs):
-            c.execute("INSERT INTO documents VALUES (?, ?, 1, 1, ?, ?, 'done', NULL, 0)", (d + 1, f"/docs/{d}.pdf", f"sha{d}", pages))
+            c.execute(
+                "INSERT INTO documents VALUES (?, ?, 1, 1, ?, ?, 'done', NULL, 0)",
+                (d + 1, f"/docs/{d}.pdf", f"sha{d}", pages),
+            )
             for p in range(pages):
                 q8 = quantize(clustered_rows(tokens, seed=100 * d + p, n_dirs=16))
                 page_codes = np.argmax(dequantize(q8) @ centroids[k1:].T, axis=1).astype("<u2")
                 rows.append(q8)
                 codes.append(page_codes)
-                c.execute("INSERT INTO pages (doc_id, page_no, width, height, segment_id, row_offset, n_tokens) VALUES (?, ?, 10, 20, 1, ?, ?)",
-                          (d + 1, p + 1, offset, tokens))
+                c.execute(
+                    "INSERT INTO pages (doc_id, page_no, width, height, segment_id, row_offset, n_tokens) VALUES (?, ?, 10, 20, 1, ?, ?)",
+                    (d + 1, p + 1, offset, tokens),
+                )
                 spans[(f"/docs/{d}.pdf", p + 1)] = (q8, page_codes)
                 offset += tokens
         if codebook:
-            c.execute("INSERT INTO meta VALUES ('codebook', ?)", (json.dumps({"file": "codebook.npy", "coarse": k1, "fine": k2, "trained_on": offset}),))
+            c.execute(
+                "INSERT INTO meta VALUES ('codebook', ?)",
+                (json.dumps({"file": "codebook.npy", "coarse": k1, "fine": k2, "trained_on": offset}),),
+            )
         c.execute("PRAGMA user_version = 2")
         c.commit()
-    (path / SEGMENTS_DIR / "seg-000001.i8").write_bytes(np.concatenate(rows).tobytes() + b"\x13" * 128)  # + an uncommitted tail
+    (path / SEGMENTS_DIR / "seg-000001.i8").write_bytes(
+        np.concatenate(rows).tobytes() + b"\x13" * 128
+    )  # + an uncommitted tail
     if codebook:
         (path / SEGMENTS_DIR / "seg-000001.codes").write_bytes(np.concatenate(codes).tobytes())
         np.save(path / SEGMENTS_DIR / "codebook.npy", centroids.astype(np.float16))
     (path / "ann" / "state.json").write_text("{}")
     np.save(path / "ann" / "g3.pages.npy", np.zeros(3))
     manifest = {
-        "format": "colrag-index", "schema_version": 2, "colrag_version": "0.1.0", "created_at": 0.0,
-        "retriever": {"bundle_id": INFO.bundle_id, "name": INFO.name}, "dim": 128, "max_pixels": INFO.max_pixels,
-        "render": {"target_pixels": 1204224, "max_side": 4096}, "vector_dtype": "int8",
-        "vector_encoding": "int8 per row, max |x| -> 127, unit norm implied (x = q / ||q||)", "code_dtype": "uint16",
+        "format": "colrag-index",
+        "schema_version": 2,
+        "colrag_version": "0.1.0",
+        "created_at": 0.0,
+        "retriever": {"bundle_id": INFO.bundle_id, "name": INFO.name},
+        "dim": 128,
+        "max_pixels": INFO.max_pixels,
+        "render": {"target_pixels": 1204224, "max_side": 4096},
+        "vector_dtype": "int8",
+        "vector_encoding": "int8 per row, max |x| -> 127, unit norm implied (x = q / ||q||)",
+        "code_dtype": "uint16",
     }
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
     return spans
@@ -94,7 +113,10 @@ def test_schema_2_index_is_upgraded_in_place_without_re_embedding(tmp_path, caps
     manifest = json.loads((tmp_path / "ix" / MANIFEST_FILE).read_text())
     assert manifest["schema_version"] == 3 and "vector_dtype" not in manifest
     names = sorted(p.name for p in (tmp_path / "ix" / SEGMENTS_DIR).iterdir())
-    assert names == ["coarse-000001.faiss", "notes.txt", "seg-000001-v000001.faiss"] and not (tmp_path / "ix" / "ann").exists()
+    assert (
+        names == ["coarse-000001.faiss", "notes.txt", "seg-000001-v000001.faiss"]
+        and not (tmp_path / "ix" / "ann").exists()
+    )
     with Index.open(tmp_path / "ix") as reader:  # and it searches like any index (every page a candidate: exact)
         q = clustered_rows(20, seed=5, n_dirs=16)
         snap = reader.snapshot()

@@ -145,7 +145,9 @@ def test_indexer_keeps_the_page_lists_current(tmp_path, monkeypatch):
         assert lists.generation == snap.generation and set(lists.all_page_ids().tolist()) == {p.id for p in snap.pages}
     with Index.open(tmp_path / "ix") as index:
         hits = Searcher(index, retriever, exact_all_pages=0, candidates=2).search("b page 2", top_k=5)
-        assert [(h.file, h.page) for h in hits] == [(h.file, h.page) for h in Searcher(index, retriever).search("b page 2", top_k=5)]
+        assert [(h.file, h.page) for h in hits] == [
+            (h.file, h.page) for h in Searcher(index, retriever).search("b page 2", top_k=5)
+        ]
 
 
 def test_reader_with_stale_lists_sees_new_and_removed_pages(tmp_path, monkeypatch):
@@ -177,7 +179,9 @@ def test_results_do_not_depend_on_the_thread_count(small_index, threads):
     path, retriever = small_index
     with Index.open(path) as index:
         base = [Searcher(index, retriever, exact_all_pages=0, candidates=16, threads=1).search(q, 10) for q in QUERIES]
-        got = [Searcher(index, retriever, exact_all_pages=0, candidates=16, threads=threads).search(q, 10) for q in QUERIES]
+        got = [
+            Searcher(index, retriever, exact_all_pages=0, candidates=16, threads=threads).search(q, 10) for q in QUERIES
+        ]
     assert got == base
 
 
@@ -211,3 +215,30 @@ def test_search_workers_follow_omp_num_threads(monkeypatch):
     assert search_workers() == MAX_SEARCH_WORKERS
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert 1 <= search_workers() <= MAX_SEARCH_WORKERS
+
+
+def test_pages_of_a_document_in_progress_when_the_lists_were_saved_are_found(tmp_path, monkeypatch):
+    """Lists saved while a document is still being indexed hold its pages too (page ids only grow:
+    everything up to the lists' largest id is on them), so finishing it needs no rebuild."""
+    monkeypatch.setattr(coarse, "MIN_ROWS", 300)
+    retriever = FakeRetriever()
+    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
+        for d in range(3):
+            doc = index.begin_document(f"/d{d}.pdf", 1, 1, f"s{d}", 4)
+            index.add_pages(doc, [(i + 1, 10, 10, clustered_rows(60, seed=d * 10 + i, n_dirs=32)) for i in range(4)])
+            if d < 2:
+                index.finish_document(doc)
+        index.writer.refresh_lists(force=True)  # /d2.pdf is not visible yet
+        doc3 = index.begin_document("/d3.pdf", 1, 1, "s3", 1)
+        index.add_pages(doc3, [(1, 10, 10, clustered_rows(60, seed=77, n_dirs=32))])
+        index.finish_document(doc3)
+        index.finish_document(doc)
+        index.remove_documents(["/d0.pdf"])
+    with Index.open(tmp_path / "ix") as reader:
+        snap = reader.snapshot()
+        assert reader.page_lists(snap).generation < snap.generation
+        searcher = Searcher(reader, retriever, exact_all_pages=0, candidates=2)
+        for page in snap.pages:
+            (best,) = searcher.search_vectors(reader.page_vectors(snap, page), top_k=1)
+            assert (best.file, best.page) == (page.path, page.page_no)
+        assert "/d0.pdf" not in {p.path for p in searcher.candidates(reader.page_vectors(snap, snap.pages[0]), 5)}

@@ -84,7 +84,9 @@ def check_index(ix: Index, *, vectors: bool = True) -> CheckReport:
             continue
         start, n = p["row_offset"], p["n_tokens"]
         if n <= 0 or start < 0 or start + n > segments[sid][1]:
-            report.problems.append(f"page {p['id']} rows [{start}, {start + n}) are outside segment {segments[sid][0]}'s committed rows")
+            report.problems.append(
+                f"page {p['id']} rows [{start}, {start + n}) are outside segment {segments[sid][0]}'s committed rows"
+            )
         if start < last_end.get(sid, 0):
             report.problems.append(f"page {p['id']} overlaps another page in segment {segments[sid][0]}")
         last_end[sid] = max(last_end.get(sid, 0), start + n)

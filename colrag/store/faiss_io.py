@@ -28,13 +28,17 @@ def faiss_module() -> Any:
     try:
         import faiss
     except ImportError:
-        raise IndexStoreError("faiss is not installed (it stores and searches the vectors): pip install faiss-cpu") from None
+        raise IndexStoreError(
+            "faiss is not installed (it stores and searches the vectors): pip install faiss-cpu"
+        ) from None
     return faiss
 
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not FAISS_NAME.match(name):
-        raise IndexStoreError(f"the catalog names a vector file {name!r} that colrag does not write: the index is damaged")
+        raise IndexStoreError(
+            f"the catalog names a vector file {name!r} that colrag does not write: the index is damaged"
+        )
     return name
 
 
@@ -69,7 +73,9 @@ def read_index(folder: Path, name: str, *, mmap: str | None) -> Any:
     try:
         return faiss.read_index(str(path), flags)
     except RuntimeError as exc:
-        raise IndexStoreError(f"unreadable vector file {path} ({str(exc).splitlines()[0][:120]}): the index is damaged") from None
+        raise IndexStoreError(
+            f"unreadable vector file {path} ({str(exc).splitlines()[0][:120]}): the index is damaged"
+        ) from None
 
 
 def fsync_dir(folder: Path) -> None:

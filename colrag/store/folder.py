@@ -23,7 +23,9 @@ OWN_ENTRIES = {MANIFEST_FILE, cat.CATALOG_FILE, SEGMENTS_DIR, ANN_DIR, LOCK_FILE
 _CATALOG_FILES = {cat.CATALOG_FILE, cat.CATALOG_FILE + "-wal", cat.CATALOG_FILE + "-shm"}
 # schema 2's files: int8 segments, their codes, the codebook (deleted once the upgrade has committed)
 SCHEMA_2_NAME = re.compile(r"^(seg-\d{6,9}\.(i8|codes)|codebook\.npy|codebook\.npy\.tmp)$")
-SCHEMA_2_ANN_NAME = re.compile(r"^(state\.json|g\d+\.(pages|offsets|entries)\.npy|\.g\d+\.(pages|offsets|entries)\.npy\.tmp)$")
+SCHEMA_2_ANN_NAME = re.compile(
+    r"^(state\.json|g\d+\.(pages|offsets|entries)\.npy|\.g\d+\.(pages|offsets|entries)\.npy\.tmp)$"
+)
 
 
 def is_own_file(name: str) -> bool:
@@ -37,7 +39,9 @@ def remove_leftovers(path: Path, referenced: set[str]) -> None:
         if not is_own_file(file.name):
             continue  # not ours: left alone (check() notes it)
         if file.is_symlink() or not file.is_file():
-            raise IndexStoreError(f"{file} is not a regular file: colrag does not follow links inside an index; remove it")
+            raise IndexStoreError(
+                f"{file} is not a regular file: colrag does not follow links inside an index; remove it"
+            )
         if file.name not in referenced:
             file.unlink()  # written by a writer that died before (or just after) the commit referencing it
     ann = path / ANN_DIR
@@ -70,7 +74,17 @@ def not_creation_leftovers(path: Path) -> list[str]:
         name = entry.name
         if entry.is_symlink():
             strangers.append(name)
-        elif name == SEGMENTS_DIR and entry.is_dir() and not any(entry.iterdir()) or name == LOCK_FILE and entry.is_file() and entry.stat().st_size <= 32 or name in _CATALOG_FILES and entry.is_file() and _empty_catalog(path / cat.CATALOG_FILE):
+        elif (
+            (name == SEGMENTS_DIR
+            and entry.is_dir()
+            and not any(entry.iterdir()))
+            or (name == LOCK_FILE
+            and entry.is_file()
+            and entry.stat().st_size <= 32)
+            or (name in _CATALOG_FILES
+            and entry.is_file()
+            and _empty_catalog(path / cat.CATALOG_FILE))
+        ):
             continue
         else:
             strangers.append(name)
@@ -85,8 +99,9 @@ def _empty_catalog(file: Path) -> bool:
         with closing(cat.connect(file, readonly=True)) as conn:
             if cat.check_version(conn) == 0:
                 return True
-            return not conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0] and not conn.execute(
-                "SELECT COUNT(*) FROM segments"
-            ).fetchone()[0]
+            return (
+                not conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+                and not conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0]
+            )
     except IndexStoreError:
         return False

@@ -30,12 +30,21 @@ from . import catalog as cat
 from . import coarse, faiss_io, lists
 from .catalog import Document, PageRecord
 from .check import CheckReport, check_index, index_stats
-from .lock import WriterLock
 from .folder import OWN_ENTRIES, not_creation_leftovers, refuse_links
+from .lock import WriterLock
 from .manifest import MANIFEST_FILE, SCHEMA_VERSION, RetrieverInfo, check_retriever, manifest_for, read_manifest
 from .segments import SEGMENTS_DIR, SegmentReader, decode
 
-__all__ = ["MANIFEST_FILE", "OWN_ENTRIES", "SCHEMA_VERSION", "CheckReport", "Index", "RetrieverInfo", "Snapshot", "check_retriever"]
+__all__ = [
+    "MANIFEST_FILE",
+    "OWN_ENTRIES",
+    "SCHEMA_VERSION",
+    "CheckReport",
+    "Index",
+    "RetrieverInfo",
+    "Snapshot",
+    "check_retriever",
+]
 
 
 @dataclass
@@ -96,7 +105,12 @@ class Index:
 
     @classmethod
     def open_writer(
-        cls, path: str | os.PathLike, retriever: RetrieverInfo | None, render: RenderOptions | None = None, *, dim: int | None = None
+        cls,
+        path: str | os.PathLike,
+        retriever: RetrieverInfo | None,
+        render: RenderOptions | None = None,
+        *,
+        dim: int | None = None,
     ) -> Index:
         """Open (or create) for writing: takes write.lock, upgrades a schema-2 index, repairs what a crash left.
 
@@ -166,7 +180,10 @@ class Index:
         @contextmanager
         def peek() -> Any:
             with closing(cat.connect(path / cat.CATALOG_FILE, readonly=True)) as conn:
-                yield cat.check_version(conn) == cat.latest_version() and read_manifest(path, upgradable=True)["schema_version"] == SCHEMA_VERSION
+                yield (
+                    cat.check_version(conn) == cat.latest_version()
+                    and read_manifest(path, upgradable=True)["schema_version"] == SCHEMA_VERSION
+                )
 
         return peek()
 
@@ -209,8 +226,11 @@ class Index:
         for attempt in range(3):
             with cat.snapshot(self.conn):
                 snap = Snapshot(
-                    cat.generation(self.conn), cat.visible_pages(self.conn), cat.segments(self.conn),
-                    cat.get_meta(self.conn, "coarse"), cat.get_meta(self.conn, "lists"),
+                    cat.generation(self.conn),
+                    cat.visible_pages(self.conn),
+                    cat.segments(self.conn),
+                    cat.get_meta(self.conn, "coarse"),
+                    cat.get_meta(self.conn, "lists"),
                 )
             try:
                 for name, rows in snap.segments.values():
@@ -259,17 +279,17 @@ class Index:
                 ivf = faiss_io.read_index(self.vectors_dir, snap.lists["file"], mmap="lists")
             except IndexStoreError:
                 return None  # replaced by a newer version meanwhile; a cache, rebuilt in memory
-            self._lists = lists.PageLists(ivf, int(snap.lists["generation"]))
+            self._lists = lists.PageLists(ivf, int(snap.lists["generation"]), int(snap.lists["max_page_id"]))
         return self._lists
 
     def build_page_lists(self, snap: Snapshot) -> lists.PageLists:
         """Page lists of exactly the snapshot's pages (a writer saves them; a reader keeps them in memory)."""
         if self.writable:
             return self._need_writer().refresh_lists(force=True)
-        sets = dict(cat.visible_page_centroids(self.conn))
-        ids = np.array([p.id for p in snap.pages if sets.get(p.id) is not None], dtype=np.int64)
+        sets = dict(cat.all_page_centroids(self.conn))
+        ids = np.fromiter(sets, dtype=np.int64, count=len(sets))
         ivf = lists.build(int(snap.coarse["n_centroids"]), ids, [coarse.unpack(sets[int(i)]) for i in ids])  # type: ignore[index]
-        return lists.PageLists(ivf, snap.generation)
+        return lists.PageLists(ivf, snap.generation, int(ids.max()) if len(ids) else 0)
 
     def documents(self, status: str | None = None) -> list[Document]:
         return cat.documents(self.conn, status)
@@ -309,7 +329,9 @@ class Index:
         """Start (or restart) indexing a document version; its pages stay invisible until finish_document."""
         return int(self._need_writer().begin_document(path, size, mtime_ns, sha256, n_pages))
 
-    def add_pages(self, doc_id: int, pages: list[tuple[int, int, int, np.ndarray]], errors: list[tuple[int, str, str]] = ()) -> None:  # type: ignore[assignment]
+    def add_pages(
+        self, doc_id: int, pages: list[tuple[int, int, int, np.ndarray]], errors: list[tuple[int, str, str]] = ()
+    ) -> None:  # type: ignore[assignment]
         """Store pages (page_no, width, height, (n_tokens, dim) vectors) and page errors/warnings
         (page_no, kind, message) of an 'indexing' document, in one commit."""
         self._need_writer().add_pages(doc_id, pages, list(errors))

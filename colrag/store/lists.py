@@ -7,8 +7,9 @@ catalog's per-page centroid sets, colrag.store.coarse); each entry's 1-d value i
 (vectors/lists-gNNNNNNNNN.faiss, named after the catalog generation it reflects) and maps it
 read-only for readers (IO_FLAG_MMAP), so opening a 100,000-page index reads nothing
 until a search probes a list. It is a cache: the writer rebuilds it from the catalog
-when the pages it lacks pass a threshold; readers score the pages it lacks directly and
-skip the pages removed since (colrag.search).
+when the pages it lacks pass a threshold; readers score the pages it lacks (ids above
+the lists' `max_page_id`: page ids only grow) directly and skip the pages removed since
+(colrag.search).
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def build(n_centroids: int, page_ids: np.ndarray, centroid_sets: list[np.ndarray
 class PageLists:
     """Read access to a page-lists index (memory-mapped or in memory)."""
 
-    def __init__(self, ivf: Any, generation: int):
+    def __init__(self, ivf: Any, generation: int, max_page_id: int):
         self.ivf = ivf
         self.generation = generation
+        self.max_page_id = max_page_id  # every page id <= this that is still visible is on the lists
         self.n_centroids = int(ivf.nlist)
         self._invlists = ivf.invlists
         self._faiss = faiss_io.faiss_module()

@@ -62,7 +62,9 @@ def read_manifest(path: Path, *, upgradable: bool = False) -> dict[str, Any]:
     if not path.is_dir():
         raise IndexStoreError(f"no index at {path}: run `colrag index DIR` to create it")
     if file.is_symlink() or not file.is_file():
-        raise IndexStoreError(f"{path} is not a colrag index (no {MANIFEST_FILE}); run `colrag index DIR` to create one")
+        raise IndexStoreError(
+            f"{path} is not a colrag index (no {MANIFEST_FILE}); run `colrag index DIR` to create one"
+        )
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -94,19 +96,30 @@ def _check_manifest(manifest: dict[str, Any], file: Path) -> None:
 
     def need(ok: bool, what: str) -> None:
         if not ok:
-            raise IndexStoreError(f"index manifest {file}: {what} (the manifest is damaged: restore it, or re-index into a new --index)")
+            raise IndexStoreError(
+                f"index manifest {file}: {what} (the manifest is damaged: restore it, or re-index into a new --index)"
+            )
 
     retriever = manifest.get("retriever")
     need(retriever is None or isinstance(retriever, dict), "'retriever' must be an object {bundle_id, name} or null")
     if retriever is not None:
-        need(isinstance(retriever.get("bundle_id"), str) and bool(retriever["bundle_id"]), "'retriever.bundle_id' must be a non-empty string")
+        need(
+            isinstance(retriever.get("bundle_id"), str) and bool(retriever["bundle_id"]),
+            "'retriever.bundle_id' must be a non-empty string",
+        )
         need(isinstance(retriever.get("name", ""), str), "'retriever.name' must be a string")
-    need(_is_int(manifest.get("dim")) and 0 < manifest["dim"] <= 65536, f"'dim' must be a positive integer, not {manifest.get('dim')!r}")
+    need(
+        _is_int(manifest.get("dim")) and 0 < manifest["dim"] <= 65536,
+        f"'dim' must be a positive integer, not {manifest.get('dim')!r}",
+    )
     pixels = manifest.get("max_pixels", 1)
     need(pixels is None or (_is_int(pixels) and pixels > 0), "'max_pixels' must be a positive integer")
     render = manifest.get("render", {})
     fields = set(RenderOptions().as_dict())
-    need(isinstance(render, dict) and set(render) <= fields, f"'render' must be an object with keys among {sorted(fields)}")
+    need(
+        isinstance(render, dict) and set(render) <= fields,
+        f"'render' must be an object with keys among {sorted(fields)}",
+    )
     need(all(_is_int(v) and v > 0 for v in render.values()), "'render' values must be positive integers")
 
 
@@ -129,4 +142,6 @@ def check_retriever(path: Path, manifest: dict[str, Any], info: RetrieverInfo) -
             "or index into another --index"
         )
     if int(manifest.get("dim", -1)) != info.dim:
-        raise IndexStoreError(f"index {path} holds {manifest.get('dim')}-d vectors; the retriever gives {info.dim}-d ones")
+        raise IndexStoreError(
+            f"index {path} holds {manifest.get('dim')}-d vectors; the retriever gives {info.dim}-d ones"
+        )

@@ -38,7 +38,9 @@ _CHUNK = 1 << 16
 def _old_file(folder: Path, name: str) -> Path:
     path = folder / name
     if path.is_symlink() or not path.is_file():
-        raise IndexStoreError(f"cannot upgrade {folder.parent}: {name} is missing or a link (the schema-2 index is damaged)")
+        raise IndexStoreError(
+            f"cannot upgrade {folder.parent}: {name} is missing or a link (the schema-2 index is damaged)"
+        )
     return path
 
 
@@ -61,10 +63,14 @@ def upgrade(path: Path, conn: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         for sid, (name, rows) in segs.items():
             m = _OLD_SEGMENT.match(name)
             if not m:
-                raise IndexStoreError(f"cannot upgrade {path}: the catalog names a segment {name!r} colrag 2 did not write")
+                raise IndexStoreError(
+                    f"cannot upgrade {path}: the catalog names a segment {name!r} colrag 2 did not write"
+                )
             file = _old_file(folder, name)
             if file.stat().st_size < rows * dim:
-                raise IndexStoreError(f"cannot upgrade {path}: {name} is shorter than the catalog says (the index is damaged)")
+                raise IndexStoreError(
+                    f"cannot upgrade {path}: {name} is shorter than the catalog says (the index is damaged)"
+                )
             q8 = np.memmap(file, dtype=np.int8, mode="r", shape=(rows, dim)) if rows else np.zeros((0, dim), np.int8)
             seg = new_segment(dim)
             for s in range(0, rows, _CHUNK):
@@ -96,6 +102,9 @@ def upgrade(path: Path, conn: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     new.update(schema_version=SCHEMA_VERSION, vector_codec=CODEC)
     atomic_write_json(path / MANIFEST_FILE, new)
     if pages:
-        print(f"colrag: upgraded index {path} to schema {SCHEMA_VERSION} (FAISS SQ8 vectors): "
-              f"{pages} pages converted in place, none re-embedded", file=sys.stderr)
+        print(
+            f"colrag: upgraded index {path} to schema {SCHEMA_VERSION} (FAISS SQ8 vectors): "
+            f"{pages} pages converted in place, none re-embedded",
+            file=sys.stderr,
+        )
     return new

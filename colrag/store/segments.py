@@ -107,7 +107,9 @@ class SegmentReader:
         if cached is None:
             index = faiss_io.read_index(self.root, name, mmap="codes")
             if int(index.d) != self.dim or int(index.code_size) != self.dim:
-                raise IndexStoreError(f"vector file {self.root / name} does not hold {self.dim}-d SQ8 codes: the index is damaged")
+                raise IndexStoreError(
+                    f"vector file {self.root / name} does not hold {self.dim}-d SQ8 codes: the index is damaged"
+                )
             cached = (index, codes_view(index))
             self._open[name] = cached
         codes = cached[1]
@@ -150,7 +152,9 @@ class SegmentWriter:
         else:
             self.index = faiss_io.read_index(root, name, mmap=None)
             if int(self.index.ntotal) < committed_rows:
-                raise IndexStoreError(f"vector file {root / name} is shorter than the catalog says: the index is damaged")
+                raise IndexStoreError(
+                    f"vector file {root / name} is shorter than the catalog says: the index is damaged"
+                )
             if int(self.index.ntotal) > committed_rows:
                 self._truncate(committed_rows)
         self.pending_name: str | None = None

@@ -22,7 +22,7 @@ from . import catalog as cat
 from . import coarse, faiss_io, lists
 from .catalog import transaction
 from .folder import is_own_file, remove_leftovers
-from .segments import SEGMENT_MAX_ROWS, SEGMENTS_DIR, SegmentWriter, codes_view, new_segment, parse_name, unit_rows
+from .segments import SEGMENT_MAX_ROWS, SegmentWriter, codes_view, new_segment, parse_name, unit_rows
 
 if TYPE_CHECKING:
     from .index import Index
@@ -74,7 +74,9 @@ class Writer:
             cat.delete_documents(c, path, status="indexing")
             return cat.insert_document(c, path, size, mtime_ns, sha256, n_pages, "indexing")
 
-    def add_pages(self, doc_id: int, pages: list[tuple[int, int, int, np.ndarray]], errors: list[tuple[int, str, str]]) -> None:
+    def add_pages(
+        self, doc_id: int, pages: list[tuple[int, int, int, np.ndarray]], errors: list[tuple[int, str, str]]
+    ) -> None:
         self._store(doc_id, pages, errors, replace=False)
 
     def put_pages(self, path: str, pages: list[tuple[int, int, int, np.ndarray]]) -> None:
@@ -88,10 +90,19 @@ class Writer:
                 doc_id = cat.insert_document(c, path, None, None, None, None, "done")
         self._store(doc_id, pages, [], replace=True)
 
-    def _store(self, doc_id: int, pages: list[tuple[int, int, int, np.ndarray]], errors: list[tuple[int, str, str]], *, replace: bool) -> None:
+    def _store(
+        self,
+        doc_id: int,
+        pages: list[tuple[int, int, int, np.ndarray]],
+        errors: list[tuple[int, str, str]],
+        *,
+        replace: bool,
+    ) -> None:
         for page_no, _, _, vecs in pages:
             if np.ndim(vecs) != 2 or np.shape(vecs)[1] != self.ix.dim or len(vecs) == 0:
-                raise ValueError(f"page {page_no}: vectors of shape {np.shape(vecs)}, expected (n, {self.ix.dim}) with n >= 1")
+                raise ValueError(
+                    f"page {page_no}: vectors of shape {np.shape(vecs)}, expected (n, {self.ix.dim}) with n >= 1"
+                )
             if not np.all(np.isfinite(vecs)):
                 raise ValueError(f"page {page_no}: non-finite vectors")
         rows = [unit_rows(v) for _, _, _, v in pages]
@@ -196,21 +207,22 @@ class Writer:
         if current is not None and current.generation == snap.generation:
             return current
         if current is not None and not force:
-            lacking = len(snap.pages) - len(np.intersect1d(current.all_page_ids(), [p.id for p in snap.pages]))
+            lacking = sum(p.id > current.max_page_id for p in snap.pages)
             if lacking <= max(STALE_LISTS_PAGES, STALE_LISTS_SHARE * len(snap.pages)):
                 return current
-        sets = dict(cat.visible_page_centroids(self.conn))
-        ids = np.array([p.id for p in snap.pages if sets.get(p.id) is not None], dtype=np.int64)
+        sets = dict(cat.all_page_centroids(self.conn))
+        ids = np.fromiter(sets, dtype=np.int64, count=len(sets))
         ivf = lists.build(int(snap.coarse["n_centroids"]), ids, [coarse.unpack(sets[int(i)]) for i in ids])  # type: ignore[index]
+        top = int(ids.max()) if len(ids) else 0
         name = lists.lists_name(snap.generation)
         faiss_io.write_index(ivf, self.ix.vectors_dir, name)
         old = cat.get_meta(self.conn, "lists")
         with transaction(self.conn) as c:
-            cat.set_meta(c, "lists", {"file": name, "generation": snap.generation})
+            cat.set_meta(c, "lists", {"file": name, "generation": snap.generation, "max_page_id": top})
         if old and old["file"] != name:
             (self.ix.vectors_dir / faiss_io.check_name(old["file"])).unlink(missing_ok=True)
         self.ix._lists = None
-        return lists.PageLists(ivf, snap.generation)
+        return lists.PageLists(ivf, snap.generation, top)
 
     def maintain(self) -> None:
         """End of a run of writes: compact past COMPACT_DEAD_SHARE dead rows; lists refreshed when they lag."""

@@ -32,14 +32,37 @@ from typing import Any
 from ...errors import IndexStoreError
 from .. import faiss_io
 from .connection import CatalogConnection, connect, snapshot, store_error, transaction
-from .migrations import BASELINE_VERSION, MIGRATIONS, check_schema, check_version, latest_version, migrate, migration, version
+from .migrations import (
+    BASELINE_VERSION,
+    MIGRATIONS,
+    check_schema,
+    check_version,
+    latest_version,
+    migrate,
+    migration,
+    version,
+)
 
 CATALOG_FILE = "catalog.sqlite"
 SCHEMA_VERSION = latest_version()
 __all__ = [
-    "BASELINE_VERSION", "CATALOG_FILE", "MIGRATIONS", "SCHEMA_VERSION", "CatalogConnection", "Document", "PageRecord",
-    "check_schema", "check_version", "connect", "latest_version", "migrate", "migration", "snapshot", "store_error",
-    "transaction", "version",
+    "BASELINE_VERSION",
+    "CATALOG_FILE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "CatalogConnection",
+    "Document",
+    "PageRecord",
+    "check_schema",
+    "check_version",
+    "connect",
+    "latest_version",
+    "migrate",
+    "migration",
+    "snapshot",
+    "store_error",
+    "transaction",
+    "version",
 ]
 
 
@@ -95,14 +118,16 @@ def get_meta(conn: sqlite3.Connection, key: str) -> Any:
         value = json.loads(row[0])
     except (TypeError, ValueError):
         value = None
-    numbers = {"coarse": ("n_centroids",), "lists": ("generation",)}[key]
+    numbers = {"coarse": ("n_centroids",), "lists": ("generation", "max_page_id")}[key]
     if not (
         isinstance(value, dict)
         and isinstance(value.get("file"), str)
         and faiss_io.FAISS_NAME.match(value["file"])
         and all(isinstance(value.get(k), int) and not isinstance(value.get(k), bool) and value[k] >= 0 for k in numbers)
     ):
-        raise IndexStoreError(f"catalog {getattr(conn, 'file', 'catalog')}: meta {key!r} is not a colrag record: the index is damaged")
+        raise IndexStoreError(
+            f"catalog {getattr(conn, 'file', 'catalog')}: meta {key!r} is not a colrag record: the index is damaged"
+        )
     return value
 
 
@@ -145,12 +170,16 @@ def visible_pages(conn: sqlite3.Connection) -> list[PageRecord]:
 
 def all_pages(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     """Every stored page (any document status), in segment order."""
-    return conn.execute("SELECT id, segment_id, row_offset, n_tokens, centroids FROM pages ORDER BY segment_id, row_offset").fetchall()
+    return conn.execute(
+        "SELECT id, segment_id, row_offset, n_tokens, centroids FROM pages ORDER BY segment_id, row_offset"
+    ).fetchall()
 
 
 def page_spans(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     """(id, segment_id, row_offset, n_tokens) of every stored page (any schema version)."""
-    return conn.execute("SELECT id, segment_id, row_offset, n_tokens FROM pages ORDER BY segment_id, row_offset").fetchall()
+    return conn.execute(
+        "SELECT id, segment_id, row_offset, n_tokens FROM pages ORDER BY segment_id, row_offset"
+    ).fetchall()
 
 
 def raw_meta(conn: sqlite3.Connection, key: str) -> str | None:
@@ -162,7 +191,17 @@ def raw_meta(conn: sqlite3.Connection, key: str) -> str | None:
 def visible_page_centroids(conn: sqlite3.Connection) -> list[tuple[int, bytes | None]]:
     return [
         (r[0], r[1])
-        for r in conn.execute("SELECT p.id, p.centroids FROM pages p JOIN documents d ON d.id = p.doc_id WHERE d.status = 'done'")
+        for r in conn.execute(
+            "SELECT p.id, p.centroids FROM pages p JOIN documents d ON d.id = p.doc_id WHERE d.status = 'done'"
+        )
+    ]
+
+
+def all_page_centroids(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+    """(page id, centroid ids) of every stored page that has them, any document status: page lists hold
+    the pages of documents still being indexed too, so that every page id up to their maximum is on them."""
+    return [
+        (r[0], r[1]) for r in conn.execute("SELECT id, centroids FROM pages WHERE centroids IS NOT NULL ORDER BY id")
     ]
 
 
@@ -176,8 +215,14 @@ def rows_stored(conn: sqlite3.Connection) -> int:
 
 def to_document(row: sqlite3.Row) -> Document:
     return Document(
-        id=row["id"], path=row["path"], size=row["size"], mtime_ns=row["mtime_ns"], sha256=row["sha256"],
-        n_pages=row["n_pages"], status=row["status"], error=row["error"],
+        id=row["id"],
+        path=row["path"],
+        size=row["size"],
+        mtime_ns=row["mtime_ns"],
+        sha256=row["sha256"],
+        n_pages=row["n_pages"],
+        status=row["status"],
+        error=row["error"],
     )
 
 
@@ -201,7 +246,9 @@ def page_errors(conn: sqlite3.Connection, doc_id: int | None = None) -> list[tup
 
 def stored_page_numbers(conn: sqlite3.Connection, doc_id: int) -> set[int]:
     done = {r[0] for r in conn.execute("SELECT page_no FROM pages WHERE doc_id = ?", (doc_id,))}
-    done |= {r[0] for r in conn.execute("SELECT page_no FROM page_errors WHERE doc_id = ? AND kind = 'error'", (doc_id,))}
+    done |= {
+        r[0] for r in conn.execute("SELECT page_no FROM page_errors WHERE doc_id = ? AND kind = 'error'", (doc_id,))
+    }
     return done
 
 
@@ -216,13 +263,21 @@ def counts(conn: sqlite3.Connection) -> dict[str, Any]:
         "SELECT COUNT(*), COALESCE(SUM(n_tokens), 0) FROM pages p JOIN documents d ON d.id = p.doc_id WHERE d.status = 'done'"
     ).fetchone()
     stored_tokens = conn.execute("SELECT COALESCE(SUM(n_tokens), 0) FROM pages").fetchone()[0]
-    failed = [{"path": r["path"], "error": r["error"]} for r in conn.execute("SELECT path, error FROM documents WHERE status = 'failed' ORDER BY path")]
+    failed = [
+        {"path": r["path"], "error": r["error"]}
+        for r in conn.execute("SELECT path, error FROM documents WHERE status = 'failed' ORDER BY path")
+    ]
     page_failures = conn.execute(
         "SELECT COUNT(*) FROM page_errors e JOIN documents d ON d.id = e.doc_id WHERE d.status = 'done' AND e.kind = 'error'"
     ).fetchone()[0]
     return {
-        "by_status": by_status, "pages": int(pages), "tokens": int(tokens), "stored_tokens": int(stored_tokens),
-        "rows": rows_stored(conn), "failed": failed, "page_failures": int(page_failures),
+        "by_status": by_status,
+        "pages": int(pages),
+        "tokens": int(tokens),
+        "stored_tokens": int(stored_tokens),
+        "rows": rows_stored(conn),
+        "failed": failed,
+        "page_failures": int(page_failures),
     }
 
 
@@ -246,8 +301,16 @@ def done_documents_seen(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 
 
 # -- writing (inside the caller's transaction) ---------------------------------------
-def insert_document(conn: sqlite3.Connection, path: str, size: int | None, mtime_ns: int | None, sha256: str | None,
-                    n_pages: int | None, status: str, error: str | None = None) -> int:
+def insert_document(
+    conn: sqlite3.Connection,
+    path: str,
+    size: int | None,
+    mtime_ns: int | None,
+    sha256: str | None,
+    n_pages: int | None,
+    status: str,
+    error: str | None = None,
+) -> int:
     cur = conn.execute(
         "INSERT INTO documents (path, size, mtime_ns, sha256, n_pages, status, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (path, size, mtime_ns, sha256, n_pages, status, error, now()),
@@ -255,7 +318,9 @@ def insert_document(conn: sqlite3.Connection, path: str, size: int | None, mtime
     return int(cur.lastrowid or 0)
 
 
-def delete_documents(conn: sqlite3.Connection, path: str, *, status: str | None = None, except_id: int | None = None) -> int:
+def delete_documents(
+    conn: sqlite3.Connection, path: str, *, status: str | None = None, except_id: int | None = None
+) -> int:
     q, args = "DELETE FROM documents WHERE path = ?", [path]
     if status is not None:
         q, args = q + " AND status = ?", [*args, status]
@@ -282,7 +347,9 @@ def touch_document(conn: sqlite3.Connection, doc_id: int, size: int, mtime_ns: i
 
 def save_segment(conn: sqlite3.Connection, segment_id: int | None, name: str, rows: int) -> int:
     if segment_id is None:
-        return int(conn.execute("INSERT INTO segments (name, committed_rows) VALUES (?, ?)", (name, rows)).lastrowid or 0)
+        return int(
+            conn.execute("INSERT INTO segments (name, committed_rows) VALUES (?, ?)", (name, rows)).lastrowid or 0
+        )
     conn.execute("UPDATE segments SET name = ?, committed_rows = ? WHERE id = ?", (name, rows, segment_id))
     return segment_id
 
@@ -291,12 +358,20 @@ def delete_segment(conn: sqlite3.Connection, segment_id: int) -> None:
     conn.execute("DELETE FROM segments WHERE id = ?", (segment_id,))
 
 
-def insert_pages(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
-    """rows: (doc_id, page_no, width, height, segment_id, row_offset, n_tokens, centroids)."""
+def insert_pages(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """rows: (doc_id, page_no, width, height, segment_id, row_offset, n_tokens, centroids).
+
+    Page ids only grow, never reused (meta 'next_page_id'; SQLite alone reuses the ids of the
+    last rows once deleted): a page list built up to id N knows every page id <= N it holds."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'next_page_id'").fetchone()
+    top = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM pages").fetchone()[0]
+    first = max(int(row[0]) if row else 0, int(top))
     conn.executemany(
-        "INSERT INTO pages (doc_id, page_no, width, height, segment_id, row_offset, n_tokens, centroids) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
+        "INSERT INTO pages (id, doc_id, page_no, width, height, segment_id, row_offset, n_tokens, centroids) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(first + i, *r) for i, r in enumerate(rows)],
     )
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_page_id', ?)", (str(first + len(rows)),))
 
 
 def delete_pages(conn: sqlite3.Connection, doc_id: int, page_nos: Iterable[int]) -> None:
@@ -309,4 +384,6 @@ def move_pages(conn: sqlite3.Connection, moves: Iterable[tuple[int, int, int]]) 
 
 
 def insert_page_errors(conn: sqlite3.Connection, doc_id: int, errors: Iterable[tuple[int, str, str]]) -> None:
-    conn.executemany("INSERT INTO page_errors (doc_id, page_no, kind, message) VALUES (?, ?, ?, ?)", [(doc_id, *e) for e in errors])
+    conn.executemany(
+        "INSERT INTO page_errors (doc_id, page_no, kind, message) VALUES (?, ?, ?, ?)", [(doc_id, *e) for e in errors]
+    )
