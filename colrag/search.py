@@ -204,13 +204,18 @@ def maxsim_sq8(q: np.ndarray, pages: list[np.ndarray], workers: int = 1, block_p
     blocks = [(s, min(s + block_pages, len(pages))) for s in range(0, len(pages), block_pages)]
 
     def run(share: list[tuple[int, int]]) -> None:
+        rows_max = max(sum(len(p) for p in pages[a:b]) for a, b in share)
+        buf = np.empty((rows_max, q.shape[1]), dtype=np.float32)  # codes widened straight into it (one pass)
         with _blas_threads(BLAS_THREADS):
             for a, b in share:
-                rows = np.concatenate(pages[a:b]).astype(np.float32)  # (n, dim)
-                sim = rows @ q.T  # (n, n_q)
+                n = 0
+                for page in pages[a:b]:
+                    np.copyto(buf[n : n + len(page)], page, casting="unsafe")
+                    n += len(page)
+                sim = buf[:n] @ q.T  # (n, n_q): this orientation multiplies faster than q @ rows.T
                 starts = np.cumsum([0] + [len(p) for p in pages[a : b - 1]])
                 best = np.maximum.reduceat(sim, starts, axis=0)  # (b - a, n_q)
-                scores[a:b] = (best * SCALE + qsum * OFFSET).sum(axis=1)
+                scores[a:b] = (best * SCALE + qsum * OFFSET) @ np.ones(len(q), dtype=np.float32)
 
     n_workers = max(1, min(workers, len(blocks)))
     if n_workers == 1:
