@@ -40,13 +40,15 @@ def export_generator_cmd(
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
     quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 (weight-only, block-wise), int4 (4-bit language-model weights, int8 vision: faster decoding), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift); the drift vs fp32 is recorded in the manifest."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
 ) -> None:
     """Export a Qwen2-VL generator checkpoint: vision + decoder (KV cache) graphs, embedding table, tokenizer, manifest."""
     from ..export.generator import export_generator
     from ..paths import generator_dir
 
     target = out or generator_dir(None, models_dir)
-    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=quantize, force=force)
+    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=quantize, force=force,
+                     verbose=verbose)
     typer.echo(str(target))
 
 
