@@ -336,6 +336,7 @@ class Generator:
             "bundle_id": self.bundle_id,
             "vision_graph": vision,  # a shared vision graph lives in the retriever bundle
             "quantization": (self.manifest.get("quantization") or {}).get("scheme", "none"),
+            "runtimes": self.runtimes,  # backend and precision of the vision and prefill runs (bf16 k/v differ from f32)
             "image_config": asdict(self.image_config),
             "min_pixels": self.min_pixels,
             "pixel_budget": self._pixel_cap(max_pixels),
