@@ -4,11 +4,12 @@ Public API (imported lazily so `import colrag` stays cheap):
     colrag.Retriever   ColQwen2 page/query multi-vectors on onnxruntime
     colrag.Generator   Qwen2-VL answers on onnxruntime
     colrag.maxsim      late-interaction scores
+    colrag.Asker       the answer pipeline (colrag.ask): retrieve -> page features -> answer with sources
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Retriever", "Generator", "maxsim", "__version__"]
+__all__ = ["Asker", "Generator", "Retriever", "__version__", "maxsim"]
 
 
 def __getattr__(name):
@@ -20,6 +21,10 @@ def __getattr__(name):
         from .generator import Generator
 
         return Generator
+    if name == "Asker":
+        from .ask import Asker
+
+        return Asker
     if name == "maxsim":
         from .scoring import maxsim
 

@@ -67,6 +67,11 @@ def migration(version: int) -> Callable[[Migration], Migration]:
     return register
 
 
+# Migrations that only add tables readers can do without (they check for them): a reader opens a
+# catalog that lacks them as it is, so an older index keeps answering before a writer upgrades it.
+READER_OPTIONAL = {3}
+
+
 def latest_version() -> int:
     return max(MIGRATIONS)
 
@@ -258,7 +263,7 @@ def check_schema(conn: sqlite3.Connection) -> None:
     v = check_version(conn)
     if v == 0:
         raise IndexStoreError(f"{getattr(conn, 'file', 'catalog')} is an empty catalog: the index was never created")
-    if v < latest_version():
+    if any(m not in READER_OPTIONAL for m in range(v + 1, latest_version() + 1)):
         raise IndexStoreError(
             f"the catalog {getattr(conn, 'file', 'catalog')} has schema version {v}, older than this colrag's "
             f"{latest_version()}: run `colrag index` on it once (with write access) to upgrade it"
@@ -425,5 +430,26 @@ def _m002_baseline(conn: sqlite3.Connection) -> None:
         )""",
         "CREATE INDEX IF NOT EXISTS page_errors_doc ON page_errors (doc_id)",
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0')",
+    ):
+        conn.execute(statement)
+
+
+@migration(3)
+def _m003_page_features(conn: sqlite3.Connection) -> None:
+    """Page features (colrag/store/features.py): where each page's vision-tower output lies in its
+    document's features file, and the documents whose features a writer found damaged."""
+    for statement in (
+        """CREATE TABLE IF NOT EXISTS page_features (
+            page_id INTEGER PRIMARY KEY REFERENCES pages (id) ON DELETE CASCADE,
+            doc_id INTEGER NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+            row_offset INTEGER NOT NULL,
+            n_rows INTEGER NOT NULL,
+            grid_t INTEGER NOT NULL,
+            grid_h INTEGER NOT NULL,
+            grid_w INTEGER NOT NULL,
+            crc32 INTEGER NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS page_features_doc ON page_features (doc_id, row_offset)",
+        "CREATE TABLE IF NOT EXISTS feature_repairs (doc_id INTEGER PRIMARY KEY REFERENCES documents (id) ON DELETE CASCADE)",
     ):
         conn.execute(statement)

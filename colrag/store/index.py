@@ -6,6 +6,7 @@
         vectors/seg-*.i8       page token vectors, int8 rows (unit norm implied), append-only
         vectors/seg-*.codes    each row's centroid id (uint16), appended with the rows
         vectors/codebook.npy   the centroids (written once, when the index reaches CODEBOOK_MIN_ROWS)
+        features/doc-*.feat    each page's vision-tower output, one file per document (features.py)
         ann/                   centroid -> pages inverted file (a cache, rebuildable from the codes)
         write.lock             held (fcntl) by the one process writing
 
@@ -31,6 +32,7 @@ from ..errors import IndexStoreError
 from ..render import RenderOptions
 from . import catalog as cat
 from . import codebook as cb
+from . import features as pf
 from .catalog import Document, PageRecord, transaction
 from .lock import LOCK_FILE, WriterLock
 from .vectors import (
@@ -65,10 +67,13 @@ class RetrieverInfo:
     name: str
     dim: int
     max_pixels: int
+    vision_hash: str | None = None  # of the vision tower whose output the index keeps as page features
+    hidden_size: int = 0
 
     @classmethod
     def of(cls, retriever) -> RetrieverInfo:
-        return cls(str(retriever.bundle_id), str(retriever.name), int(retriever.dim), int(retriever.max_pixels))
+        return cls(str(retriever.bundle_id), str(retriever.name), int(retriever.dim), int(retriever.max_pixels),
+                   getattr(retriever, "vision_hash", None), int(getattr(retriever, "hidden_size", 0) or 0))
 
 
 @dataclass
@@ -171,6 +176,18 @@ def check_retriever(path: Path, manifest: dict[str, Any], info: RetrieverInfo) -
         raise IndexStoreError(f"index {path} holds {manifest.get('dim')}-d vectors; the retriever gives {info.dim}-d ones")
 
 
+def _features_entry(manifest: dict[str, Any], retriever: RetrieverInfo | None) -> dict[str, Any] | None:
+    """The manifest's "page_features" for a writer with this retriever (None: store no features)."""
+    current = pf.manifest_info(manifest)
+    if retriever is None:
+        return current
+    if not retriever.vision_hash or retriever.hidden_size <= 0:
+        return None  # a retriever that does not name its vision tower: features could never be matched
+    if current is not None:
+        return current if current["vision_hash"] == retriever.vision_hash and current["hidden_size"] == retriever.hidden_size else None
+    return {"vision_hash": retriever.vision_hash, "hidden_size": retriever.hidden_size, "encoding": pf.DEFAULT_ENCODING}
+
+
 class Index:
     def __init__(self, path: Path, manifest: dict[str, Any], conn, lock: WriterLock | None):
         self.path = path
@@ -184,6 +201,8 @@ class Index:
         self._writer_segment_id: int | None = None
         self._codebook: cb.Codebook | None = None
         self._snapshot: Snapshot | None = None  # a reader's last snapshot, reused while the generation holds
+        self._features: pf.FeatureWriter | None = None  # set by open_writer when this index keeps page features
+        self.repair_notes: list[str] = []  # what the writer's repair at open found (damaged page features)
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -207,11 +226,14 @@ class Index:
         return cls(path, manifest, conn, None)
 
     @classmethod
-    def open_writer(cls, path: str | os.PathLike, retriever: RetrieverInfo | None, render: RenderOptions | None = None) -> Index:
+    def open_writer(cls, path: str | os.PathLike, retriever: RetrieverInfo | None, render: RenderOptions | None = None,
+                    *, page_features: bool = True) -> Index:
         """Open (or create) for writing: takes write.lock and repairs what a crash left.
 
         `retriever` is required to create an index and checked against an existing one;
         None opens an existing index for maintenance (remove) without that check.
+        page_features: keep the pages' vision-tower output (add_pages' `features`) when the
+        retriever names its vision tower (vision_hash); False stores none from this run.
         """
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -248,10 +270,17 @@ class Index:
                     check_retriever(path, manifest, retriever)
             conn = cat.connect(path / cat.CATALOG_FILE)
             cat.migrate(conn)
+            features = _features_entry(manifest, retriever) if page_features else None
+            if features is not None and pf.manifest_info(manifest) is None:
+                manifest = {**manifest, "page_features": features}
+                if not fresh:  # an older index gains features for the pages indexed from now on
+                    atomic_write_json(path / MANIFEST_FILE, manifest)
             if fresh:  # the manifest is written last: its presence means the index exists
                 atomic_write_json(path / MANIFEST_FILE, manifest)
             index = cls(path, manifest, conn, lock)
             index._repair()
+            if features is not None:
+                index._features = pf.FeatureWriter(path / pf.FEATURES_DIR, features["hidden_size"], features["encoding"])
             return index
         except BaseException:
             if conn is not None:
@@ -260,6 +289,9 @@ class Index:
             raise
 
     def close(self) -> None:
+        if self._features is not None:
+            self._features.close()
+            self._features = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -416,6 +448,7 @@ class Index:
             "vector_bytes": int(rows) * row_bytes,
             "dead_vector_bytes": int(rows - all_tokens) * row_bytes,
             "centroids": int(book["coarse"]) * int(book["fine"]) if book else 0,
+            **pf.stats(c, self.path / pf.FEATURES_DIR, pf.manifest_info(self.manifest)),
             "failed": failed,
         }
 
@@ -493,6 +526,9 @@ class Index:
                     if codes is not None and np.any(codes[start : start + (1 << 16)] >= n_centroids):
                         report.problems.append(f"codes of segment {name} near row {start} exceed the {n_centroids} centroids")
                         break
+        problems, notes = pf.check(c, self.path / pf.FEATURES_DIR, pf.manifest_info(self.manifest), deep=vectors)
+        report.problems += problems
+        report.notes += notes
         return report
 
     # -- writing -------------------------------------------------------------------
@@ -519,6 +555,9 @@ class Index:
                 with open(file, "r+b") as f:
                     f.truncate(keep[file.name])
                     os.fsync(f.fileno())
+        info = pf.manifest_info(self.manifest)
+        if info is not None:
+            self.repair_notes = pf.repair(self.conn, self.path / pf.FEATURES_DIR, info["hidden_size"], info["encoding"], transaction)
 
     def _segment_writer(self) -> SegmentWriter:
         if self._writer is not None and not self._writer.full:
@@ -556,11 +595,14 @@ class Index:
         doc_id: int,
         pages: list[tuple[int, int, int, np.ndarray]],
         errors: list[tuple[int, str, str]] = (),
+        features: list[pf.ImageFeatures | None] | None = None,
     ) -> None:
         """Store pages (page_no, width, height, (n_tokens, dim) vectors) and page errors/warnings
-        (page_no, kind, message) of an 'indexing' document, in one commit."""
+        (page_no, kind, message) of an 'indexing' document, in one commit. `features`: one
+        ImageFeatures (or None) per page, kept when this index keeps page features."""
         self._need_writer()
         writer = self._segment_writer() if pages else None
+        feats = self._features if features is not None and self._features is not None else None
         new_book: dict | None = None
         starting = False
         try:
@@ -584,6 +626,11 @@ class Index:
                     off = writer.append(q8[start : start + n], None if codes is None else codes[start : start + n])
                     placed.append((page_no, width, height, off, n))
                     start += n
+            if feats is not None:
+                for (page_no, *_), page_feats in zip(pages, features or [], strict=True):
+                    if page_feats is not None:
+                        feats.append(self.conn, doc_id, page_no, page_feats)
+                feats.sync()
             rows = writer.sync() if writer else 0
             with transaction(self.conn) as c:
                 if new_book is not None:
@@ -600,7 +647,11 @@ class Index:
                         [(doc_id, no, w, h, seg_id, off, n) for no, w, h, off, n in placed],
                     )
                 c.executemany("INSERT INTO page_errors (doc_id, page_no, kind, message) VALUES (?, ?, ?, ?)", [(doc_id, *e) for e in errors])
+                if feats is not None:
+                    feats.record(c, doc_id)
         except BaseException:
+            if feats is not None:
+                feats.rollback()
             if writer is not None:
                 writer.rollback(drop_codes=starting)
             if starting:  # the codebook never committed: no codes may stay behind
@@ -610,9 +661,47 @@ class Index:
                     if is_own_file(f.name):
                         f.unlink(missing_ok=True)
             raise
+        if feats is not None:
+            feats.committed()
         if writer is not None:
             writer.committed()
             self._writer_segment_id = seg_id
+
+    @property
+    def keeps_features(self) -> bool:
+        """This writer stores page features (add_pages' `features`)."""
+        return self._features is not None
+
+    def features_to_repair(self) -> dict[int, list[tuple[int, int]]]:
+        """{doc_id: [(page_id, page_no)]}: pages whose stored features were found damaged and dropped."""
+        if self._features is None:
+            return {}
+        return {d: pf.pages_without_features(self.conn, d) for d in pf.docs_to_repair(self.conn)}
+
+    def add_features(self, doc_id: int, features: list[tuple[int, pf.ImageFeatures]]) -> None:
+        """Store (page_no, ImageFeatures) for pages already committed (a repair), in one commit;
+        the document's repair mark goes when none of its pages lacks features any more."""
+        self._need_writer()
+        if self._features is None:
+            return
+        try:
+            for page_no, f in features:
+                self._features.append(self.conn, doc_id, page_no, f)
+            self._features.sync()
+            with transaction(self.conn) as c:
+                self._features.record(c, doc_id)
+                if not pf.pages_without_features(c, doc_id) or not features:
+                    c.execute("DELETE FROM feature_repairs WHERE doc_id = ?", (doc_id,))
+        except BaseException:
+            self._features.rollback()
+            raise
+        self._features.committed()
+
+    def _sweep_features(self) -> None:
+        """After a commit that may have deleted documents: delete their feature files (space back at once)."""
+        if self._features is not None:
+            self._features.close()  # its document may be the one gone
+        pf.sweep(self.conn, self.path / pf.FEATURES_DIR)
 
     def _rows_stored(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(SUM(committed_rows), 0) FROM segments").fetchone()[0])
@@ -672,6 +761,7 @@ class Index:
             c.execute("DELETE FROM documents WHERE path = ? AND id != ?", (row["path"], doc_id))
             c.execute("UPDATE documents SET status = 'done', error = NULL, updated_at = ? WHERE id = ?", (cat.now(), doc_id))
             cat.bump_generation(c)
+        self._sweep_features()
 
     def record_failure(self, path: str, size: int | None, mtime_ns: int | None, sha256: str | None, error: str) -> None:
         """The whole file could not be indexed: replace whatever the path had with a 'failed' row."""
@@ -683,12 +773,14 @@ class Index:
                 (path, size, mtime_ns, sha256, error, cat.now()),
             )
             cat.bump_generation(c)
+        self._sweep_features()
 
     def discard_in_progress(self, doc_id: int) -> None:
         """Drop an interrupted 'indexing' version that is no longer wanted."""
         self._need_writer()
         with transaction(self.conn) as c:
             c.execute("DELETE FROM documents WHERE id = ? AND status = 'indexing'", (doc_id,))
+        self._sweep_features()
 
     def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
         """Same content, new size/mtime (e.g. `touch`): remember them so the fast path hits next time."""
@@ -705,6 +797,7 @@ class Index:
                 known += c.execute("DELETE FROM documents WHERE path = ?", (path,)).rowcount > 0
             if known:
                 cat.bump_generation(c)
+        self._sweep_features()
         return known
 
     def paths_under(self, folder: str) -> list[str]:
@@ -749,7 +842,7 @@ def _upgrade_catalog(path: Path) -> None:
 
 def _refuse_links(path: Path) -> None:
     """A writer deletes and truncates files in vectors/ and ann/: never through a link."""
-    for name in (SEGMENTS_DIR, ANN_DIR):
+    for name in (SEGMENTS_DIR, ANN_DIR, pf.FEATURES_DIR):
         sub = path / name
         if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
             raise IndexStoreError(
