@@ -1,10 +1,14 @@
 """Build full-size, randomly initialised checkpoints (speed does not depend on weight values).
 
-    python bench/full_checkpoints.py [--cache ~/.cache/colrag-bench] [--which colqwen2|qwen2vl|both]
+    python bench/full_checkpoints.py [--cache ~/.cache/colrag-bench] [--which colqwen2|qwen2vl|both|qwen2vl-shared]
 
 Shapes are those of Qwen/Qwen2-VL-2B-Instruct and vidore/colqwen2-v1.0-hf; weights are
 saved in bf16 like the real checkpoints, with the real tokenizer from ../shared when
 present. Built once and cached outside the repository.
+
+`qwen2vl-shared` is a Qwen2-VL checkpoint whose vision tower holds the ColQwen2
+checkpoint's weights (as the real pair does: ColQwen2's LoRA leaves the tower alone), so a
+generator exported from it with --share-vision-with can answer from the index's page features.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def build_colqwen2(path: Path) -> Path:
     return path
 
 
-def build_qwen2vl(path: Path) -> Path:
+def build_qwen2vl(path: Path, visual_from: Path | None = None) -> Path:
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -55,6 +59,12 @@ def build_qwen2vl(path: Path) -> Path:
 
     torch.manual_seed(1)
     model = Qwen2VLForConditionalGeneration(qwen2vl_2b_config()).eval()
+    if visual_from is not None:
+        from transformers import ColQwen2ForRetrieval
+
+        retriever = ColQwen2ForRetrieval.from_pretrained(visual_from, dtype=torch.bfloat16)
+        model.model.visual.load_state_dict({k: v.float() for k, v in retriever.vlm.visual.state_dict().items()})
+        del retriever
     model.to(torch.bfloat16).save_pretrained(path)
     save_generator_processor(path)  # tokenizer, image processor, chat template (a Qwen2VLProcessor needs torchvision)
     return path
@@ -63,12 +73,18 @@ def build_qwen2vl(path: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--which", choices=["colqwen2", "qwen2vl", "both"], default="both")
+    ap.add_argument("--which", choices=["colqwen2", "qwen2vl", "both", "qwen2vl-shared"], default="both")
     args = ap.parse_args()
-    todo = {"colqwen2": build_colqwen2, "qwen2vl": build_qwen2vl}
+    todo = {
+        "colqwen2": build_colqwen2,
+        "qwen2vl": build_qwen2vl,
+        "qwen2vl-shared": lambda path: build_qwen2vl(path, visual_from=args.cache / "colqwen2-2b-random"),
+    }
     for name, build in todo.items():
-        if args.which not in (name, "both"):
+        if args.which not in (name, "both") or (args.which == "both" and name == "qwen2vl-shared"):
             continue
+        if name == "qwen2vl-shared" and not (args.cache / "colqwen2-2b-random" / "config.json").is_file():
+            build_colqwen2(args.cache / "colqwen2-2b-random")
         path = args.cache / f"{name}-2b-random"
         if (path / "config.json").is_file():
             print(f"{path} exists")

@@ -6,11 +6,12 @@ Public API (imported lazily so `import colrag` stays cheap):
     colrag.maxsim      late-interaction scores
     colrag.open_index  store and search page vectors without a model (colrag.api)
     colrag.Hit         a search result: file, page (1-based), score
+    colrag.Asker       the answer pipeline (colrag.ask): retrieve -> page features -> answer with sources
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Generator", "Hit", "Retriever", "__version__", "maxsim", "open_index"]
+__all__ = ["Asker", "Generator", "Hit", "Retriever", "__version__", "maxsim", "open_index"]
 
 
 def __getattr__(name):
@@ -26,6 +27,10 @@ def __getattr__(name):
         from . import api
 
         return getattr(api, name)
+    if name == "Asker":
+        from .ask import Asker
+
+        return Asker
     if name == "maxsim":
         from .scoring import maxsim
 

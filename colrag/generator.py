@@ -5,12 +5,17 @@
     out.text, out.token_ids, out.vision_s, out.prefill_s, out.decode_s, out.n_prompt_tokens
     for piece in g.stream("Describe this image.", images=["chart.png"]):
         print(piece, end="", flush=True)
+    g.generate("And the title?", images=[features])   # ImageFeatures (e.g. from the index): no vision pass
 
 The prompt is the Qwen2-VL-Instruct chat prompt (system prompt, one
 <|vision_start|><|image_pad|><|vision_end|> per image before the question, no BOS).
 Positions are the 3-D M-RoPE index (colrag.rope.get_rope_index); after the prompt each
 new token sits at past length + rope delta on all three axes. One decoder graph
 serves prefill (empty past) and decode; it returns logits for the last position.
+An image may be given as its precomputed vision-tower output (colrag.image_features:
+merged embeddings + grid, e.g. stored by the index): the prompt and positions are the
+ones the same image's pixels would give, only the vision tower does not run. The vision
+graph's session is created on the first image that needs it.
 Greedy by default; temperature / top-p / top-k / repetition penalty follow
 transformers' semantics (colrag.sampling).
 
@@ -23,15 +28,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .bundle import bundle_file, bundle_id, load_verified_manifest
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_PROMPT_TOKENS, SYSTEM_PROMPT
 from .errors import BundleError, InputError
+from .image_features import ImageFeatures
 from .prefix_cache import Prefix, PrefixCache, prefix_key
 from .backends import as_numpy, open_session, runs_on
 from .sampling import Sampler, SamplingParams
@@ -74,24 +81,34 @@ def _load_image(image, target_pixels: int | None = None):
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _cache_input(pre) -> np.ndarray:
+    """What a prefix's k/v depend on for one image: its preprocessed pixels, or its precomputed features
+    (a (n, hidden) array can never equal a (4n, 1176) pixel array, so the two kinds never share a key)."""
+    if isinstance(pre, ImageFeatures):
+        return np.ascontiguousarray(pre.embeds, dtype=np.float32)  # (n_image_tokens, H)
+    return pre.pixel_values  # (N, 1176)
+
+
 def _as_list(images) -> list:
     """images as a list: None, one image (PIL or path) or a sequence of them."""
     from PIL import Image
 
     if images is None:
         return []
-    if isinstance(images, (str, os.PathLike, Image.Image)):
+    if isinstance(images, (str, os.PathLike, Image.Image, ImageFeatures)):
         return [images]
     return list(images)
 
 
 class Generator:
     def __init__(self, bundle_dir: Path, manifest: dict, vision, decoder, embed_table: np.ndarray, tokenizer, image_config,
-                 prefix_cache: PrefixCache | None = None, prefill=None):
+                 prefix_cache: PrefixCache | None = None, prefill=None, *,
+                 vision_factory: Callable[[], Any] | None = None):
         self.bundle_dir = bundle_dir
         self.prefix_cache = prefix_cache
         self.manifest = manifest
-        self._vision = vision
+        self._vision_session = vision  # or None: created by vision_factory on the first image that needs it
+        self._vision_factory = vision_factory
         self._decoder = decoder  # decode steps
         self._prefill = prefill if prefill is not None else decoder  # the prompt (the same session unless chosen otherwise)
         self._embed_table = embed_table  # (vocab, hidden), memory-mapped
@@ -142,10 +159,9 @@ class Generator:
         if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
             raise BundleError(f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})")
         opts = dict(backend=backend, precision=precision, threads=threads, device=device)
-        vision_path = cls._vision_graph(bundle_dir, manifest)
+        vision_path = cls._vision_graph(bundle_dir, manifest)  # checked now, loaded when an image needs it
         shared = manifest.get("shared_vision") if "vision" not in graphs else None
         vision_key = str(shared["sha256"])[:32] if shared else bundle_id(manifest)  # the shared graph's own identity
-        vision = open_session(vision_path, graph="vision", cache_key=vision_key, **opts)
         decoder_path = bundle_file(bundle_dir, manifest, graphs["decoder"])
         decoder = open_session(decoder_path, graph="decode", cache_key=bundle_id(manifest), **opts)
         prefill = decoder  # one session serves both, unless the prefill is chosen to run elsewhere
@@ -155,7 +171,21 @@ class Generator:
         image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
         if prefix_cache is True:
             prefix_cache = PrefixCache()
-        return cls(bundle_dir, manifest, vision, decoder, table, tokenizer, image_config, prefix_cache or None, prefill=prefill)
+        return cls(bundle_dir, manifest, None, decoder, table, tokenizer, image_config, prefix_cache or None, prefill=prefill,
+                   vision_factory=lambda: open_session(vision_path, graph="vision", cache_key=vision_key, **opts))
+
+    @property
+    def _vision(self):
+        """The vision graph's session (created on first use: answers from stored features never need it)."""
+        if self._vision_session is None:
+            if self._vision_factory is None:
+                raise BundleError(f"{self.bundle_dir}: no vision graph")
+            self._vision_session = self._vision_factory()
+        return self._vision_session
+
+    @_vision.setter
+    def _vision(self, session) -> None:
+        self._vision_session = session
 
     @staticmethod
     def _vision_graph(bundle_dir: Path, manifest: dict) -> Path:
@@ -288,7 +318,11 @@ class Generator:
         if not isinstance(prompt, str):
             raise InputError(f"a prompt must be text, got {type(prompt).__name__}")
         start = time.perf_counter()
-        pres = [self._preprocess(img, max_pixels) for img in images]
+        # an image is either precomputed features (checked against this model) or pixels to preprocess
+        pres = [img if isinstance(img, ImageFeatures) else self._preprocess(img, max_pixels) for img in images]
+        for p in pres:
+            if isinstance(p, ImageFeatures):
+                p.check(self.hidden_size, self.spatial_merge_size, self.vision_hash)
         grids = np.stack([np.asarray(p.grid_thw, dtype=np.int64) for p in pres]) if pres else None  # (n_images, 3)
         counts = [int(np.prod(g)) // self.spatial_merge_size**2 for g in grids] if pres else []
         ids = np.asarray([self.prompt_ids(prompt, counts, system=system)], dtype=np.int64)  # (1, S)
@@ -315,7 +349,9 @@ class Generator:
         first = n_prefix if past is not None else 0
         embeds = np.asarray(self._embed_table[ids[0, first:]], dtype=np.float32)[None]  # (1, S - first, H)
         if pres and past is None:
-            embeds[0, slots] = np.concatenate([self._vision_embeds(p) for p in pres])  # (n_image_tokens, H)
+            embeds[0, slots] = np.concatenate(
+                [p.embeds if isinstance(p, ImageFeatures) else self._vision_embeds(p) for p in pres]
+            )  # (n_image_tokens, H)
             result.vision_s = time.perf_counter() - start
         position_ids, rope_deltas = get_rope_index(
             ids, grids, np.ones_like(ids), spatial_merge_size=self.spatial_merge_size, image_token_id=self.image_token_id
@@ -336,6 +372,7 @@ class Generator:
             "bundle_id": self.bundle_id,
             "vision_graph": vision,  # a shared vision graph lives in the retriever bundle
             "quantization": (self.manifest.get("quantization") or {}).get("scheme", "none"),
+            "runtimes": self.runtimes,  # backend and precision of the vision and prefill runs (bf16 k/v differ from f32)
             "image_config": asdict(self.image_config),
             "min_pixels": self.min_pixels,
             "pixel_budget": self._pixel_cap(max_pixels),
@@ -343,7 +380,7 @@ class Generator:
             "image_token_id": self.image_token_id,
             "system": system,
         }
-        return prefix_key(identity, prefix_ids, [(p.pixel_values, p.grid_thw) for p in pres])
+        return prefix_key(identity, prefix_ids, [(_cache_input(p), p.grid_thw) for p in pres])
 
     def _vision_graph_sha256(self) -> str | None:
         graphs = self.manifest.get("graphs") or {}

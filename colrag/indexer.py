@@ -10,6 +10,11 @@ at a time into an 'indexing' version of the document, invisible to search until 
 last page commits together with status 'done'; an interrupted run resumes at the
 first page not committed. Failures (whole files, single pages) are collected in the
 report and never stop the run.
+
+Page features: when the index keeps them (Index.keeps_features), each page's vision-tower
+output comes from the same pass that embeds it (Retriever.embed_pages) and is committed
+with its vectors; pages whose stored features a writer found damaged get them recomputed
+(render + vision tower only) at the start of the run.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import sha256_file
+from .image_features import ImageFeatures
 from .render import PdfError, RenderOptions, find_pdfs, open_pdf, render_page
 from .store.index import Index
 
@@ -104,6 +110,7 @@ class Indexer:
         report.files = len(files)
         report.removed_files = self._drop_vanished(paths, files)
         jobs = self._plan(files, report)
+        self._repair_features(report)
         self.progress.start(sum(j.n_pages - len(j.done_pages) for j in jobs), len(jobs))
         try:
             for job in jobs:
@@ -182,17 +189,17 @@ class Indexer:
             doc_id = job.resume_id
             if doc_id is None:
                 doc_id = self.index.begin_document(key, job.size, job.mtime_ns, job.sha256, job.n_pages)
-            pages, errors = [], []
+            pages, errors, feats = [], [], []
             for number in range(1, job.n_pages + 1):
                 if number in job.done_pages:
                     continue
-                stored = self._one_page(doc, number, key, pages, errors, report)
+                stored = self._one_page(doc, number, key, pages, errors, report, feats)
                 self.progress.advance(1, f"{job.path.name} p.{number}")
                 if len(pages) >= self.commit_pages or (errors and not stored):
-                    self.index.add_pages(doc_id, pages, errors)
-                    pages, errors = [], []
+                    self.index.add_pages(doc_id, pages, errors, features=self._features_arg(feats))
+                    pages, errors, feats = [], [], []
             if pages or errors:
-                self.index.add_pages(doc_id, pages, errors)
+                self.index.add_pages(doc_id, pages, errors, features=self._features_arg(feats))
             self.index.finish_document(doc_id)
             report.indexed_files += 1
         except PdfError as exc:
@@ -201,8 +208,15 @@ class Indexer:
         finally:
             doc.close()
 
-    def _one_page(self, doc, number: int, key: str, pages: list, errors: list, report: IndexReport) -> bool:
-        """Render and embed one page into `pages`, or record why not in `errors`."""
+    @property
+    def _with_features(self) -> bool:
+        return self.index.keeps_features and hasattr(self.retriever, "embed_pages")
+
+    def _features_arg(self, feats: list) -> list | None:
+        return feats if self._with_features else None
+
+    def _one_page(self, doc, number: int, key: str, pages: list, errors: list, report: IndexReport, feats: list) -> bool:
+        """Render and embed one page into `pages` (its vision-tower output into `feats`), or record why not in `errors`."""
         try:
             rendered = render_page(doc, number - 1, self.render)
         except Exception as exc:  # mupdf raises assorted errors on damaged pages; keep going
@@ -214,7 +228,10 @@ class Indexer:
             errors.append((number, "warning", rendered.warnings))
             report.warnings.append(Failure(key, number, rendered.warnings))
         try:
-            (vectors,) = self.retriever.embed_images([rendered.image])  # (n_tokens, dim)
+            if self._with_features:
+                ((vectors, features),) = self.retriever.embed_pages([rendered.image])  # (n_tokens, dim), ImageFeatures
+            else:
+                (vectors,), features = self.retriever.embed_images([rendered.image]), None  # (n_tokens, dim)
             vectors = np.asarray(vectors)
             if vectors.ndim != 2 or vectors.shape[1] != self.index.dim or len(vectors) == 0:
                 raise ValueError(f"the retriever returned an array of shape {vectors.shape}")
@@ -229,8 +246,27 @@ class Indexer:
             return False
         width, height = rendered.image.size
         pages.append((number, width, height, vectors))
+        feats.append(features)
         report.pages += 1
         return True
+
+    def _repair_features(self, report: IndexReport) -> None:
+        """Recompute the page features a writer found damaged (render + vision tower; the vectors are kept)."""
+        if not self._with_features:
+            return
+        for doc_id, missing in self.index.features_to_repair().items():
+            path = next((d.path for d in self.index.documents() if d.id == doc_id), None)
+            computed = []
+            try:
+                with open_pdf(Path(path), self.password) as doc:
+                    for _, page_no in missing:
+                        image = render_page(doc, page_no - 1, self.render).image
+                        embeds, grid = self.retriever.image_features(image)
+                        computed.append((page_no, ImageFeatures(embeds, grid, self.retriever.vision_hash)))
+            except (PdfError, OSError) as exc:
+                report.warnings.append(Failure(str(path), None, f"page features not repaired: {exc}"))
+                continue
+            self.index.add_features(doc_id, computed)
 
 
 def remove(index: Index, paths: list[str | os.PathLike]) -> list[str]:

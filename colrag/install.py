@@ -16,10 +16,12 @@ estimates below; `force=True` skips that refusal.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -347,16 +349,33 @@ def _check_checkpoint_dir(path: Path, part: str) -> Path:
     return path
 
 
-def _export(part: str, src: Path, target: Path, *, quantize: str, share_vision_with: Path | None) -> dict:
+def _export(part: str, src: Path, target: Path, *, quantize: str, share_vision_with: Path | None, verbose: bool = False) -> dict:
     if part == "retriever":
         from .export.retriever import export_retriever
 
-        return export_retriever(src, target, quantize=quantize, force=True)
+        return export_retriever(src, target, quantize=quantize, force=True, verbose=verbose)
     try:
         from .export.generator import export_generator
     except ImportError as exc:
         raise ColragError(f"this colrag cannot export the generator yet ({_first_line(exc)}); install with --only retriever") from exc
-    return export_generator(src, target, share_vision_with=share_vision_with, quantize=quantize, force=True)
+    return export_generator(src, target, share_vision_with=share_vision_with, quantize=quantize, force=True, verbose=verbose)
+
+
+@contextlib.contextmanager
+def _download_bars(show: bool) -> Iterator[None]:
+    """The Hub's tqdm download bars: useful on a terminal, noise in a log file."""
+    if show or "huggingface_hub" not in sys.modules and importlib.util.find_spec("huggingface_hub") is None:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
 
 
 def install(
@@ -368,12 +387,14 @@ def install(
     quantize: str = "none",
     force: bool = False,
     reinstall: bool = False,
+    verbose: bool = False,
 ) -> list[InstallResult]:
     """Install the retriever and/or generator bundles into `models_dir`.
 
     A part whose bundle already loads is kept unless `reinstall`. Checkpoints come from
     `<part>_from` folders when given, else from the Hub (SPECS). `force` skips the disk
-    and memory refusal. Progress goes to stderr.
+    and memory refusal. Progress goes to stderr: colrag's own lines, plus the Hub's download
+    bars on a terminal; `verbose` adds everything the libraries print (logs, warnings, bars).
     """
     if only is not None and only not in PARTS:
         raise InputError(f"unknown part {only!r}: choose {' or '.join(PARTS)}")
@@ -417,8 +438,9 @@ def install(
             _log(f"warning: {p} (going on: --force)")
 
     checkpoints = dict(local)
-    for spec in downloads:  # download everything first: network trouble shows before the long exports
-        checkpoints[spec.part] = download(spec)
+    with _download_bars(verbose or sys.stderr.isatty()):
+        for spec in downloads:  # download everything first: network trouble shows before the long exports
+            checkpoints[spec.part] = download(spec)
     models_dir.mkdir(parents=True, exist_ok=True)
     for part in todo:
         target = models_dir / part
@@ -433,6 +455,6 @@ def install(
                 _log("warning: the installed generator shares this retriever's vision graph: reinstall it too (--reinstall --only generator)")
         _log(f"{part}: exporting {checkpoints[part]} to {target} (quantize: {quantize})")
         with contextlib.redirect_stdout(sys.stderr):  # torch.onnx prints its progress: keep stdout for results
-            manifest = _export(part, checkpoints[part], target, quantize=quantize, share_vision_with=share)
+            manifest = _export(part, checkpoints[part], target, quantize=quantize, share_vision_with=share, verbose=verbose)
         results[part] = _result(part, target, "installed", manifest)
     return [results[p] for p in parts]

@@ -2,6 +2,7 @@
 
     r = Retriever.load("models/retriever")
     pages = r.embed_images([pil_image, ...])   # [(n_tokens_i, 128) float32, ...]
+    (vectors, feats), = r.embed_pages([pil_image])  # the same vectors + the vision tower's output (ImageFeatures)
     queries = r.embed_queries(["revenue in 2023?"])
     scores = colrag.maxsim(queries, pages)     # (n_queries, n_pages)
 
@@ -13,14 +14,16 @@ checkpoint was trained with (colrag.rope.get_rope_index).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .bundle import bundle_file, bundle_id, load_embedding_table, load_verified_manifest
 from .constants import IMAGE_PAD_ID, MAX_QUERY_TOKENS, PAD_ID
-from .errors import InputError
+from .errors import BundleError, InputError
+from .image_features import ImageFeatures
 from .preprocess import ImageProcessorConfig, preprocess_image, vision_rot_pos_ids
 from .rope import get_rope_index
 from .backends import as_numpy, open_session
@@ -28,15 +31,18 @@ from .tokenization import Tokenizer, pad_left, retriever_page_ids, retriever_que
 
 
 class Retriever:
-    def __init__(self, bundle_dir: Path, manifest: dict, vision, text, embed_table: np.ndarray, tokenizer: Tokenizer, image_config: ImageProcessorConfig):
+    def __init__(self, bundle_dir: Path, manifest: dict, vision, text, embed_table: np.ndarray, tokenizer: Tokenizer,
+                 image_config: ImageProcessorConfig, *, vision_factory: Callable[[], Any] | None = None):
         self.bundle_dir = bundle_dir
         self.manifest = manifest
-        self._vision = vision
+        self._vision_session = vision  # None until the first page: answering a question needs only the text graph
+        self._vision_factory = vision_factory
         self._text = text
         self._embed_table = embed_table  # (vocab, hidden), memory-mapped
         self.tokenizer = tokenizer
         self.image_config = image_config
         self.dim = int(manifest["dim"])
+        self.hidden_size = int(manifest["hidden_size"])  # of the vision tower's merged output (the LM width)
         self.min_pixels = int(manifest["min_pixels"])
         self.max_pixels = int(manifest["max_pixels"])
         self.bundle_id = bundle_id(manifest)
@@ -61,11 +67,25 @@ class Retriever:
         graphs = manifest["graphs"]
         table = load_embedding_table(bundle_dir, manifest)
         opts = dict(backend=backend, precision=precision, threads=threads, device=device, cache_key=bundle_id(manifest))
-        vision = open_session(bundle_file(bundle_dir, manifest, graphs["vision"]), graph="vision", **opts)
+        vision_path = bundle_file(bundle_dir, manifest, graphs["vision"])  # a bundle without it fails now, not at the first page
         text = open_session(bundle_file(bundle_dir, manifest, graphs["text"]), graph="text", **opts)
         tokenizer = Tokenizer.from_dir(bundle_dir)
         image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
-        return cls(bundle_dir, manifest, vision, text, table, tokenizer, image_config)
+        return cls(bundle_dir, manifest, None, text, table, tokenizer, image_config,
+                   vision_factory=lambda: open_session(vision_path, graph="vision", **opts))
+
+    @property
+    def _vision(self):
+        """The vision graph's session, created on first use (a query never needs it: ~0.7 s of loading saved per `ask`)."""
+        if self._vision_session is None:
+            if self._vision_factory is None:
+                raise BundleError(f"{self.bundle_dir}: no vision graph")
+            self._vision_session = self._vision_factory()
+        return self._vision_session
+
+    @_vision.setter
+    def _vision(self, session) -> None:
+        self._vision_session = session
 
     # -- prompts -----------------------------------------------------------------
     def page_ids(self, n_image_tokens: int) -> list[int]:
@@ -91,12 +111,18 @@ class Retriever:
 
     def embed_images(self, images: Sequence, *, batch_size: int = 1) -> list[np.ndarray]:
         """One (n_tokens_i, dim) float32 array per PIL image."""
-        out: list[np.ndarray] = []
+        return [vectors for vectors, _ in self.embed_pages(images, batch_size=batch_size)]
+
+    def embed_pages(self, images: Sequence, *, batch_size: int = 1) -> list[tuple[np.ndarray, ImageFeatures]]:
+        """Per PIL image: its (n_tokens, dim) float32 vectors and the vision tower's output they were
+        computed from (merged image embeddings (n_image_tokens, hidden) + grid), from one vision pass."""
+        out: list[tuple[np.ndarray, ImageFeatures]] = []
         for start in range(0, len(images), max(1, batch_size)):
             batch = images[start : start + max(1, batch_size)]
             feats = [self.image_features(_check_image(img)) for img in batch]
             seqs = [self.page_ids(len(f[0])) for f in feats]
-            out += self._embed_sequences(seqs, [f[0] for f in feats], np.stack([f[1] for f in feats]))
+            vectors = self._embed_sequences(seqs, [f[0] for f in feats], np.stack([f[1] for f in feats]))
+            out += [(v, ImageFeatures(e, g, self.vision_hash)) for v, (e, g) in zip(vectors, feats)]
         return out
 
     def embed_queries(self, texts: Sequence[str], *, batch_size: int = 8) -> list[np.ndarray]:

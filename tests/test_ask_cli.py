@@ -64,11 +64,14 @@ def test_ask_answers_from_the_index_with_sources(cli, tiny_index, tiny_retriever
     result = _ask(cli, *args, "--json", "--pages", "2")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"answer", "sources"}
+    assert set(payload) == {"answer", "sources", "timings"}
+    assert set(payload["timings"]) >= {"retrieve_s", "vision_s", "prefill_s", "first_token_s", "decode_s", "new_tokens"}
+    assert 1 <= payload["timings"]["new_tokens"] <= 8 and payload["timings"]["prefill_s"] > 0
     assert isinstance(payload["answer"], str) and payload["answer"]
     assert len(payload["sources"]) == 2
     for s in payload["sources"]:
         assert s["file"].endswith(".pdf") and s["page"] >= 1 and isinstance(s["score"], float)
+        assert s["features"] == "computed"  # this generator has its own vision tower
     assert payload["sources"][0]["score"] >= payload["sources"][1]["score"]
 
 

@@ -151,7 +151,7 @@ def test_same_pixels_in_another_grid_is_another_prefix(tiny_generator_bundle):
     assert first.token_ids == _greedy(plain, "What is shown?", [wide]).token_ids
 
 
-def test_key_covers_every_setting_that_changes_the_prefix(tiny_generator_bundle):
+def test_key_covers_every_setting_that_changes_the_prefix(tiny_generator_bundle, monkeypatch):
     from colrag.constants import SYSTEM_PROMPT
 
     gen = colrag.Generator.load(tiny_generator_bundle, threads=1)
@@ -164,6 +164,10 @@ def test_key_covers_every_setting_that_changes_the_prefix(tiny_generator_bundle)
         "pixel budget": gen._prefix_key(ids, pres, 200 * 28 * 28, SYSTEM_PROMPT),
         "prefix ids": gen._prefix_key(ids[:-1], pres, None, SYSTEM_PROMPT),
     }
+    with monkeypatch.context() as patch:
+        bf16 = {"vision": "openvino bf16", "prefill": "openvino bf16", "decode": "onnxruntime f32"}
+        patch.setattr(type(gen), "runtimes", property(lambda self: bf16))
+        others["backend"] = gen._prefix_key(ids, pres, None, SYSTEM_PROMPT)
     gen.manifest = {**gen.manifest, "quantization": {"scheme": "int8"}}
     others["quantization"] = gen._prefix_key(ids, pres, None, SYSTEM_PROMPT)
     gen.bundle_id = "another-bundle"

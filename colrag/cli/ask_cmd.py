@@ -2,13 +2,13 @@
 `colrag models export generator`: export a Qwen2-VL checkpoint to a generator bundle.
 
 The answer streams to stdout as it is generated, then the sources (file, page, score);
-`--json` prints {"answer", "sources": [{"file", "page", "score"}]} once done instead.
-Notes (page images written by --show, timings with --stats) go to stderr.
+`--json` prints {"answer", "sources": [{"file", "page", "score", "features"}], "timings"}
+once done instead. Notes (page images written by --show, why stored page features were
+not used, timings with --stats) go to stderr. The pipeline itself is colrag.ask.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 import tempfile
@@ -40,68 +40,16 @@ def export_generator_cmd(
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
     quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 (weight-only, block-wise), int4 (4-bit language-model weights, int8 vision: faster decoding), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift); the drift vs fp32 is recorded in the manifest."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
 ) -> None:
     """Export a Qwen2-VL generator checkpoint: vision + decoder (KV cache) graphs, embedding table, tokenizer, manifest."""
     from ..export.generator import export_generator
     from ..paths import generator_dir
 
     target = out or generator_dir(None, models_dir)
-    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=quantize, force=force)
+    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=quantize, force=force,
+                     verbose=verbose)
     typer.echo(str(target))
-
-
-def _require_bundle(path: Path, kind: str, flag: str) -> Path:
-    from ..bundle import MANIFEST
-    from ..errors import BundleError
-
-    if not (path / MANIFEST).is_file():
-        raise BundleError(
-            f"no {kind} bundle at {path}: run `colrag models install`, or "
-            f"`colrag models export {kind} SRC --out {path}` (or pass {flag} DIR)"
-        )
-    return path
-
-
-def _retrieve(question: str, n_pages: int, index: Optional[str], models_dir, retriever: Optional[Path], threads: Optional[int],
-              backend: Optional[str] = None, precision: Optional[str] = None):
-    """The top pages for the question: [Hit(file, page, score)]. The retriever is freed afterwards."""
-    from ..errors import IndexStoreError
-    from ..paths import index_dir, retriever_dir
-    from ..retriever import Retriever
-    from ..api import open_index
-    from ..store.manifest import check_no_retriever
-
-    target = index_dir(index)
-    with open_index(target, readonly=True, threads=threads) as ix:
-        check_no_retriever(target, ix.index.manifest)
-        if not ix.index.snapshot().pages:
-            raise IndexStoreError(f"index {target} has no pages yet: run `colrag index DIR` first")
-        bundle = _require_bundle(retriever_dir(retriever, models_dir), "retriever", "--retriever")
-        model = Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
-        hits = ix.search_text(question, model, n_pages)
-    del model
-    gc.collect()  # the generator needs the memory more
-    return hits
-
-
-def _render_hits(hits, max_pixels: int, password: Optional[str]):
-    """Render each hit's page at about the generator's resolution."""
-    from ..errors import InputError
-    from ..render import RenderOptions, open_pdf, render_page
-
-    images = []
-    for hit in hits:
-        try:
-            doc = open_pdf(hit.file, password)
-        except InputError as exc:
-            raise InputError(f"cannot open {hit.file} to read page {hit.page} ({exc}); re-index with `colrag index`") from exc
-        try:
-            if not 1 <= hit.page <= doc.page_count:
-                raise InputError(f"{hit.file} has no page {hit.page} any more; re-index with `colrag index`")
-            images.append(render_page(doc, hit.page - 1, RenderOptions(target_pixels=max_pixels)).image)
-        finally:
-            doc.close()
-    return images
 
 
 def _show(images, names: list[str]) -> None:
@@ -119,7 +67,7 @@ def ask_cmd(
         None, "--image", help="Ask about this image file instead of the index (repeat for several images).",
     ),
     pages: int = typer.Option(1, "--pages", min=1, help="Give the model the top N retrieved pages as images."),
-    as_json: bool = typer.Option(False, "--json", help='Print {"answer", "sources": [{"file", "page", "score"}]} (no streaming).'),
+    as_json: bool = typer.Option(False, "--json", help='Print {"answer", "sources": [{"file", "page", "score", "features"}], "timings"} (no streaming).'),
     show: bool = typer.Option(False, "--show", help="Write the page image(s) given to the model as PNG and print their paths on stderr."),
     index: Optional[str] = typer.Option(
         None, "--index", envvar="COLRAG_INDEX",
@@ -136,17 +84,27 @@ def ask_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed, for reproducible sampling."),
     max_pixels: Optional[int] = typer.Option(
         None, "--max-pixels", min=4 * 28 * 28,
-        help="Lower the generator's image resolution (pixels per image) for speed \\[default: the bundle's, 1280*28*28].",
+        help="Pixels per page/image for the generator \\[default: for indexed pages the index's own budget (768*28*28, "
+             "which lets `ask` use the stored page features); for --image the bundle's, 1280*28*28].",
     ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, callback=check_threads_option, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
     backend: Optional[str] = BACKEND_OPTION,
     precision: Optional[str] = PRECISION_OPTION,
     password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted indexed PDFs."),
-    stats: bool = typer.Option(False, "--stats", help="Print timings (vision, prefill, decode) on stderr."),
+    stats: bool = typer.Option(False, "--stats", help="Print timings (load, retrieve, vision, prefill, first token, decode) and where the page features came from on stderr."),
+    page_features: bool = typer.Option(
+        True, "--page-features/--no-page-features",
+        help="Use the page features the index stored (no rendering, no vision tower) when the generator has the index's "
+             "vision tower; --no-page-features renders the page(s) and computes them.",
+    ),
     cache: bool = typer.Option(
         True, "--cache/--no-cache",
         help="Keep what the model computed for the page(s) (bounded, under $COLRAG_HOME/cache/prefixes) so the next "
              "question on the same page skips the vision tower and the page's prefill.",
+    ),
+    use_server: bool = typer.Option(
+        True, "--server/--no-server",
+        help="Use a running `colrag serve` (models already loaded) when it has the same bundles \\[default: when running].",
     ),
     interactive: bool = typer.Option(
         False, "--interactive", "-i",
@@ -155,82 +113,102 @@ def ask_cmd(
     ),
 ) -> None:
     """Answer a question from the indexed pages (or about --image files), citing the pages used."""
-    from ..bundle import load_manifest
+    from ..ask import Answer, Asker
     from ..errors import InputError
-    from ..generator import Generator
-    from ..paths import generator_dir, prefix_cache_dir
-    from ..prefix_cache import PrefixCache
 
     if interactive and as_json:
         raise InputError("--interactive streams answers as text; it cannot be combined with --json")
-
-    gen_bundle = _require_bundle(generator_dir(generator, models_dir), "generator", "--generator")
-    cap = int(load_manifest(gen_bundle, "generator")["max_pixels"])
-    if max_pixels is not None:
-        cap = min(cap, max_pixels)
-
-    if image:
-        hits = []
-        images = list(image)
-        from ..preprocess import check_image_file
-
-        for path in images:
-            check_image_file(path)  # missing, malformed or too large: said now, from the header, before the model loads
-    else:
-        hits = _retrieve(question, pages, index, models_dir, retriever, threads, backend, precision)
-        images = _render_hits(hits, cap, password)
-        if show:
-            _show(images, [f"{Path(h.file).stem}-p{h.page}" for h in hits])
-
-    model = Generator.load(gen_bundle, threads=threads, prefix_cache=PrefixCache(folder=prefix_cache_dir()) if cache else False,
-                           backend=backend, precision=precision)
-    if stats:
-        typer.echo("graphs: " + ", ".join(f"{graph} on {where}" for graph, where in model.runtimes.items()), err=True)
     options = dict(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                   repetition_penalty=repetition_penalty, seed=seed, max_pixels=cap)
-    sources = [{"file": h.file, "page": h.page, "score": round(float(h.score), 4)} for h in hits]
+                   repetition_penalty=repetition_penalty, seed=seed)
+    images = [str(p.resolve()) for p in image] if image else None
+    if use_server and cache and not (interactive or show):
+        answer = _ask_server(question, pages, images, index, models_dir, retriever, generator, threads, page_features,
+                             max_pixels, password, options, as_json, backend, precision)
+        if answer is not None:
+            _print_answer(answer, as_json, image, streamed=True, stats=stats)
+            return
+    asker = Asker.open(models_dir=models_dir, index=index, retriever=retriever, generator=generator, threads=threads,
+                       cache=cache, page_features=page_features, max_pixels=max_pixels, password=password,
+                       keep_retriever=False, backend=backend, precision=precision)
+    prepared = asker.prepare(question, pages=pages, images=images)
+    for note in prepared.notes:
+        typer.echo(f"note: {note}", err=True)
+    if show and prepared.hits:
+        _show(asker.page_images(prepared.hits), [f"{Path(h.file).stem}-p{h.page}" for h in prepared.hits])
+    while True:
+        answer = Answer()
+        for piece in asker.stream(question, prepared, answer, **options):
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        _print_answer(answer, as_json, image, streamed=not as_json, stats=stats)
+        if stats:
+            typer.echo("graphs: " + ", ".join(f"{graph} on {where}" for graph, where in asker.runtimes().items()), err=True)
+        if not interactive:
+            break
+        typer.echo("follow-up (empty line ends): ", err=True, nl=False)
+        question = sys.stdin.readline().strip()
+        if not question:
+            break
+
+
+def _ask_server(question, pages, images, index, models_dir, retriever, generator, threads, page_features, max_pixels,
+                password, options, as_json, backend, precision):
+    """The answer from a running `colrag serve` (streamed to stdout unless --json), or None to answer here."""
+    from ..paths import generator_dir, index_dir, retriever_dir
+    from ..serve import answer_from_dict, ask_server
+
+    request = {"question": question, "pages": pages, "images": images, "index": str(index_dir(index).resolve()),
+               "page_features": page_features, "max_pixels": max_pixels, "password": password, "options": options}
+    events = ask_server(request, retriever_dir(retriever, models_dir), generator_dir(generator, models_dir), threads,
+                        backend, precision)
+    if events is None:
+        return None
+    for event in events:
+        if "note" in event:
+            typer.echo(f"note: {event['note']}", err=True)
+        elif "piece" in event and not as_json:
+            sys.stdout.write(event["piece"])
+            sys.stdout.flush()
+        elif "answer" in event:
+            answer = answer_from_dict(event["answer"])
+            answer.notes = [*answer.notes, "answered by colrag serve"]
+            return answer
+    return None
+
+
+def _print_answer(answer, as_json: bool, image, *, streamed: bool, stats: bool) -> None:
+    """After the streamed text (or instead of it, with --json): the sources, then the stats on stderr."""
     if as_json:
-        result = model.generate(question, images=images, **options)
-        payload = {"answer": result.text.strip(), "sources": sources}
+        payload = {"answer": answer.text.strip(), "sources": [s.as_dict() for s in answer.sources],
+                   "timings": answer.timings.as_dict()}
         if image:
             payload["images"] = [str(p) for p in image]
         typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
-        if stats:
-            _print_stats(result)
-        return
-    _stream_answer(model, question, images, options, sources, stats)
-    while interactive:
-        typer.echo("follow-up (empty line ends): ", err=True, nl=False)
-        line = sys.stdin.readline()
-        if not line.strip():
-            break
-        _stream_answer(model, line.strip(), images, options, sources, stats)
-
-
-def _stream_answer(model, question: str, images, options: dict, sources: list[dict], stats: bool) -> None:
-    """Stream one answer to stdout, then its sources."""
-    from ..generator import Generation
-
-    result = Generation()
-    out = sys.stdout
-    for piece in model.stream(question, images=images, result=result, **options):
-        out.write(piece)
+    else:
+        out = sys.stdout
+        out.write("\n")
+        if answer.sources:
+            out.write("\nSources:\n")
+            for rank, s in enumerate(answer.sources, 1):
+                out.write(f"  [{rank}] {printable(s.file)}, page {s.page} (score {s.score:.4f})\n")
         out.flush()
-    out.write("\n")
-    if sources:
-        out.write("\nSources:\n")
-        for rank, s in enumerate(sources, 1):
-            out.write(f"  [{rank}] {printable(s['file'])}, page {s['page']} (score {s['score']:.4f})\n")
-    out.flush()
     if stats:
-        _print_stats(result)
+        _print_stats(answer)
 
 
-def _print_stats(result) -> None:
-    cached = ", page prefix from cache" if result.prefix_cached else ""
+def _print_stats(answer) -> None:
+    t = answer.timings
+    kinds = sorted({s.features for s in answer.sources})
+    cached = ", page prefix from cache" if answer.prefix_cached else ""
+    features = f"; page features: {', '.join(kinds)}" if kinds else ""
+    if "answered by colrag serve" in answer.notes:
+        features += "; answered by colrag serve (models already loaded)"
+    decode_rate = (t.new_tokens - 1) / t.decode_s if t.decode_s > 0 and t.new_tokens > 1 else 0.0
     typer.echo(
-        f"vision {result.vision_s:.2f}s, prefill {result.prefill_s:.2f}s ({result.n_prompt_tokens} tokens{cached}), "
-        f"decode {result.decode_s:.2f}s ({result.n_new_tokens} tokens, {result.decode_tokens_per_s:.2f} tok/s), "
-        f"stopped on {result.finish_reason}",
+        f"load {t.load_s:.2f}s, retrieve {t.retrieve_s:.2f}s, vision {t.vision_s:.2f}s, "
+        f"prefill {t.prefill_s:.2f}s ({answer.n_prompt_tokens} tokens{cached}), first token {t.first_token_s:.2f}s, "
+        f"decode {t.decode_s:.2f}s ({t.new_tokens} tokens, {decode_rate:.2f} tok/s), stopped on {answer.finish_reason}"
+        f"{features}",
         err=True,
     )

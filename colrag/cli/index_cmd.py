@@ -145,6 +145,11 @@ def index_cmd(
         help="Password for encrypted PDFs (tried on every encrypted file; the env var keeps it out of `ps`).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the run's report as JSON on stdout."),
+    page_features: bool = typer.Option(
+        True, "--page-features/--no-page-features",
+        help="Also keep each page's vision-tower output (~2.4 MB per page at float16) so that `colrag ask` answers "
+             "an indexed page without rendering it or running the vision tower again.",
+    ),
 ) -> None:
     """Render, embed and store every page of the given PDFs. Incremental: unchanged files are
     skipped, changed ones re-indexed, files gone from the given folders dropped. Safe to
@@ -158,7 +163,9 @@ def index_cmd(
     find_pdfs(paths)  # a missing path fails now, before the retriever loads
     model = _load_retriever(retriever, models_dir, threads, backend, precision)
     progress = ProgressLine()
-    with Index.open_writer(target, RetrieverInfo.of(model)) as idx:
+    with Index.open_writer(target, RetrieverInfo.of(model), page_features=page_features) as idx:
+        for note in idx.repair_notes:
+            typer.echo(f"repair: {note}", err=True)
         try:
             report = Indexer(idx, model, password=password, progress=progress).run(paths)
         except KeyboardInterrupt:
@@ -279,6 +286,13 @@ def status_cmd(
             f"on disk    {_human_bytes(stats['bytes_on_disk'])} (dead vectors {_human_bytes(stats['dead_vector_bytes'])}: "
             "removed or replaced pages, reclaimed by `colrag compact`, or automatically past a quarter of the vectors)"
         )
+        if stats["features"] is not None or stats["pages_with_features"]:
+            typer.echo(
+                f"features   {stats['pages_with_features']} of {stats['pages']} pages, {_human_bytes(stats['feature_bytes'])} "
+                f"({_human_bytes(stats['feature_bytes_per_page'])} per page)"
+            )
+        else:
+            typer.echo("features   none (pages indexed with `colrag index` from now on get them)")
         for f in stats["failed"]:
             typer.echo(f"failed     {printable(f['path'])}: {printable(f['error'])}")
         for f in stats["page_failures"]:

@@ -48,6 +48,7 @@ def install_cmd(
     force: bool = typer.Option(False, "--force", help="Go on even when the disk or memory check says it will not fit."),
     reinstall: bool = typer.Option(False, "--reinstall", help="Replace bundles that are already installed (they are kept otherwise)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
 ) -> None:
     from ..install import install
     from ..paths import models_dir as default_models_dir
@@ -60,6 +61,7 @@ def install_cmd(
         quantize=quantize.value,
         force=force,
         reinstall=reinstall,
+        verbose=verbose,
     )
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))

@@ -25,6 +25,7 @@ def export_retriever_cmd(
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
     quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 (weight-only, block-wise), int4 (4-bit language-model weights, int8 vision: faster decoding), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
 ) -> None:
     """Export a ColQwen2 retriever checkpoint: vision + text graphs, embedding table, tokenizer, manifest."""
     from ..export.retriever import export_retriever
@@ -32,7 +33,7 @@ def export_retriever_cmd(
 
     target = out or retriever_dir(None, models_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    export_retriever(src, target, opset=opset, quantize=quantize, force=force)
+    export_retriever(src, target, opset=opset, quantize=quantize, force=force, verbose=verbose)
     typer.echo(str(target))
 
 

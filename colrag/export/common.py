@@ -3,18 +3,93 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import io
 import json
+import logging
 import shutil
 import sys
 import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
 # Files of a checkpoint folder that the runtime needs besides the weights.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
 CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json", "chat_template.json", "chat_template.jinja")
+
+
+# -- quiet by default ------------------------------------------------------------------------
+# An export runs torch.onnx, onnxscript, transformers and onnxruntime's quantizer, which
+# talk a lot: "[torch.onnx] ..." progress lines on stdout, "torchvision is not installed"
+# warnings through torch's logging, ~100 INFO lines from onnxscript / onnx_ir (because
+# importing onnxruntime's MatMulNBits quantizer calls logging.basicConfig(level=INFO)),
+# FutureWarnings from torch.export's pytree, and tqdm bars from transformers. None of it
+# is actionable for a user; colrag's own progress lines say what is happening. `verbose`
+# lets all of it through (to stderr: stdout is for results).
+_FOREIGN_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export", "onnxruntime", "transformers")
+_torch_progress: TextIO | None = None  # where export_graph sends torch.onnx's stdout chatter; None = stderr
+
+
+@contextlib.contextmanager
+def quiet_export(verbose: bool = False) -> Iterator[None]:
+    """Silence the libraries an export runs (logs, warnings, progress bars) unless `verbose`."""
+    global _torch_progress
+    if verbose:
+        yield
+        return
+    with contextlib.suppress(ImportError):  # torch sets its loggers' levels when imported: let it do so first
+        import torch  # noqa: F401
+    root = logging.getLogger()
+    guard = logging.NullHandler()  # a handler on root makes a library's logging.basicConfig() a no-op
+    saved = {name: logging.getLogger(name).level for name in ("", *_FOREIGN_LOGGERS)}
+    root.addHandler(guard)
+    root.setLevel(max(root.level, logging.ERROR))
+    for name in _FOREIGN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    bars = _transformers_progress_bars(False)
+    previous, _torch_progress = _torch_progress, io.StringIO()
+    try:
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning, UserWarning):
+                warnings.filterwarnings("ignore", category=category, module=r"(torch|transformers|onnxscript|onnx_ir|onnx|copyreg)\b")
+            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec", category=FutureWarning)
+            yield
+    finally:
+        _torch_progress = previous
+        if bars:
+            _transformers_progress_bars(True)
+        root.removeHandler(guard)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _transformers_progress_bars(enable: bool) -> bool:
+    """Turn transformers' tqdm bars on or off; returns whether they were on (False when it is not imported)."""
+    module = sys.modules.get("transformers.utils.logging")
+    if module is None:
+        try:
+            from transformers.utils import logging as module  # type: ignore[no-redef]
+        except ImportError:
+            return False
+    was = bool(module.is_progress_bar_enabled())
+    (module.enable_progress_bar if enable else module.disable_progress_bar)()
+    return was
+
+
+def quiet_unless_verbose(export: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an exporter inside `quiet_export`; it gains a `verbose=False` keyword."""
+
+    @functools.wraps(export)
+    def run(*args: Any, verbose: bool = False, **kwargs: Any) -> Any:
+        with quiet_export(verbose):
+            return export(*args, **kwargs)
+
+    return run
 
 
 def vision_hash(visual) -> str:
@@ -75,7 +150,7 @@ def export_graph(module, args: tuple, path: Path, *, input_names, output_names, 
     start = time.perf_counter()
     module.eval()
     # torch.onnx prints its progress on stdout; stdout is for results (paths, JSON).
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+    with torch.no_grad(), contextlib.redirect_stdout(_torch_progress or sys.stderr):
         program = torch.onnx.export(
             module,
             args,

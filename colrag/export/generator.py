@@ -46,6 +46,7 @@ from .common import (
     copy_checkpoint_files,
     export_graph,
     max_abs_diff,
+    quiet_unless_verbose,
     read_source_identity,
     save_embedding_table,
     vision_hash,
@@ -135,6 +136,7 @@ def _check(name: str, got, want) -> float:
     return diff
 
 
+@quiet_unless_verbose
 def export_generator(
     src: str | Path,
     out: str | Path,
@@ -145,6 +147,9 @@ def export_generator(
     force: bool = False,
 ) -> dict:
     """Export checkpoint folder `src` to bundle folder `out`; returns the manifest.
+
+    verbose=True lets the libraries' own logs, warnings and progress bars through
+    (colrag.export.common.quiet_export); by default only colrag's progress lines show.
 
     quantize: "none" (fp32) or a scheme of colrag.export.quantize.QUANT_SCHEMES
     (weight-only, block-wise; activations stay fp32). The drift against fp32 on the

@@ -33,6 +33,7 @@ from .common import (
     copy_checkpoint_files,
     export_graph,
     max_abs_diff,
+    quiet_unless_verbose,
     read_source_identity,
     save_embedding_table,
     vision_hash,
@@ -85,8 +86,12 @@ def _check(name: str, got, want) -> float:
     return diff
 
 
+@quiet_unless_verbose
 def export_retriever(src: str | Path, out: str | Path, *, opset: int = 18, quantize: str = "none", force: bool = False) -> dict:
     """Export checkpoint folder `src` to bundle folder `out`; returns the manifest.
+
+    verbose=True lets the libraries' own logs, warnings and progress bars through
+    (colrag.export.common.quiet_export); by default only colrag's progress lines show.
 
     quantize: "none" (fp32 graphs) or a scheme of colrag.export.quantize.QUANT_SCHEMES
     (weight-only, block-wise); the drift against fp32 is measured and recorded.

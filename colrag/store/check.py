@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import IndexStoreError
 from . import catalog as cat
 from . import coarse, faiss_io
+from . import features as pf
 
 if TYPE_CHECKING:
     from .index import Index
@@ -46,6 +47,7 @@ def index_stats(ix: Index) -> dict[str, Any]:
         "vector_bytes": counts["rows"] * row_bytes,
         "dead_vector_bytes": (counts["rows"] - counts["stored_tokens"]) * row_bytes,
         "centroids": int(meta["n_centroids"]) if meta else 0,
+        **pf.stats(ix.conn, ix.path / pf.FEATURES_DIR, pf.manifest_info(ix.manifest)),
         "failed": counts["failed"],
     }
 
@@ -107,6 +109,9 @@ def check_index(ix: Index, *, vectors: bool = True) -> CheckReport:
                     bad = s + int(np.argmax(np.abs(norms - 1.0) > 0.05))
                     report.problems.append(f"segment {name} row {bad} is not a unit vector (norm {norms[bad - s]:.3f})")
                     break
+    problems, notes = pf.check(ix.conn, ix.path / pf.FEATURES_DIR, pf.manifest_info(ix.manifest), deep=vectors)
+    report.problems += problems
+    report.notes += notes
     return report
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import IndexStoreError
 from . import catalog as cat
 from . import faiss_io
+from .features import FEATURES_DIR
 from .lock import LOCK_FILE
 from .manifest import MANIFEST_FILE
 from .segments import SEGMENTS_DIR
@@ -55,7 +56,7 @@ def remove_leftovers(path: Path, referenced: set[str]) -> None:
 
 def refuse_links(path: Path) -> None:
     """A writer deletes and truncates files in vectors/ and ann/: never through a link."""
-    for name in (SEGMENTS_DIR, ANN_DIR):
+    for name in (SEGMENTS_DIR, ANN_DIR, FEATURES_DIR):
         sub = path / name
         if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
             raise IndexStoreError(

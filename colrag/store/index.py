@@ -6,6 +6,7 @@
         vectors/seg-NNNNNN-vVVVVVV.faiss   page token vectors, FAISS SQ8, page-major (colrag.store.segments)
         vectors/coarse-000001.faiss    coarse centroids (FAISS k-means), once the index reaches ~670 pages
         vectors/lists-gNNNNNNNNN.faiss page lists: centroid -> pages (a FAISS inverted file; a cache)
+        features/doc-*.feat            each page's vision-tower output, one file per document (features.py)
         write.lock                     held (fcntl) by the one process writing
 
 Readers (`Index.open`) never lock; a writer (`Index.open_writer`) holds write.lock, repairs
@@ -28,6 +29,7 @@ from ..errors import IndexStoreError
 from ..render import RenderOptions
 from . import catalog as cat
 from . import coarse, faiss_io, lists
+from . import features as pf
 from .catalog import Document, PageRecord
 from .check import CheckReport, check_index, index_stats
 from .folder import OWN_ENTRIES, not_creation_leftovers, refuse_links
@@ -58,6 +60,19 @@ class Snapshot:
     lists: dict | None = None  # meta 'lists': the saved page lists ({"file", "generation"})
 
 
+def _features_entry(manifest: dict[str, Any], retriever: RetrieverInfo | None) -> dict[str, Any] | None:
+    """The manifest's "page_features" for a writer with this retriever (None: store no features)."""
+    current = pf.manifest_info(manifest)
+    if retriever is None:
+        return current
+    if not retriever.vision_hash or retriever.hidden_size <= 0:
+        return None  # a retriever that does not name its vision tower: features could never be matched
+    if current is not None:
+        same = current["vision_hash"] == retriever.vision_hash and current["hidden_size"] == retriever.hidden_size
+        return current if same else None
+    return {"vision_hash": retriever.vision_hash, "hidden_size": retriever.hidden_size, "encoding": pf.DEFAULT_ENCODING}
+
+
 class Index:
     def __init__(self, path: Path, manifest: dict[str, Any], conn: sqlite3.Connection | None, lock: WriterLock | None):
         self.path = path
@@ -72,6 +87,8 @@ class Index:
         self._lists: lists.PageLists | None = None
         self._snapshot: Snapshot | None = None  # a reader's last snapshot, reused while the generation holds
         self.writer: Any = None  # colrag.store.writer.Writer of a writable index
+        self._features: pf.FeatureWriter | None = None  # set by open_writer when this index keeps page features
+        self.repair_notes: list[str] = []  # what the writer's repair at open found (damaged page features)
 
     @property
     def has_retriever(self) -> bool:
@@ -111,11 +128,14 @@ class Index:
         render: RenderOptions | None = None,
         *,
         dim: int | None = None,
+        page_features: bool = True,
     ) -> Index:
         """Open (or create) for writing: takes write.lock, upgrades a schema-2 index, repairs what a crash left.
 
         `retriever` is checked against an existing index; None opens an existing index for
-        maintenance (remove, compact), or creates one for precomputed vectors of `dim` dimensions."""
+        maintenance (remove, compact), or creates one for precomputed vectors of `dim` dimensions.
+        page_features: keep the pages' vision-tower output (add_pages' `features`) when the
+        retriever names its vision tower (vision_hash); False stores none from this run."""
         from . import migrate
         from .writer import Writer
 
@@ -155,16 +175,26 @@ class Index:
                 if dim and int(manifest["dim"]) != dim:
                     raise IndexStoreError(f"index {path} holds {manifest['dim']}-d vectors, not {dim}-d ones")
             conn = cat.connect(path / cat.CATALOG_FILE)
-            if cat.check_version(conn) == 2 or (not fresh and manifest["schema_version"] < SCHEMA_VERSION):
+            if 2 <= cat.check_version(conn) < cat.FAISS_VERSION or (not fresh and manifest["schema_version"] < SCHEMA_VERSION):
                 manifest = migrate.upgrade(path, conn, manifest)  # files first, then the catalog's migration 3
             cat.migrate(conn)
-            if fresh:  # the manifest is written last: its presence means the index exists
-                from ..bundle import atomic_write_json
+            from ..bundle import atomic_write_json
 
+            features = _features_entry(manifest, retriever) if page_features else None
+            if features is not None and pf.manifest_info(manifest) is None:
+                manifest = {**manifest, "page_features": features}
+                if not fresh:  # an older index gains features for the pages indexed from now on
+                    atomic_write_json(path / MANIFEST_FILE, manifest)
+            if fresh:  # the manifest is written last: its presence means the index exists
                 atomic_write_json(path / MANIFEST_FILE, manifest)
             index = cls(path, manifest, conn, lock)
             index.writer = Writer(index)
             index.writer.repair()
+            info = pf.manifest_info(manifest)
+            if info is not None:
+                index.repair_notes = pf.repair(conn, path / pf.FEATURES_DIR, info["hidden_size"], info["encoding"], cat.transaction)
+            if features is not None:
+                index._features = pf.FeatureWriter(path / pf.FEATURES_DIR, features["hidden_size"], features["encoding"])
             return index
         except BaseException:
             if conn is not None:
@@ -188,6 +218,9 @@ class Index:
         return peek()
 
     def close(self) -> None:
+        if self._features is not None:
+            self._features.close()
+            self._features = None
         self.reader.close()
         self._lists = None
         if self.conn is not None:
@@ -330,23 +363,67 @@ class Index:
         return int(self._need_writer().begin_document(path, size, mtime_ns, sha256, n_pages))
 
     def add_pages(
-        self, doc_id: int, pages: list[tuple[int, int, int, np.ndarray]], errors: list[tuple[int, str, str]] = ()
-    ) -> None:  # type: ignore[assignment]
+        self,
+        doc_id: int,
+        pages: list[tuple[int, int, int, np.ndarray]],
+        errors: list[tuple[int, str, str]] = (),  # type: ignore[assignment]
+        features: list[pf.ImageFeatures | None] | None = None,
+    ) -> None:
         """Store pages (page_no, width, height, (n_tokens, dim) vectors) and page errors/warnings
-        (page_no, kind, message) of an 'indexing' document, in one commit."""
-        self._need_writer().add_pages(doc_id, pages, list(errors))
+        (page_no, kind, message) of an 'indexing' document, in one commit. `features`: one
+        ImageFeatures (or None) per page, kept when this index keeps page features."""
+        self._need_writer().add_pages(doc_id, pages, list(errors), features)
+
+    @property
+    def keeps_features(self) -> bool:
+        """This writer stores page features (add_pages' `features`)."""
+        return self._features is not None
+
+    def features_to_repair(self) -> dict[int, list[tuple[int, int]]]:
+        """{doc_id: [(page_id, page_no)]}: pages whose stored features were found damaged and dropped."""
+        if self._features is None:
+            return {}
+        return {d: pf.pages_without_features(self.conn, d) for d in pf.docs_to_repair(self.conn)}
+
+    def add_features(self, doc_id: int, features: list[tuple[int, pf.ImageFeatures]]) -> None:
+        """Store (page_no, ImageFeatures) for pages already committed (a repair), in one commit;
+        the document's repair mark goes when none of its pages lacks features any more."""
+        self._need_writer()
+        if self._features is None:
+            return
+        try:
+            for page_no, f in features:
+                self._features.append(self.conn, doc_id, page_no, f)
+            self._features.sync()
+            with cat.transaction(self.conn) as c:
+                self._features.record(c, doc_id)
+                if not pf.pages_without_features(c, doc_id) or not features:
+                    pf.clear_repair(c, doc_id)
+        except BaseException:
+            self._features.rollback()
+            raise
+        self._features.committed()
+
+    def _sweep_features(self) -> None:
+        """After a commit that may have deleted documents: delete their feature files (space back at once)."""
+        if self._features is not None:
+            self._features.close()  # its document may be the one gone
+        pf.sweep(self.conn, self.path / pf.FEATURES_DIR)
 
     def finish_document(self, doc_id: int) -> None:
         """Make a document's pages visible, replacing the previous version of its path."""
         self._need_writer().finish_document(doc_id)
+        self._sweep_features()
 
     def record_failure(self, path: str, size: int | None, mtime_ns: int | None, sha256: str | None, error: str) -> None:
         """The whole file could not be indexed: replace whatever the path had with a 'failed' row."""
         self._need_writer().record_failure(path, size, mtime_ns, sha256, error)
+        self._sweep_features()
 
     def discard_in_progress(self, doc_id: int) -> None:
         """Drop an interrupted 'indexing' version that is no longer wanted."""
         self._need_writer().discard_in_progress(doc_id)
+        self._sweep_features()
 
     def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
         """Same content, new size/mtime (e.g. `touch`): remember them so the fast path hits next time."""
@@ -354,7 +431,9 @@ class Index:
 
     def remove_documents(self, paths: list[str]) -> int:
         """Forget documents (every version of each path); returns how many paths were known."""
-        return int(self._need_writer().remove_documents(paths))
+        known = int(self._need_writer().remove_documents(paths))
+        self._sweep_features()
+        return known
 
     def refresh(self) -> None:
         """After a run of writes: rebuild the page lists when they lag, compact when dead rows dominate."""

@@ -33,10 +33,15 @@ class RetrieverInfo:
     name: str
     dim: int
     max_pixels: int
+    vision_hash: str | None = None  # of the vision tower whose output the index keeps as page features
+    hidden_size: int = 0
 
     @classmethod
     def of(cls, retriever: Any) -> RetrieverInfo:
-        return cls(str(retriever.bundle_id), str(retriever.name), int(retriever.dim), int(retriever.max_pixels))
+        return cls(
+            str(retriever.bundle_id), str(retriever.name), int(retriever.dim), int(retriever.max_pixels),
+            getattr(retriever, "vision_hash", None), int(getattr(retriever, "hidden_size", 0) or 0),
+        )
 
 
 def manifest_for(info: RetrieverInfo | None, render: RenderOptions, dim: int | None = None) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def upgrade(path: Path, conn: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     folder = path / SEGMENTS_DIR
     dim = int(manifest["dim"])
     pages = 0
-    if cat.check_version(conn) == 2:
+    if 2 <= cat.check_version(conn) < cat.FAISS_VERSION:
         segs = cat.segments(conn, check_names=False)
         new_names: dict[int, str] = {}
         codes: dict[int, np.ndarray] = {}

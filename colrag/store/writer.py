@@ -75,9 +75,13 @@ class Writer:
             return cat.insert_document(c, path, size, mtime_ns, sha256, n_pages, "indexing")
 
     def add_pages(
-        self, doc_id: int, pages: list[tuple[int, int, int, np.ndarray]], errors: list[tuple[int, str, str]]
+        self,
+        doc_id: int,
+        pages: list[tuple[int, int, int, np.ndarray]],
+        errors: list[tuple[int, str, str]],
+        features: Any = None,
     ) -> None:
-        self._store(doc_id, pages, errors, replace=False)
+        self._store(doc_id, pages, errors, replace=False, features=features)
 
     def put_pages(self, path: str, pages: list[tuple[int, int, int, np.ndarray]]) -> None:
         """Pages of a path's visible document (created if missing), replacing pages of the same numbers (Python API)."""
@@ -97,6 +101,7 @@ class Writer:
         errors: list[tuple[int, str, str]],
         *,
         replace: bool,
+        features: Any = None,
     ) -> None:
         for page_no, _, _, vecs in pages:
             if np.ndim(vecs) != 2 or np.shape(vecs)[1] != self.ix.dim or len(vecs) == 0:
@@ -107,6 +112,7 @@ class Writer:
                 raise ValueError(f"page {page_no}: non-finite vectors")
         rows = [unit_rows(v) for _, _, _, v in pages]
         seg = self._active() if pages else None
+        feats = self.ix._features if features is not None and self.ix._features is not None else None
         trained = None  # (quantizer, meta, centroid sets of the pages stored before) when this commit trains them
         try:
             quantizer = self._quantizer()
@@ -119,6 +125,11 @@ class Writer:
                 for (page_no, width, height, _), r, s in zip(pages, rows, sets):
                     placed.append((doc_id, page_no, width, height, seg.append(r), len(r), s))
                 name = seg.write()
+            if feats is not None:  # page features (colrag.store.features): their file first, their rows in the transaction
+                for (page_no, *_), page_feats in zip(pages, features, strict=True):
+                    if page_feats is not None:
+                        feats.append(self.conn, doc_id, page_no, page_feats)
+                feats.sync()
             with transaction(self.conn) as c:
                 if trained is not None:
                     cat.set_meta(c, "coarse", trained[1])
@@ -129,15 +140,21 @@ class Writer:
                         cat.delete_pages(c, doc_id, [p[1] for p in placed])
                     cat.insert_pages(c, [(d, no, w, h, seg_id, off, n, s) for d, no, w, h, off, n, s in placed])
                 cat.insert_page_errors(c, doc_id, errors)
+                if feats is not None:
+                    feats.record(c, doc_id)
                 if replace:
                     cat.bump_generation(c)
         except BaseException:
+            if feats is not None:
+                feats.rollback()
             if seg is not None:
                 seg.rollback()
             if trained is not None:  # the centroids never committed
                 (self.ix.vectors_dir / trained[1]["file"]).unlink(missing_ok=True)
                 self.ix._coarse = None
             raise
+        if feats is not None:
+            feats.committed()
         if seg is not None:
             self.segment_id = seg_id
             old = seg.committed()

@@ -34,6 +34,8 @@ from .. import faiss_io
 from .connection import CatalogConnection, connect, snapshot, store_error, transaction
 from .migrations import (
     BASELINE_VERSION,
+    FAISS_VERSION,
+    READER_OPTIONAL,
     MIGRATIONS,
     check_schema,
     check_version,
@@ -47,6 +49,8 @@ CATALOG_FILE = "catalog.sqlite"
 SCHEMA_VERSION = latest_version()
 __all__ = [
     "BASELINE_VERSION",
+    "FAISS_VERSION",
+    "READER_OPTIONAL",
     "CATALOG_FILE",
     "MIGRATIONS",
     "SCHEMA_VERSION",

@@ -22,6 +22,9 @@ from ...errors import IndexStoreError
 from .connection import transaction
 
 BASELINE_VERSION = 2  # the oldest catalog this colrag reads (version 1: float16 vectors, re-index)
+# Migrations that only add tables readers can do without (they check for them): a reader opens a
+# catalog that lacks them as it is, so an older index keeps answering before a writer upgrades it.
+READER_OPTIONAL = {3}
 
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: dict[int, Migration] = {}  # version -> the function that upgrades version - 1 to it
@@ -85,7 +88,7 @@ def check_schema(conn: sqlite3.Connection) -> None:
     v = check_version(conn)
     if v == 0:
         raise IndexStoreError(f"{getattr(conn, 'file', 'catalog')} is an empty catalog: the index was never created")
-    if v < latest_version():
+    if any(m not in READER_OPTIONAL for m in range(v + 1, latest_version() + 1)):
         raise IndexStoreError(
             f"the catalog {getattr(conn, 'file', 'catalog')} has schema version {v}, older than this colrag's "
             f"{latest_version()}: run `colrag index` on it once (with write access) to upgrade it"
@@ -141,12 +144,34 @@ def _m002_baseline(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-# Migration 3's file part, prepared by colrag.store.migrate before it calls `migrate`.
-pending_v3: dict[str, Any] = {}
-
-
 @migration(3)
-def _m003_faiss_vectors(conn: sqlite3.Connection) -> None:
+def _m003_page_features(conn: sqlite3.Connection) -> None:
+    """Page features (colrag/store/features.py): where each page's vision-tower output lies in its
+    document's features file, and the documents whose features a writer found damaged."""
+    for statement in (
+        """CREATE TABLE IF NOT EXISTS page_features (
+            page_id INTEGER PRIMARY KEY REFERENCES pages (id) ON DELETE CASCADE,
+            doc_id INTEGER NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+            row_offset INTEGER NOT NULL,
+            n_rows INTEGER NOT NULL,
+            grid_t INTEGER NOT NULL,
+            grid_h INTEGER NOT NULL,
+            grid_w INTEGER NOT NULL,
+            crc32 INTEGER NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS page_features_doc ON page_features (doc_id, row_offset)",
+        "CREATE TABLE IF NOT EXISTS feature_repairs (doc_id INTEGER PRIMARY KEY REFERENCES documents (id) ON DELETE CASCADE)",
+    ):
+        conn.execute(statement)
+
+
+# Migration 4's file part, prepared by colrag.store.migrate before it calls `migrate`.
+pending_v3: dict[str, Any] = {}
+FAISS_VERSION = 4  # the catalog version from which the vectors are FAISS files
+
+
+@migration(4)
+def _m004_faiss_vectors(conn: sqlite3.Connection) -> None:
     """FAISS vectors: pages get their coarse centroid ids; segments name FAISS SQ8 files; the codebook's
     meta gives way to the coarse centroids'. A catalog with segments needs its files converted first."""
     conn.execute("ALTER TABLE pages ADD COLUMN centroids BLOB")

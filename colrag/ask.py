@@ -1,0 +1,441 @@
+"""The answer pipeline: question -> best pages -> page features -> answer, with its sources.
+
+    from colrag.ask import Asker
+
+    with Asker.open() as asker:               # the default models and index (COLRAG_HOME)
+        answer = asker.ask("What does the chart show?", max_new_tokens=128)
+    print(answer.text, [s.as_dict() for s in answer.sources], answer.timings.as_dict())
+
+Steps, each owned by one module:
+  1. retrieve (colrag.search): the question's top `pages` pages of the index;
+  2. page features: for each page, the vision tower's output stored by the index
+     (colrag.store.features) when the generator has the index's vision tower, the
+     pixel budget is the index's own and the features are intact; otherwise the page is
+     rendered (colrag.render) at the index's budget (or --max-pixels) and the generator's
+     vision tower computes them. Why features were not used is said once, in `notes`;
+  3. generate (colrag.generator): prefill + decode; the page-prefix cache may skip the
+     page's part of the prefill (a follow-up question);
+  4. sources: file, page, score, and where each page's features came from
+     ("index", "computed" or "prefix-cache").
+
+`Asker.prepare` + `Asker.stream` split the same work for a caller that prints the
+answer as it comes (the CLI) or asks follow-ups about the same pages (`ask -i`).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError, IndexStoreError, InputError
+
+FEATURES_INDEX = "index"
+FEATURES_COMPUTED = "computed"
+FEATURES_PREFIX_CACHE = "prefix-cache"
+
+
+@dataclass(frozen=True)
+class Source:
+    file: str
+    page: int  # 1-based
+    score: float
+    features: str  # "index" | "computed" | "prefix-cache"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "page": self.page, "score": round(float(self.score), 4), "features": self.features}
+
+
+@dataclass
+class Timings:
+    """Seconds per step of one answer (load_s: models, once per Asker; not part of first_token_s)."""
+
+    retrieve_s: float = 0.0  # embed the question + search the index
+    vision_s: float = 0.0  # page features: read from the index, or render + vision tower
+    prefill_s: float = 0.0
+    first_token_s: float = 0.0  # from the question to its first token: retrieve + vision + prefill
+    decode_s: float = 0.0
+    new_tokens: int = 0
+    load_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v if isinstance(v, int) else round(v, 3)) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Answer:
+    text: str = ""
+    sources: list[Source] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = ""
+    n_prompt_tokens: int = 0
+    prefix_cached: bool = False  # the pages' part of the prompt came from the page-prefix cache
+    notes: list[str] = field(default_factory=list)  # e.g. why the index's page features were not used
+
+
+@dataclass
+class Pages:
+    """What the generator is shown: per page/image, its features or its image, and where they came from."""
+
+    inputs: list  # ImageFeatures, PIL images or image paths
+    kinds: list[str]  # FEATURES_INDEX or FEATURES_COMPUTED, per input
+    hits: list = field(default_factory=list)  # colrag.search.Hit per page (none for --image)
+    retrieve_s: float = 0.0
+    pages_s: float = 0.0  # reading the stored features / rendering the pages
+    notes: list[str] = field(default_factory=list)
+    max_pixels: int | None = None  # the generator's pixel budget for the computed ones
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def require_bundle(path: Path, kind: str, flag: str) -> Path:
+    from .bundle import MANIFEST
+
+    if not (path / MANIFEST).is_file():
+        raise BundleError(
+            f"no {kind} bundle at {path}: run `colrag models install`, or "
+            f"`colrag models export {kind} SRC --out {path}` (or pass {flag} DIR)"
+        )
+    return path
+
+
+class Asker:
+    """Loaded models + an index, answering questions. Use `Asker.open` (paths resolved like the CLI's)."""
+
+    def __init__(
+        self,
+        generator=None,
+        *,
+        generator_bundle: Path | None = None,
+        prefix_cache=None,
+        retriever_bundle: Path | None = None,
+        index_path: Path | None = None,
+        threads: int | None = None,
+        page_features: bool = True,
+        max_pixels: int | None = None,
+        password: str | None = None,
+        keep_retriever: bool = False,
+        load_s: float = 0.0,
+        backend: str | None = None,
+        precision: str | None = None,
+    ):
+        """generator: a loaded Generator, or None to load the one at generator_bundle when the first
+        answer needs it (after retrieval, whose model is freed first unless keep_retriever)."""
+        from .bundle import load_manifest
+
+        self._generator = generator
+        self.generator_bundle = generator_bundle
+        self._prefix_cache = prefix_cache
+        if generator is None and generator_bundle is None:
+            raise ValueError("give a loaded generator or its bundle folder")
+        manifest = (
+            generator.manifest if generator is not None else load_manifest(Path(str(generator_bundle)), "generator")
+        )
+        self._gen_vision_hash = manifest.get("vision_hash")
+        self._gen_hidden_size = int(manifest["hidden_size"])
+        self._gen_max_pixels = int(manifest["max_pixels"])
+        self.retriever_bundle = retriever_bundle
+        self.index_path = index_path
+        self.threads = threads
+        self.page_features = page_features
+        self.max_pixels = max_pixels
+        self.password = password
+        self.keep_retriever = keep_retriever  # a resident Asker (serve, -i) keeps the retriever loaded
+        self.load_s = load_s
+        self.backend, self.precision = backend, precision  # colrag.backends: onnxruntime / openvino, f32 / bf16
+        self._retriever: Any = None
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        models_dir: str | os.PathLike | None = None,
+        index: str | os.PathLike | None = None,
+        retriever: str | os.PathLike | None = None,
+        generator: str | os.PathLike | None = None,
+        threads: int | None = None,
+        cache: bool = True,
+        page_features: bool = True,
+        max_pixels: int | None = None,
+        password: str | None = None,
+        keep_retriever: bool = False,
+        backend: str | None = None,
+        precision: str | None = None,
+    ) -> Asker:
+        """Check the bundles; the models load when a question first needs them (the retriever
+        for retrieval, then the generator).
+
+        cache: keep the page prefixes under $COLRAG_HOME/cache/prefixes across processes."""
+        from .paths import generator_dir, index_dir, prefix_cache_dir, retriever_dir
+        from .prefix_cache import PrefixCache
+
+        gen_bundle = require_bundle(generator_dir(generator, models_dir), "generator", "--generator")
+        return cls(
+            None,
+            generator_bundle=gen_bundle,
+            prefix_cache=PrefixCache(folder=prefix_cache_dir()) if cache else False,
+            retriever_bundle=retriever_dir(retriever, models_dir),
+            index_path=index_dir(index),
+            threads=threads,
+            page_features=page_features,
+            max_pixels=max_pixels,
+            password=password,
+            keep_retriever=keep_retriever,
+            backend=backend,
+            precision=precision,
+        )
+
+    @property
+    def generator(self):
+        """The Generator, loaded on first use."""
+        if self._generator is None:
+            from .generator import Generator
+
+            t0 = time.perf_counter()
+            self._generator = Generator.load(
+                Path(str(self.generator_bundle)),
+                threads=self.threads,
+                prefix_cache=self._prefix_cache,
+                backend=self.backend,
+                precision=self.precision,
+            )
+            self.load_s += time.perf_counter() - t0
+        return self._generator
+
+    def runtimes(self) -> dict[str, str]:
+        """What the generator's graphs run on; a graph the answers did not need is not loaded."""
+        g = self._generator
+        if g is None:
+            return {}
+        vision = g._vision_session
+        return {
+            "vision": f"{vision.backend} {vision.precision}" if vision is not None else "not loaded (page features)",
+            "prefill": f"{g._prefill.backend} {g._prefill.precision}",
+            "decode": f"{g._decoder.backend} {g._decoder.precision}",
+        }
+
+    def close(self) -> None:
+        self._retriever = None
+
+    def __enter__(self) -> Asker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the whole answer ------------------------------------------------------------
+    def ask(self, question: str, *, pages: int = 1, images: Sequence | None = None, **options: Any) -> Answer:
+        """Retrieve, read and answer in one call (options: GenerationOptions' fields)."""
+        prepared = self.prepare(question, pages=pages, images=images)
+        answer = Answer()
+        for _ in self.stream(question, prepared, answer, **options):
+            pass
+        return answer
+
+    def prepare(self, question: str, *, pages: int = 1, images: Sequence | None = None) -> Pages:
+        """The pages to show: the index's top `pages` for the question, or the given image files."""
+        if images:
+            from .preprocess import check_image_file
+
+            for path in images:
+                check_image_file(Path(path))  # missing, malformed or too large: said now, before the model loads
+            cap = self._cap(None)
+            return Pages(list(images), [FEATURES_COMPUTED] * len(images), max_pixels=cap)
+        from .store import Index
+
+        if pages < 1:
+            raise InputError(f"--pages must be >= 1, got {pages}")
+        with Index.open(self._index()) as idx:
+            if not idx.snapshot().pages:
+                raise IndexStoreError(f"index {self.index_path} has no pages yet: run `colrag index DIR` first")
+            t0 = time.perf_counter()
+            hits = self._search(idx, question, pages)
+            retrieve_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            prepared = self._page_inputs(idx, hits)
+            prepared.retrieve_s = retrieve_s
+            prepared.pages_s = time.perf_counter() - t0
+        return prepared
+
+    def stream(self, question: str, prepared: Pages, answer: Answer, **options: Any) -> Iterator[str]:
+        """Yield the answer's text as it is generated; `answer` holds text, sources and timings at the end."""
+        from .generator import Generation
+
+        opts = GenerationOptions(**options)
+        result = Generation()
+        start = time.perf_counter()
+        first: float | None = None
+        pieces = []
+        for piece in self.generator.stream(
+            question, images=prepared.inputs, result=result, max_pixels=prepared.max_pixels, **opts.as_kwargs()
+        ):
+            if first is None:
+                first = time.perf_counter() - start
+            pieces.append(piece)
+            yield piece
+        if first is None:  # no visible text (e.g. eos first): the prefill still produced one token
+            first = result.vision_s + result.prefill_s
+        kinds = [FEATURES_PREFIX_CACHE] * len(prepared.kinds) if result.prefix_cached else prepared.kinds
+        answer.text = result.text
+        answer.token_ids = list(result.token_ids)
+        answer.finish_reason = result.finish_reason
+        answer.n_prompt_tokens = result.n_prompt_tokens
+        answer.prefix_cached = result.prefix_cached
+        answer.sources = [
+            Source(h.file, h.page, float(h.score), kind)
+            for h, kind in zip(prepared.hits, kinds[: len(prepared.hits)], strict=True)  # --image: no hits
+        ]
+        answer.notes = list(prepared.notes)
+        answer.timings = Timings(
+            retrieve_s=prepared.retrieve_s,
+            vision_s=prepared.pages_s + result.vision_s,
+            prefill_s=result.prefill_s,
+            first_token_s=prepared.retrieve_s + prepared.pages_s + (result.vision_s + result.prefill_s),
+            decode_s=result.decode_s,
+            new_tokens=result.n_new_tokens,
+            load_s=self.load_s,
+        )
+
+    # -- steps -----------------------------------------------------------------------
+    def _search(self, idx, question: str, n_pages: int):
+        from .search import Searcher
+        from .store import RetrieverInfo
+        from .store.manifest import check_no_retriever, check_retriever
+
+        check_no_retriever(idx.path, idx.manifest)  # an index of precomputed vectors: said before a model loads
+        model = self.load_retriever()
+        check_retriever(idx.path, idx.manifest, RetrieverInfo.of(model))
+        hits = Searcher(idx, model, threads=self.threads).search(question, n_pages)
+        if not self.keep_retriever:
+            self._retriever = None
+            del model
+            gc.collect()  # the generator needs the memory more
+        return hits
+
+    def load_retriever(self):
+        if self._retriever is None:
+            from .retriever import Retriever
+
+            t0 = time.perf_counter()
+            if self.retriever_bundle is None:
+                raise InputError("no retriever bundle given")
+            bundle = require_bundle(Path(self.retriever_bundle), "retriever", "--retriever")
+            if self.threads:
+                import faiss
+
+                faiss.omp_set_num_threads(self.threads)
+            self._retriever = Retriever.load(bundle, threads=self.threads, backend=self.backend, precision=self.precision)
+            self.load_s += time.perf_counter() - t0
+        return self._retriever
+
+    def _cap(self, index_budget: int | None) -> int:
+        """The generator's pixel budget for a computed page: --max-pixels, else the index's, else the generator's."""
+        cap = self.max_pixels if self.max_pixels is not None else index_budget
+        return min(int(cap), self._gen_max_pixels) if cap is not None else self._gen_max_pixels
+
+    def _page_inputs(self, idx, hits) -> Pages:
+        """Stored features for each hit when they can stand for the page, else the rendered page."""
+        from .store import features as page_features
+
+        budget = int(idx.manifest["max_pixels"])
+        reason = self._features_unusable(idx, budget)
+        snap = idx.snapshot() if reason is None else None
+        inputs: list = []
+        kinds: list[str] = []
+        problems: list[str] = []
+        for hit in hits:
+            feats = None
+            if reason is None:
+                try:
+                    feats = page_features.read_hit(idx, snap, hit.file, hit.page)
+                except page_features.FeaturesUnavailable as exc:
+                    problems.append(str(exc))
+            if feats is not None:
+                inputs.append(feats)
+                kinds.append(FEATURES_INDEX)
+            else:
+                inputs.append(self._render(idx, hit))
+                kinds.append(FEATURES_COMPUTED)
+        notes = []
+        if reason is not None and self.page_features:  # --no-page-features is the user's own choice: nothing to say
+            notes.append(
+                f"page features from the index not used ({reason}): rendering the page(s) and running the vision tower"
+            )
+        elif problems:
+            notes.append(
+                f"page features from the index not used for {len(problems)} page(s) ({problems[0]}): computing them"
+            )
+        return Pages(inputs, kinds, hits=hits, notes=notes, max_pixels=self._cap(budget))
+
+    def _features_unusable(self, idx, budget: int) -> str | None:
+        """Why the index's stored features cannot stand for its pages with this generator, or None."""
+        from .store import features as page_features
+
+        if not self.page_features:
+            return "--no-page-features"
+        info = page_features.manifest_info(idx.manifest)
+        if info is None:
+            return "this index stores none; `colrag index` adds them for pages it indexes from now on"
+        if not self._gen_vision_hash or info.get("vision_hash") != self._gen_vision_hash:
+            return "the generator's vision tower differs from the one the index used"
+        if int(info.get("hidden_size", -1)) != self._gen_hidden_size:
+            return "the generator's hidden size differs from the stored features'"
+        if self.max_pixels is not None and int(self.max_pixels) != budget:
+            return f"--max-pixels {self.max_pixels} differs from the index's budget {budget}"
+        return None
+
+    def _index(self) -> Path:
+        if self.index_path is None:
+            raise InputError("no index given")
+        return Path(self.index_path)
+
+    def page_images(self, hits) -> list:
+        """The hits' pages as the generator would be shown them when computed (for `ask --show`)."""
+        from .store import Index
+
+        with Index.open(self._index()) as idx:
+            return [self._render(idx, hit) for hit in hits]
+
+    def _render(self, idx, hit):
+        """The hit's page as an image: rendered exactly as the index rendered it, unless --max-pixels asks otherwise."""
+        from .render import RenderOptions, open_pdf, render_page
+
+        options = idx.render if self.max_pixels is None else RenderOptions(target_pixels=self.max_pixels)
+        try:
+            doc = open_pdf(hit.file, self.password)
+        except InputError as exc:
+            raise InputError(
+                f"cannot open {hit.file} to read page {hit.page} ({exc}); re-index with `colrag index`"
+            ) from exc
+        try:
+            if not 1 <= hit.page <= doc.page_count:
+                raise InputError(f"{hit.file} has no page {hit.page} any more; re-index with `colrag index`")
+            return render_page(doc, hit.page - 1, options).image
+        finally:
+            doc.close()
+
+
+def ask(question: str, *, pages: int = 1, **kwargs: Any) -> Answer:
+    """One question, models loaded and freed: colrag.ask.ask("What does the chart show?")."""
+    gen_keys = set(GenerationOptions.__dataclass_fields__)
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in gen_keys}
+    with Asker.open(**kwargs) as asker:
+        answer = asker.ask(question, pages=pages, **options)
+    answer.timings.load_s = asker.load_s
+    return answer
