@@ -21,10 +21,9 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .bundle import load_manifest, sha256_file
 from .errors import BundleError, ColragError, InputError
@@ -364,7 +363,7 @@ def _export(part: str, src: Path, target: Path, *, quantize: str, share_vision_w
 @contextlib.contextmanager
 def _download_bars(show: bool) -> Iterator[None]:
     """The Hub's tqdm download bars: useful on a terminal, noise in a log file."""
-    if show or "huggingface_hub" not in sys.modules and importlib.util.find_spec("huggingface_hub") is None:
+    if show or ("huggingface_hub" not in sys.modules and importlib.util.find_spec("huggingface_hub") is None):
         yield
         return
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars

@@ -65,7 +65,7 @@ def test_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
     bomb = _png_1bit(tmp_path / "bomb.png", 28_000, 28_000, full_data=False)  # the 784 Mpx
     with pytest.raises(InputError, match="too large"):
         _load_image(bomb)
-    assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's global limit is left alone
+    assert limit == Image.MAX_IMAGE_PIXELS  # Pillow's global limit is left alone
 
 
 MALFORMED = [
