@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .bundle import load_manifest, sha256_file
 from .errors import BundleError, ColragError, InputError
-from .export.quantize import QUANT_SCHEMES
+from .export.quantize import DEFAULT_QUANTIZE, QUANT_SCHEMES
 
 PARTS = ("retriever", "generator")
 QUANTIZE_CHOICES = ("none", *QUANT_SCHEMES)
@@ -220,6 +220,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else exc.__class__.__name__
 
 
+# What to do without the Hub: convert checkpoint folders already on disk (offline means no
+# download at all: HF_HUB_OFFLINE=1 uses only the huggingface_hub cache, --*-from only local folders).
+LOCAL_CHECKPOINTS_HINT = (
+    "or convert checkpoint folders you already have (a download or `save_pretrained` output, with config.json), "
+    "which needs no network: `colrag models install --retriever-from DIR --generator-from DIR`"
+)
+
+
 def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
     """Fetch `spec`'s checkpoint files into the huggingface_hub cache; returns the snapshot folder.
 
@@ -237,7 +245,7 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
     )
 
     where = f"{spec.repo_id} (revision {spec.revision})"
-    alternative = f"or export a checkpoint you already have with `colrag models install --{spec.part}-from DIR`"
+    alternative = LOCAL_CHECKPOINTS_HINT
     offline = hub_offline()
     _log(f"{spec.part}: {'looking up' if offline else 'downloading'} {where} {'in' if offline else 'into'} {cache_dir or hub_cache_dir()}")
     try:
@@ -250,7 +258,8 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
     except LocalEntryNotFoundError as exc:  # offline, unreachable, or an incomplete cached snapshot
         if offline:
             raise ColragError(
-                f"offline (HF_HUB_OFFLINE is set) and {where} is not complete in the cache {cache_dir or hub_cache_dir()}: "
+                f"offline: HF_HUB_OFFLINE is set, so nothing is downloaded and only the Hugging Face cache "
+                f"{cache_dir or hub_cache_dir()} is used, and {where} is not complete there: "
                 f"unset HF_HUB_OFFLINE and connect to the internet, {alternative}"
             ) from exc
         raise ColragError(
@@ -383,7 +392,7 @@ def install(
     only: str | None = None,
     retriever_from: Path | None = None,
     generator_from: Path | None = None,
-    quantize: str = "none",
+    quantize: str = DEFAULT_QUANTIZE,
     force: bool = False,
     reinstall: bool = False,
     verbose: bool = False,

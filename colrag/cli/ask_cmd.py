@@ -19,7 +19,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .index_cmd import check_threads_option
-from .models_cmd import export_app
+from .models_cmd import QUANTIZE_OPTION, Quantize, export_app
 from .output import printable
 
 MODELS_DIR_OPTION = typer.Option(
@@ -38,7 +38,7 @@ def export_generator_cmd(
         help="A retriever bundle folder: when its vision tower has the same weights, reference its vision graph instead of storing a copy.",
     ),
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
-    quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 (weight-only, block-wise), int4 (4-bit language-model weights, int8 vision: faster decoding), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift); the drift vs fp32 is recorded in the manifest."),
+    quantize: Quantize = QUANTIZE_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
     verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
 ) -> None:
@@ -47,8 +47,8 @@ def export_generator_cmd(
     from ..paths import generator_dir
 
     target = out or generator_dir(None, models_dir)
-    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=quantize, force=force,
-                     verbose=verbose)
+    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=Quantize(quantize).value,
+                     force=force, verbose=verbose)
     typer.echo(str(target))
 
 
