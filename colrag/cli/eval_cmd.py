@@ -16,23 +16,13 @@ from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .index_cmd import MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION, ProgressLine, _load_retriever
 from .output import printable
 
-EPILOG = (
-    "Examples:\n\n"
-    "  colrag eval ~/data/docvqa\n\n"
-    "  colrag eval ~/data/docvqa --json > docvqa.json\n\n"
-    "  colrag eval ~/data/docvqa --retriever models/retriever-fp32 --compare models/retriever\n\n"
-    "Dataset layout (BEIR / ViDoRe): corpus/ (PDFs, PNG/JPEG page images), queries.jsonl "
-    '({"_id", "text"} per line), qrels.tsv (query-id, corpus-id, score; corpus-id = <file name>#<page>, '
-    "1-based). See docs/EVAL.md."
-)
-
 
 def _default_index_name(dataset_root: Path, bundle_id: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", dataset_root.resolve().name).strip("-")[:40] or "dataset"
     return f"eval-{slug}-{bundle_id[:12]}"
 
 
-@app.command("eval", epilog=EPILOG)
+@app.command("eval")
 def eval_cmd(
     dataset: Path = typer.Argument(..., help="Dataset folder: corpus/, queries.jsonl, qrels.tsv."),
     retriever: Optional[Path] = RETRIEVER_OPTION,
@@ -59,6 +49,10 @@ def eval_cmd(
 
     The corpus is indexed first (incrementally: a kept index is reused, only new or changed
     files are embedded), then every query with a relevant page is searched.
+
+    DATASET holds corpus/ (PDFs, PNG/JPEG page images), queries.jsonl ({"_id", "text"} per line) and
+    qrels.tsv (query-id, corpus-id, score; a corpus id is <file name>#<page>, 1-based): the BEIR / ViDoRe
+    layout, see docs/EVAL.md.
     """
     from ..errors import InputError
     from ..eval import METRICS, evaluate, index_corpus, load_dataset, rank_changes

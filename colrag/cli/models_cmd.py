@@ -16,16 +16,20 @@ from .output import printable
 Quantize = Enum("Quantize", {q: q for q in ("none", *QUANT_SCHEMES)}, type=str)  # type: ignore[misc]
 QUANTIZE_OPTION = typer.Option(DEFAULT_QUANTIZE, "--quantize", help=QUANTIZE_HELP)
 
-export_app = typer.Typer(help="Export a transformers checkpoint folder to a colrag model bundle (needs the export extra: torch, transformers, onnx).", no_args_is_help=True)
+export_app = typer.Typer(
+    help="Export a transformers checkpoint folder to a colrag model bundle (needs the export extra: torch, transformers, onnx).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
 models_app.add_typer(export_app, name="export")
 
-MODELS_DIR_OPTION = typer.Option(None, "--models-dir", envvar="COLRAG_MODELS", help="Folder holding the retriever/ and generator/ bundles [default: $COLRAG_HOME/models].")
+MODELS_DIR_OPTION = typer.Option(None, "--models-dir", envvar="COLRAG_MODELS", help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].")
 
 
 @export_app.command("retriever")
 def export_retriever_cmd(
     src: Path = typer.Argument(..., help="ColQwen2 checkpoint folder (e.g. a download of vidore/colqwen2-v1.0-hf)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder to write [default: <models-dir>/retriever]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder to write \\[default: <models-dir>/retriever]."),
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
     quantize: Quantize = QUANTIZE_OPTION,
@@ -87,7 +91,7 @@ def list_cmd(
 
 @models_app.command("verify")
 def verify_cmd(
-    bundles: Optional[list[Path]] = typer.Argument(None, help="Bundle folders [default: every bundle in the models dir]."),
+    bundles: Optional[list[Path]] = typer.Argument(None, help="Bundle folders \\[default: every bundle in the models dir]."),
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
 ) -> None:
     """Re-hash every file of each bundle against its manifest (sha256)."""
