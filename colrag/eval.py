@@ -36,7 +36,6 @@ import numpy as np
 
 from .errors import InputError
 
-EVAL_SCHEMA = 1
 METRICS = ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "mrr@10")
 SEARCH_DEPTH = 100  # pages ranked per query: enough for every @10 metric and for ties around rank 10
 CORPUS_DIR = "corpus"
@@ -266,7 +265,7 @@ class EvalRun:
 
     def as_dict(self) -> dict:
         return {
-            "retriever": self.retriever, "index": self.index, "pages": self.pages, "indexed_pages": self.indexed_pages,
+            "retriever": self.retriever, "index": {"path": self.index, "pages": self.pages}, "indexed_pages": self.indexed_pages,
             "metrics": {m: round(v, 6) for m, v in self.metrics.items()},
             "latency_ms": {"p50": round(self.p50_ms, 2), "p95": round(self.p95_ms, 2), "queries": len(self.latency_s)},
             "queries": [q.as_dict() for q in self.queries],
@@ -376,14 +375,16 @@ def rank_changes(a: EvalRun, b: EvalRun) -> list[RankChange]:
 
 def report_dict(dataset: Dataset, runs: list[EvalRun]) -> dict:
     """The `colrag eval --json` document (docs/EVAL.md)."""
-    out: dict = {
-        "schema": EVAL_SCHEMA,
-        "dataset": str(dataset.root),
-        "files": len(dataset.files),
-        "queries": len(dataset.judged_queries),
-        "skipped_queries": len(dataset.queries) - len(dataset.judged_queries),
-        "runs": [r.as_dict() for r in runs],
-    }
+    from .jsonout import document
+
+    out: dict = document(
+        "eval",
+        dataset=str(dataset.root),
+        files=len(dataset.files),
+        queries=len(dataset.judged_queries),
+        skipped_queries=len(dataset.queries) - len(dataset.judged_queries),
+        runs=[r.as_dict() for r in runs],
+    )
     if len(runs) == 2:
         out["delta"] = {m: round(runs[1].metrics[m] - runs[0].metrics[m], 6) for m in METRICS}
         out["rank_changes"] = [c.as_dict() for c in rank_changes(runs[0], runs[1])]

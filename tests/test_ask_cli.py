@@ -64,7 +64,8 @@ def test_ask_answers_from_the_index_with_sources(cli, tiny_index, tiny_retriever
     result = _ask(cli, *args, "--json", "--pages", "2")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"answer", "sources", "timings"}
+    assert set(payload) == {"schema", "command", "question", "answer", "sources", "images", "timings"}
+    assert payload["images"] == [] and payload["command"] == "ask"
     assert set(payload["timings"]) >= {"retrieve_s", "vision_s", "prefill_s", "first_token_s", "decode_s", "new_tokens"}
     assert 1 <= payload["timings"]["new_tokens"] <= 8 and payload["timings"]["prefill_s"] > 0
     assert isinstance(payload["answer"], str) and payload["answer"]
@@ -112,7 +113,7 @@ def test_ask_about_an_image_without_an_index(cli, tiny_generator_bundle, tmp_pat
                   "--max-tokens", "4", "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["sources"] == [] and payload["images"] == [str(p) for p in paths]
+    assert payload["sources"] == [] and payload["images"] == [str(p) for p in paths] and payload["command"] == "ask"
 
 
 def test_sampling_options_reach_the_generator(cli, tiny_generator_bundle, tmp_path):

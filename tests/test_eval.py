@@ -237,10 +237,11 @@ def test_eval_end_to_end(cli, tiny_dataset, tiny_retriever_bundle):
     r = run_cli(cli, "eval", tiny_dataset, "--retriever", tiny_retriever_bundle, "--threads", "1", "--json")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
-    assert report["schema"] == 1 and report["queries"] == 4 and report["skipped_queries"] == 1 and report["files"] == 4
+    assert report["schema"] == 1 and report["command"] == "eval" and report["queries"] == 4 and report["skipped_queries"] == 1 and report["files"] == 4
     (run,) = report["runs"]
-    assert run["pages"] == 1 + 1 + 10 + 1 and run["indexed_pages"] == 13
-    assert Path(run["index"]).parent == colrag_home() / "indexes" and Path(run["index"]).name.startswith("eval-tinyset-")
+    assert run["index"]["pages"] == 1 + 1 + 10 + 1 and run["indexed_pages"] == 13
+    index = run["index"]["path"]
+    assert Path(index).parent == colrag_home() / "indexes" and Path(index).name.startswith("eval-tinyset-")
     assert set(run["metrics"]) == set(METRICS) and all(0.0 <= v <= 1.0 for v in run["metrics"].values())
     assert run["latency_ms"]["queries"] == 4 and 0 < run["latency_ms"]["p50"] <= run["latency_ms"]["p95"]
     per_query = {q["query_id"]: q for q in run["queries"]}
@@ -252,9 +253,10 @@ def test_eval_end_to_end(cli, tiny_dataset, tiny_retriever_bundle):
     corpus = tiny_dataset / "corpus"
     qrels = {"q2": {"nics.pdf#1": 1.0, "tiny/pages.pdf#3": 2.0}, "q5": {"tiny/pages.pdf#10": 1.0, "tiny/pages.pdf#9": 0.0}}
     for qid, text in (("q2", "background checks by state"), ("q5", "the last tiny page")):
-        s = run_cli(cli, "search", text, "--index", run["index"], "--retriever", tiny_retriever_bundle, "--top-k", "13", "--json")
+        s = run_cli(cli, "search", text, "--index", index, "--retriever", tiny_retriever_bundle, "--top-k", "13", "--json")
         assert s.exit_code == 0, s.output
-        ranked = [(f"{Path(h['file']).relative_to(corpus).as_posix()}#{h['page']}", h["score"]) for h in json.loads(s.stdout)]
+        results = json.loads(s.stdout)["results"]
+        ranked = [(f"{Path(h['file']).relative_to(corpus).as_posix()}#{h['page']}", h["score"]) for h in results]
         assert len(ranked) == 13
         want = query_metrics(ranked, qrels[qid])
         assert per_query[qid]["metrics"] == pytest.approx(want, abs=1e-5)
@@ -278,12 +280,12 @@ def test_eval_compares_two_bundles(cli, tiny_dataset, tiny_retriever_bundle, tin
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     a, b = report["runs"]
-    assert a["retriever"]["bundle_id"] != b["retriever"]["bundle_id"] and a["index"] != b["index"]
+    assert a["retriever"]["bundle_id"] != b["retriever"]["bundle_id"] and a["index"]["path"] != b["index"]["path"]
     assert report["delta"] == pytest.approx({m: b["metrics"][m] - a["metrics"][m] for m in METRICS}, abs=2e-6)
     ranks_a = {q["query_id"]: q["first_relevant_rank"] for q in a["queries"]}
     ranks_b = {q["query_id"]: q["first_relevant_rank"] for q in b["queries"]}
     assert {c["query_id"] for c in report["rank_changes"]} == {q for q in ranks_a if ranks_a[q] != ranks_b[q]}
-    assert not Path(a["index"]).exists() and not Path(b["index"]).exists()  # --temporary cleans up
+    assert not Path(a["index"]["path"]).exists() and not Path(b["index"]["path"]).exists()  # --temporary cleans up
 
     # the same bundle twice: nothing moves
     r = run_cli(cli, "eval", tiny_dataset, "--retriever", tiny_retriever_bundle, "--compare", tiny_retriever_bundle, "--temporary")

@@ -218,7 +218,7 @@ def test_cli_messages_without_a_bundle(tmp_path):
     r = colrag("status", "--index", tmp_path / "ix", "--json", "--check")
     assert r.returncode == 0, r.stderr
     status = json.loads(r.stdout)
-    assert status["documents"] == 1 and status["pages"] == 1 and status["check"]["ok"]
+    assert status["index"]["documents"] == 1 and status["index"]["pages"] == 1 and status["check"]["ok"]
     r = colrag("remove", docs / "a.pdf", "--index", tmp_path / "ix")
     assert r.returncode == 0 and "removed" in r.stdout
     r = colrag("search", "chart", "--index", tmp_path / "ix")
@@ -247,17 +247,18 @@ def test_cli_end_to_end_with_tiny_retriever(tmp_path, real_bundle):
     assert "2 pages" in r.stdout and r.stderr.count("failed:") == 3
     r = colrag("index", docs, "--index", ix, "--retriever", real_bundle, "--json")
     report = json.loads(r.stdout)
-    assert r.returncode == 1 and report["pages"] == 0 and report["skipped_files"] == 1
+    assert r.returncode == 1 and report["run"]["pages"] == 0 and report["run"]["unchanged_files"] == 1
+    assert len(report["failures"]) == 3 and report["known_failures"] == []
     r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--json", "--top-k", "5")
     assert r.returncode == 0, r.stderr
-    hits = json.loads(r.stdout)
+    hits = json.loads(r.stdout)["results"]
     assert [h["page"] for h in hits] and {h["file"] for h in hits} == {str(docs / "report.pdf")}
     assert sorted(h["page"] for h in hits) == [1, 2] and hits[0]["score"] >= hits[1]["score"]
     r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle)
     assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("1\t")
     r = colrag("status", "--index", ix, "--json")
     status = json.loads(r.stdout)
-    assert status["documents"] == 1 and status["pages"] == 2 and status["failed_documents"] == 3
+    assert status["index"]["documents"] == 1 and status["index"]["pages"] == 2 and status["index"]["failed_documents"] == 3
 
 
 def test_cli_refuses_an_index_of_another_retriever(tmp_path, real_bundle):

@@ -6,7 +6,6 @@ exits 0 when every file and page was indexed, 1 when some failed (they are liste
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -143,7 +142,7 @@ def index_cmd(
         None, "--password", envvar="COLRAG_PDF_PASSWORD",
         help="Password for encrypted PDFs (tried on every encrypted file; the env var keeps it out of `ps`).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the run's report as JSON on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's report as JSON on stdout (docs/JSON.md)."),
     page_features: bool = typer.Option(
         True, "--page-features/--no-page-features",
         help="Also keep each page's vision-tower output (~2.4 MB per page at float16) so that `colrag ask` answers "
@@ -176,7 +175,17 @@ def index_cmd(
     for f in report.failures:
         typer.echo(f"failed: {printable(f)}", err=True)
     if as_json:
-        typer.echo(json.dumps({**report.as_dict(), "index": str(target), "total_documents": stats["documents"], "total_pages": stats["pages"]}, indent=2))
+        from ..jsonout import document, dumps, failure
+
+        typer.echo(dumps(document(
+            "index",
+            index={"path": str(target), "documents": stats["documents"], "pages": stats["pages"]},
+            run={"files": report.files, "indexed_files": report.indexed_files, "unchanged_files": report.skipped_files,
+                 "removed_files": report.removed_files, "pages": report.pages, "seconds": round(report.seconds, 3)},
+            failures=[failure(f.path, f.page, f.reason) for f in report.failures if not f.previous],
+            known_failures=[failure(f.path, f.page, f.reason) for f in report.failures if f.previous],
+            warnings=[failure(w.path, w.page, w.reason) for w in report.warnings],
+        )))
     else:
         typer.echo(
             f"{report.pages} pages from {report.indexed_files} files indexed, {report.skipped_files} unchanged, "
@@ -191,7 +200,7 @@ def index_cmd(
 def search_cmd(
     query: str = typer.Argument(..., help="The question or keywords."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Number of pages to return."),
-    as_json: bool = typer.Option(False, "--json", help='Print a JSON list of {"file", "page", "score"} (page is 1-based).'),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (docs/JSON.md)."),
     index: Optional[str] = INDEX_OPTION,
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     retriever: Optional[Path] = RETRIEVER_OPTION,
@@ -227,7 +236,10 @@ def search_cmd(
                 path = _explain_hit(idx, model, query, hit, explain_dir / f"explain-{rank}-{Path(hit.file).stem}-p{hit.page}.png", password)
                 typer.echo(f"heatmap for result {rank}: {printable(path)}", err=True)
     if as_json:
-        typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+        from ..jsonout import document, dumps, hit
+
+        typer.echo(dumps(document("search", query=query, index={"path": str(target)},
+                                  results=[hit(h.file, h.page, h.score) for h in hits])))
         return
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank}\t{h.score:.4f}\t{printable(h.file)}\tpage {h.page}")
@@ -252,7 +264,7 @@ def _explain_hit(idx, model, query: str, hit, out: Path, password: Optional[str]
 @app.command("status")
 def status_cmd(
     index: Optional[str] = INDEX_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (documents, pages, failed, bytes_on_disk, ...)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON (docs/JSON.md)."),
     check: bool = typer.Option(False, "--check", help="Also verify catalog <-> vectors consistency (reads every vector)."),
 ) -> None:
     """Show what an index holds: documents, pages, failures, size on disk."""
@@ -274,7 +286,20 @@ def status_cmd(
     if report is not None:
         stats["check"] = {"ok": report.ok, "problems": report.problems, "notes": report.notes}
     if as_json:
-        typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+        from ..jsonout import document, dumps, failure
+
+        counts = ("documents", "pages", "failed_documents", "failed_pages", "tokens", "bytes_on_disk", "vector_bytes",
+                  "dead_vector_bytes", "centroids", "generation")
+        doc = document(
+            "status",
+            index={"path": stats["index"], **{k: stats[k] for k in counts}, "documents_indexing": stats["documents_in_progress"]},
+            retriever=stats["retriever"],
+            failures=[failure(f["path"], None, f["error"]) for f in stats["failed"]]
+            + [failure(f["file"], f["page"], f["reason"]) for f in stats["page_failures"]],
+        )
+        if report is not None:
+            doc["check"] = stats["check"]
+        typer.echo(dumps(doc))
     else:
         r = stats["retriever"]
         typer.echo(f"index      {printable(stats['index'])}")
