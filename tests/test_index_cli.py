@@ -277,10 +277,30 @@ def test_search_explain_writes_readable_heatmaps(tmp_path, real_bundle):
     ix = tmp_path / "ix"
     assert colrag("index", docs, "--index", ix, "--retriever", real_bundle).returncode == 0
     out = tmp_path / "maps"
-    r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--top-k", "2", "--explain", "--explain-dir", out)
+    r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--top-k", "2", "--explain", "--out", out)
     assert r.returncode == 0, r.stderr
     paths = [line.split(": ", 1)[1] for line in r.stderr.splitlines() if line.startswith("heatmap for result")]
     assert len(paths) == 2 and all(Path(p).parent == out for p in paths)
     with Image.open(paths[0]) as png:
         pixels = np.asarray(png.convert("RGB"))
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 5  # a page-sized, non-uniform picture
+
+
+def test_search_explain_with_a_moved_file(tmp_path, real_bundle):
+    """Every hit is still listed; the heatmaps of the files still there are drawn (by default under
+    COLRAG_HOME/out, not in the working directory); the missing file is named once, with the fix."""
+    docs = tmp_path / "docs"
+    make_pdf(docs / "kept.pdf", 1, "kept")
+    gone = make_pdf(docs / "gone.pdf", 2, "gone")
+    ix = tmp_path / "ix"
+    assert colrag("index", docs, "--index", ix, "--retriever", real_bundle).returncode == 0
+    gone.rename(tmp_path / "elsewhere.pdf")
+    r = colrag("search", "report", "--index", ix, "--retriever", real_bundle, "--top-k", "3", "--explain")
+    assert r.returncode == 0, r.stderr
+    assert sorted(line.split("\t")[2] for line in r.stdout.splitlines()) == [str(gone)] * 2 + [str(docs / "kept.pdf")]
+    maps = [Path(line.split(": ", 1)[1]) for line in r.stderr.splitlines() if line.startswith("heatmap for result")]
+    assert len(maps) == 1 and maps[0].is_file() and maps[0].parent == Path(os.environ["COLRAG_HOME"]) / "out"
+    warnings = [line for line in r.stderr.splitlines() if str(gone) in line]
+    assert len(warnings) == 1 and "missing" in warnings[0]
+    assert "colrag index" in warnings[0] and f"colrag remove {gone}" in warnings[0]
+    assert not list(ROOT.glob("explain-*.png"))

@@ -208,7 +208,10 @@ def search_cmd(
     backend: Optional[str] = BACKEND_OPTION,
     precision: Optional[str] = PRECISION_OPTION,
     explain: bool = typer.Option(False, "--explain", help="Also write, for each result, a PNG of the page with a heatmap of the image patches that matched the query (late-interaction similarity map); paths go to stderr."),
-    explain_dir: Path = typer.Option(Path("."), "--explain-dir", help="Folder for the --explain PNGs.", file_okay=False),
+    out: Optional[Path] = typer.Option(
+        None, "--out", metavar="DIR", file_okay=False,
+        help="Folder for the --explain PNGs \\[default: $COLRAG_HOME/out; a file of the same name is replaced].",
+    ),
     password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted PDFs (for --explain, which re-renders pages)."),
 ) -> None:
     """Rank the indexed pages for a query by late-interaction (MaxSim) score."""
@@ -232,9 +235,7 @@ def search_cmd(
         check_retriever(target, idx.manifest, RetrieverInfo.of(model))
         hits = Searcher(idx, model).search(query, top_k)
         if explain:
-            for rank, hit in enumerate(hits, 1):
-                path = _explain_hit(idx, model, query, hit, explain_dir / f"explain-{rank}-{Path(hit.file).stem}-p{hit.page}.png", password)
-                typer.echo(f"heatmap for result {rank}: {printable(path)}", err=True)
+            _explain_hits(idx, model, query, hits, out, password)
     if as_json:
         from ..jsonout import document, dumps, hit
 
@@ -243,6 +244,36 @@ def search_cmd(
         return
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank}\t{h.score:.4f}\t{printable(h.file)}\tpage {h.page}")
+
+
+def _explain_hits(idx, model, query: str, hits, out: Optional[Path], password: Optional[str]) -> None:
+    """A heatmap PNG per hit. A file that cannot be re-rendered (moved, deleted, changed) costs
+    only its own heatmaps: the others are drawn, and the file is named once with the fix."""
+    import os
+
+    from ..errors import ColragError
+    from ..paths import output_dir
+
+    folder = out or output_dir()
+    unusable: dict[str, str] = {}
+    for rank, h in enumerate(hits, 1):
+        if h.file in unusable:
+            continue
+        try:
+            path = _explain_hit(idx, model, query, h, folder / f"explain-{rank}-{Path(h.file).stem}-p{h.page}.png", password)
+        except ColragError as exc:
+            unusable[h.file] = str(exc)
+            continue
+        typer.echo(f"heatmap for result {rank}: {printable(path)}", err=True)
+    for file, reason in unusable.items():
+        if not os.path.exists(file):
+            typer.echo(
+                f"warning: {printable(file)} is missing (moved or deleted since it was indexed), so its pages have no heatmap: "
+                f"index its new location with `colrag index DIR`, or forget it with `colrag remove {printable(file)}`",
+                err=True,
+            )
+        else:
+            typer.echo(f"warning: no heatmap for {printable(file)}: {reason} (re-index it with `colrag index`)", err=True)
 
 
 def _explain_hit(idx, model, query: str, hit, out: Path, password: Optional[str]) -> Path:
