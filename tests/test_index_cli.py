@@ -304,3 +304,29 @@ def test_search_explain_with_a_moved_file(tmp_path, real_bundle):
     assert len(warnings) == 1 and "missing" in warnings[0]
     assert "colrag index" in warnings[0] and f"colrag remove {gone}" in warnings[0]
     assert not list(ROOT.glob("explain-*.png"))
+
+
+def test_status_wording(tmp_path, real_bundle):
+    """Counts that add up, "being indexed" for an unfinished document, and the bundle in use."""
+    docs = tmp_path / "docs"
+    make_pdf(docs / "report.pdf", 2, "report")
+    own_hostile_files(docs)
+    ix = tmp_path / "ix"
+    colrag("index", docs, "--index", ix, "--retriever", real_bundle)
+    r = colrag("status", "--index", ix, "--retriever", real_bundle)
+    assert r.returncode == 0, r.stderr
+    lines = {line[:10].strip(): line[11:] for line in r.stdout.splitlines()}
+    assert lines["documents"] == "1 indexed, 3 failed"
+    assert lines["pages"] == "2 indexed, 0 failed"
+    assert lines["retriever"].startswith(f"{real_bundle} (bundle ") and "exported from" in lines["retriever"]
+    status = json.loads(colrag("status", "--index", ix, "--retriever", real_bundle, "--json").stdout)
+    assert status["retriever"]["path"] == str(real_bundle)
+    # another bundle at the default place: said so, and no path in JSON
+    r = colrag("status", "--index", ix, "--models-dir", tmp_path / "no-models")
+    assert "no usable retriever bundle at" in r.stdout
+    assert json.loads(colrag("status", "--index", ix, "--json").stdout)["retriever"]["path"] is None
+    # a document whose indexing started and has not finished
+    with Index.open_writer(ix, None) as index:
+        index.begin_document(str(docs / "later.pdf"), 1, 1, "0" * 64, 3)
+    r = colrag("status", "--index", ix, "--retriever", real_bundle)
+    assert "1 being indexed (the next `colrag index` of its folder finishes it)" in r.stdout and "interrupted" not in r.stdout

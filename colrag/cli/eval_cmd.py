@@ -71,7 +71,6 @@ def eval_cmd(
     runs = []
     try:
         for n, bundle in enumerate(bundles):
-            typer.echo("loading the retriever…", err=True)
             model = _load_retriever(bundle, models_dir, threads, backend, precision)
             if scratch is not None:
                 target = scratch / f"index-{n}"

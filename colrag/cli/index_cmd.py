@@ -59,6 +59,7 @@ def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threa
         faiss.omp_set_num_threads(threads)
     from ..retriever import Retriever
 
+    typer.echo("loading the retriever…", err=True)  # seconds (tens on a cold disk) with nothing else to show
     return Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
 
 
@@ -292,13 +293,34 @@ def _explain_hit(idx, model, query: str, hit, out: Path, password: Optional[str]
     return explain_page(model, query, image, idx.page_vectors(snap, record), out)
 
 
+def _bundle_in_use(built: dict, retriever: Optional[Path], models_dir: Optional[Path]) -> tuple[Optional[str], str]:
+    """(path of the retriever bundle that search would use, if it is the one that built the index; a line saying so)."""
+    from ..bundle import bundle_id, load_manifest
+    from ..errors import BundleError
+    from ..paths import retriever_dir
+
+    bundle = retriever_dir(retriever, models_dir)
+    short = str(built.get("bundle_id", "?"))[:12]
+    origin = f"exported from {built.get('name')}" if built.get("name") else "origin unknown"
+    try:
+        installed = bundle_id(load_manifest(bundle, "retriever"))
+    except BundleError:
+        return None, f"bundle {short} ({origin}); no usable retriever bundle at {bundle}: install or pass the one that built it"
+    if installed == built.get("bundle_id"):
+        return str(bundle), f"{bundle} (bundle {short}, {origin})"
+    return None, (f"bundle {short} ({origin}); the retriever at {bundle} is another bundle ({installed[:12]}): "
+                  "search and ask need the one that built the index")
+
+
 @app.command("status")
 def status_cmd(
     index: Optional[str] = INDEX_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON (docs/JSON.md)."),
     check: bool = typer.Option(False, "--check", help="Also verify catalog <-> vectors consistency (reads every vector)."),
+    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    retriever: Optional[Path] = RETRIEVER_OPTION,
 ) -> None:
-    """Show what an index holds: documents, pages, failures, size on disk."""
+    """Show what an index holds: documents, pages, failures, size on disk, and which retriever bundle built it."""
     from ..paths import index_dir
     from ..store import Index
 
@@ -316,6 +338,7 @@ def status_cmd(
         report = idx.check() if check else None
     if report is not None:
         stats["check"] = {"ok": report.ok, "problems": report.problems, "notes": report.notes}
+    bundle_path, bundle_line = _bundle_in_use(stats["retriever"], retriever, models_dir)
     if as_json:
         from ..jsonout import document, dumps, failure
 
@@ -324,7 +347,7 @@ def status_cmd(
         doc = document(
             "status",
             index={"path": stats["index"], **{k: stats[k] for k in counts}, "documents_indexing": stats["documents_in_progress"]},
-            retriever=stats["retriever"],
+            retriever={**stats["retriever"], "path": bundle_path},
             failures=[failure(f["path"], None, f["error"]) for f in stats["failed"]]
             + [failure(f["file"], f["page"], f["reason"]) for f in stats["page_failures"]],
         )
@@ -332,11 +355,13 @@ def status_cmd(
             doc["check"] = stats["check"]
         typer.echo(dumps(doc))
     else:
-        r = stats["retriever"]
         typer.echo(f"index      {printable(stats['index'])}")
-        typer.echo(f"retriever  {printable(r.get('name'))} ({r.get('bundle_id')})")
-        typer.echo(f"documents  {stats['documents']} ({stats['failed_documents']} failed, {stats['documents_in_progress']} interrupted)")
-        typer.echo(f"pages      {stats['pages']} ({stats['failed_pages']} failed)")
+        typer.echo(f"retriever  {printable(bundle_line)}")
+        docs = [f"{stats['documents']} indexed", f"{stats['failed_documents']} failed"]
+        if stats["documents_in_progress"]:
+            docs.append(f"{stats['documents_in_progress']} being indexed (the next `colrag index` of its folder finishes it)")
+        typer.echo(f"documents  {', '.join(docs)}")
+        typer.echo(f"pages      {stats['pages']} indexed, {stats['failed_pages']} failed")
         typer.echo(f"on disk    {_human_bytes(stats['bytes_on_disk'])} (dead vectors {_human_bytes(stats['dead_vector_bytes'])})")
         if stats["features"] is not None or stats["pages_with_features"]:
             typer.echo(
