@@ -246,9 +246,9 @@ def test_cli_end_to_end_with_tiny_retriever(tmp_path, real_bundle):
     assert r.returncode == 1, r.stderr
     assert "2 pages" in r.stdout and r.stderr.count("failed:") == 3
     r = colrag("index", docs, "--index", ix, "--retriever", real_bundle, "--json")
-    report = json.loads(r.stdout)
-    assert r.returncode == 1 and report["run"]["pages"] == 0 and report["run"]["unchanged_files"] == 1
-    assert len(report["failures"]) == 3 and report["known_failures"] == []
+    report = json.loads(r.stdout)  # the files that failed before are skipped: not a failure of this run
+    assert r.returncode == 0 and report["run"]["pages"] == 0 and report["run"]["unchanged_files"] == 1
+    assert report["failures"] == [] and len(report["known_failures"]) == 3
     r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--json", "--top-k", "5")
     assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)["results"]
@@ -330,3 +330,64 @@ def test_status_wording(tmp_path, real_bundle):
         index.begin_document(str(docs / "later.pdf"), 1, 1, "0" * 64, 3)
     r = colrag("status", "--index", ix, "--retriever", real_bundle)
     assert "1 being indexed (the next `colrag index` of its folder finishes it)" in r.stdout and "interrupted" not in r.stdout
+
+
+def test_known_failures_are_skipped_and_keep_exit_0(tmp_path, real_bundle):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "report.pdf", 1, "report")
+    (docs / "garbage.pdf").write_bytes(b"%PDF-1.7\nnot really" * 20)
+    ix = tmp_path / "ix"
+    args = ("--index", ix, "--retriever", real_bundle)
+    first = colrag("index", docs, *args)
+    assert first.returncode == 1 and f"failed: {docs / 'garbage.pdf'}: not a readable PDF" in first.stderr
+    assert "1 page from 1 file indexed" in first.stdout and "1 document, 1 page" in first.stdout
+    again = colrag("index", docs, *args)
+    assert again.returncode == 0, again.stderr
+    assert f"skipped {docs / 'garbage.pdf'} (failed before: not a readable PDF" in again.stderr
+    assert "--retry-failed tries them again" in again.stderr and "failed:" not in again.stderr
+    assert "0 failed (1 more failed before, skipped)" in again.stdout
+    # a new failure changes the exit code; the old one stays a known one
+    (docs / "empty.pdf").write_bytes(b"")
+    third = json.loads(colrag("index", docs, *args, "--json").stdout)
+    assert [Path(f["file"]).name for f in third["failures"]] == ["empty.pdf"]
+    assert [Path(f["file"]).name for f in third["known_failures"]] == ["garbage.pdf"]
+    # --retry-failed tries both again (they still fail: exit 1)
+    r = colrag("index", docs, *args, "--retry-failed", "--json")
+    retried = json.loads(r.stdout)
+    assert r.returncode == 1 and sorted(Path(f["file"]).name for f in retried["failures"]) == ["empty.pdf", "garbage.pdf"]
+    assert retried["known_failures"] == []
+
+
+def test_nothing_to_index_is_exit_2_and_creates_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    ix = tmp_path / "ix"
+    for folder in ("empty", "notes"):
+        r = colrag("index", tmp_path / folder, "--index", ix, "--models-dir", tmp_path / "no-models")
+        assert r.returncode == 2
+        assert r.stderr.startswith(f"error: no PDF found in {tmp_path / folder} (colrag indexes PDF, XPS, EPUB")
+        assert len(r.stderr.splitlines()) == 1 and not ix.exists()
+
+
+def test_ctrl_c_says_interrupted_once_and_never_done(tmp_path, real_bundle):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "long.pdf", 40, "long")
+    env = {k: v for k, v in os.environ.items() if k != "COLRAG_DEBUG"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "colrag", "index", str(docs), "--index", str(tmp_path / "ix"), "--retriever", str(real_bundle)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in proc.stderr:
+            if line.startswith("indexing 40 pages from 1 file"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert rest.count("interrupted") == 1 and "interrupted: the pages committed so far are kept" in rest
+    assert "done" not in rest and "Traceback" not in rest

@@ -22,7 +22,7 @@ EXAMPLES: dict[str, list[str]] = {
     "index": [
         "colrag index ~/reports",
         "colrag index ~/reports/2023.pdf ~/scans --index work",
-        "colrag index ~/reports --json",
+        "colrag index ~/reports --retry-failed --json",
     ],
     "search": [
         'colrag search "revenue by region"',

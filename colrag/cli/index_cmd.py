@@ -1,13 +1,14 @@
 """`colrag index | search | status | remove`: build and query a page index.
 
-Results go to stdout (text or --json), progress and failures to stderr. `index`
-exits 0 when every file and page was indexed, 1 when some failed (they are listed).
+Results go to stdout (text or --json), progress and failures to stderr. `index` exits 0
+when everything it tried was indexed, 1 when a file or page failed in this run (files that
+failed before and have not changed are skipped and do not count), 2 for a usage error or
+nothing to index.
 """
 
 from __future__ import annotations
 
-import sys
-import time
+import sys  # noqa: F401  (remove_cmd asks on a terminal)
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +16,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .output import printable
+from .progress import ProgressLine
 
 INDEX_OPTION = typer.Option(
     None, "--index", envvar="COLRAG_INDEX",
@@ -68,60 +70,6 @@ def _is_qdrant(index: str | None) -> bool:
     return bool(index) and str(index).startswith(("qdrant:", "qdrant+edge:"))
 
 
-class ProgressLine:
-    """A dependency-free progress line on stderr: pages done/total, rate, ETA.
-
-    On a terminal it redraws one line; otherwise it prints a line at most every 10 s.
-    """
-
-    def __init__(self, stream=None, interval: float | None = None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
-        self.total = self.done = 0
-        self.t0 = self.last = 0.0
-
-    def start(self, total_pages: int, files: int) -> None:
-        self.total, self.done = total_pages, 0
-        self.t0 = self.last = time.monotonic()
-        if total_pages:
-            self._write(f"indexing {total_pages} pages from {files} file{'s' if files != 1 else ''}", final=True)
-
-    def advance(self, pages: int, label: str) -> None:
-        self.done += pages
-        now = time.monotonic()
-        if now - self.last >= self.interval or self.done == self.total:
-            self.last = now
-            self._write(self._line(now, label), final=not self.tty)
-
-    def finish(self) -> None:
-        if self.tty and self.total:
-            self._write(self._line(time.monotonic(), "done"), final=True)
-
-    def _line(self, now: float, label: str) -> str:
-        elapsed = max(now - self.t0, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        return f"{self.done}/{self.total} pages ({pct:.0f}%)  {rate:.2f} pages/s  eta {_duration(eta)}  {printable(label)}"
-
-    def _write(self, text: str, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
 def _human_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -132,7 +80,9 @@ def _human_bytes(n: int) -> str:
 
 @app.command("index")
 def index_cmd(
-    paths: list[Path] = typer.Argument(..., help="PDF files and folders (searched recursively for *.pdf)."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Files and folders (searched recursively for PDF, XPS, EPUB, CBZ, PNG, JPEG and TIFF files).",
+    ),
     index: Optional[str] = INDEX_OPTION,
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     retriever: Optional[Path] = RETRIEVER_OPTION,
@@ -143,6 +93,10 @@ def index_cmd(
         None, "--password", envvar="COLRAG_PDF_PASSWORD",
         help="Password for encrypted PDFs (tried on every encrypted file; the env var keeps it out of `ps`).",
     ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed",
+        help="Try again the files and pages that failed in an earlier run (they are skipped while unchanged).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run's report as JSON on stdout (docs/JSON.md)."),
     page_features: bool = typer.Option(
         True, "--page-features/--no-page-features",
@@ -150,31 +104,50 @@ def index_cmd(
              "an indexed page without rendering it or running the vision tower again.",
     ),
 ) -> None:
-    """Render, embed and store every page of the given PDFs. Incremental: unchanged files are
+    """Render, embed and store every page of the given files. Incremental: unchanged files are
     skipped, changed ones re-indexed, files gone from the given folders dropped. Safe to
-    interrupt: run it again to resume. Exit code 1 when some files or pages failed."""
+    interrupt: run it again to resume.
+
+    Indexes PDF, XPS, EPUB and CBZ documents and PNG, JPEG and TIFF images (one page each).
+    A file that failed before and has not changed is skipped and listed ("failed before");
+    --retry-failed tries it again.
+
+    Exit code: 0 when everything this run tried was indexed; 1 when a file or page failed in
+    this run (they are listed; known failures skipped do not count); 2 for a usage error or
+    nothing to index (no such path, no file of a kind colrag indexes)."""
+    from ..errors import InputError
     from ..indexer import Indexer
     from ..paths import index_dir
-    from ..render import find_pdfs
-    from ..store import Index, RetrieverInfo
+    from ..render import KINDS_TEXT, find_pdfs
+    from .progress import plural
 
     target = index_dir(index)
-    find_pdfs(paths)  # a missing path fails now, before the retriever loads
+    if not find_pdfs(paths):  # also: a missing path fails now, before the retriever loads
+        where = ", ".join(str(p) for p in paths)
+        raise InputError(f"no PDF found in {where} (colrag indexes {KINDS_TEXT})")
+    from ..store import Index, RetrieverInfo
+
     model = _load_retriever(retriever, models_dir, threads, backend, precision)
     progress = ProgressLine()
     with Index.open_writer(target, RetrieverInfo.of(model), page_features=page_features) as idx:
         for note in idx.repair_notes:
             typer.echo(f"repair: {note}", err=True)
         try:
-            report = Indexer(idx, model, password=password, progress=progress).run(paths)
+            report = Indexer(idx, model, password=password, progress=progress, retry_failed=retry_failed).run(paths)
         except KeyboardInterrupt:
-            typer.echo("\ninterrupted: committed pages are kept; run the same command to resume", err=True)
-            raise
+            typer.echo("interrupted: the pages committed so far are kept; run the same command to resume", err=True)
+            raise typer.Exit(130) from None
         stats = idx.stats()
     for w in report.warnings:
-        typer.echo(f"warning: {printable(w)}", err=True)
-    for f in report.failures:
+        typer.echo(f"warning: {printable(w.where)} rendered with errors, content may be missing: {printable(w.reason)}", err=True)
+    known = [f for f in report.failures if f.previous]
+    for f in known:
+        typer.echo(f"skipped {printable(f.where)} (failed before: {printable(f.reason)})", err=True)
+    for f in report.new_failures:
         typer.echo(f"failed: {printable(f)}", err=True)
+    if known and not as_json:
+        typer.echo(f"{plural(len(known), 'file or page', 'files or pages')} skipped that failed before "
+                   "(unchanged since): --retry-failed tries them again", err=True)
     if as_json:
         from ..jsonout import document, dumps, failure
 
@@ -183,17 +156,18 @@ def index_cmd(
             index={"path": str(target), "documents": stats["documents"], "pages": stats["pages"]},
             run={"files": report.files, "indexed_files": report.indexed_files, "unchanged_files": report.skipped_files,
                  "removed_files": report.removed_files, "pages": report.pages, "seconds": round(report.seconds, 3)},
-            failures=[failure(f.path, f.page, f.reason) for f in report.failures if not f.previous],
-            known_failures=[failure(f.path, f.page, f.reason) for f in report.failures if f.previous],
+            failures=[failure(f.path, f.page, f.reason) for f in report.new_failures],
+            known_failures=[failure(f.path, f.page, f.reason) for f in known],
             warnings=[failure(w.path, w.page, w.reason) for w in report.warnings],
         )))
     else:
+        failed = f"{len(report.new_failures)} failed" + (f" ({len(known)} more failed before, skipped)" if known else "")
         typer.echo(
-            f"{report.pages} pages from {report.indexed_files} files indexed, {report.skipped_files} unchanged, "
-            f"{report.removed_files} removed, {len(report.failures)} failed, in {report.seconds:.1f}s; "
-            f"index {printable(target)}: {stats['documents']} documents, {stats['pages']} pages"
+            f"{plural(report.pages, 'page')} from {plural(report.indexed_files, 'file')} indexed, "
+            f"{report.skipped_files} unchanged, {report.removed_files} removed, {failed}, in {report.seconds:.1f}s; "
+            f"index {printable(target)}: {plural(stats['documents'], 'document')}, {plural(stats['pages'], 'page')}"
         )
-    if report.failures:
+    if not report.ok:
         raise typer.Exit(1)
 
 

@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from .output import printable
+
 
 def plural(n: int, word: str, many: str | None = None) -> str:
     """`1 page`, `2 pages`, `0 pages` (irregular plurals: pass `many`)."""
@@ -73,7 +75,7 @@ class ProgressLine:
         elapsed = max(now - self.t0, 1e-9)
         eta = (self.total - self.done) * elapsed / self.done if self.done else 0.0
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        return f"{self.done}/{self.total} pages ({pct:.0f}%)  {speed(self.done, elapsed)}  eta {duration(eta)}  {label}"
+        return f"{self.done}/{self.total} pages ({pct:.0f}%)  {speed(self.done, elapsed)}  eta {duration(eta)}  {printable(label)}"
 
     def _write(self, text: str, final: bool) -> None:
         if self.tty:
