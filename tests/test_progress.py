@@ -7,7 +7,7 @@ import io
 import pytest
 
 from colrag.cli import progress
-from colrag.cli.progress import ProgressLine, plural, speed
+from colrag.cli.progress import ProgressLine, loading, plural, speed
 
 
 class Terminal(io.StringIO):
@@ -66,3 +66,14 @@ def test_a_log_file_gets_plain_lines(clock):
     p.advance(1, "a.pdf p.1")
     p.finish()
     assert out.getvalue().splitlines() == ["indexing 1 page from 1 file", "1/1 pages (100%)  2.0 s/page  eta 0s  a.pdf p.1"]
+
+
+def test_loading_note_on_a_terminal_only():
+    term = Terminal()
+    with loading("the retriever", term):
+        assert term.getvalue() == "loading the retriever…"
+    assert term.getvalue().endswith("\r\x1b[K")  # erased once loaded
+    log = io.StringIO()
+    with loading("the retriever", log):
+        pass
+    assert log.getvalue() == ""  # a pipe or log keeps errors one line

@@ -16,7 +16,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .output import printable
-from .progress import ProgressLine
+from .progress import ProgressLine, loading
 
 INDEX_OPTION = typer.Option(
     None, "--index", envvar="COLRAG_INDEX",
@@ -61,8 +61,8 @@ def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threa
         faiss.omp_set_num_threads(threads)
     from ..retriever import Retriever
 
-    typer.echo("loading the retriever…", err=True)  # seconds (tens on a cold disk) with nothing else to show
-    return Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
+    with loading("the retriever"):
+        return Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
 
 
 def _is_qdrant(index: str | None) -> bool:

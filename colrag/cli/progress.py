@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from .output import printable
@@ -31,6 +33,23 @@ def speed(pages: int, seconds: float) -> str:
     if per_page >= 1.0:
         return f"{per_page:.1f} s/page"
     return f"{60.0 / max(per_page, 1e-9):.0f} pages/min"
+
+
+@contextmanager
+def loading(what: str, stream: TextIO | None = None) -> Iterator[None]:
+    """'loading the retriever…' on a terminal while models load (seconds, tens on a cold disk),
+    erased when done. Not written to a pipe or a log: scripts keep one-line errors."""
+    out = stream or sys.stderr
+    tty = out.isatty()
+    if tty:
+        out.write(f"loading {what}…")
+        out.flush()
+    try:
+        yield
+    finally:
+        if tty:
+            out.write("\r\x1b[K")
+            out.flush()
 
 
 class ProgressLine:
