@@ -92,12 +92,14 @@ def render_size(width_pt: float, height_pt: float, opts: RenderOptions = RenderO
 
 
 def open_pdf(path: str | os.PathLike, password: str | None = None):
-    """Open a PDF with pymupdf; PdfError with a reason when it cannot be used."""
+    """Open a document (DOCUMENT_KINDS, by extension) with pymupdf; PdfError with a reason when it cannot be used.
+
+    A file named with another extension is read as a PDF if it is one, and refused by its
+    extension otherwise."""
     pymupdf = _pymupdf()
     path = Path(path)
     kind = DOCUMENT_KINDS.get(path.suffix.lower())
-    if kind is None:
-        raise PdfError(f"not a kind of file colrag indexes ({path.suffix or 'no extension'}): it indexes {KINDS_TEXT}")
+    refused = PdfError(f"not a kind of file colrag indexes ({path.suffix or 'no extension'}): it indexes {KINDS_TEXT}")
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -106,8 +108,10 @@ def open_pdf(path: str | os.PathLike, password: str | None = None):
         raise PdfError("empty file (0 bytes)")
     pymupdf.TOOLS.reset_mupdf_warnings()
     try:
-        doc = pymupdf.open(path, filetype=kind.lower())
+        doc = pymupdf.open(path, filetype=(kind or "PDF").lower())
     except Exception as exc:  # pymupdf raises FileDataError / RuntimeError / ValueError on damaged files
+        if kind is None:
+            raise refused from exc
         raise PdfError(f"not a readable {kind}{'' if kind == 'PDF' else ' file'} ({exc})") from exc
     if doc.needs_pass:
         if password is None:
@@ -119,6 +123,8 @@ def open_pdf(path: str | os.PathLike, password: str | None = None):
     if doc.page_count == 0:
         warnings = _warnings(pymupdf)
         doc.close()
+        if kind is None:
+            raise refused
         raise PdfError("no pages" + (f" (damaged or truncated: {warnings})" if warnings else ""))
     return doc
 

@@ -101,3 +101,9 @@ def test_other_kinds_are_refused_by_name(tmp_path):
     reasons = {Path(f.path).name: f.reason for f in report.failures}
     assert set(reasons) == {"notes.docx", "photo.webp"}
     assert reasons["notes.docx"].startswith("not a kind of file colrag indexes (.docx): it indexes PDF, XPS, EPUB")
+
+
+def test_a_pdf_named_otherwise_is_still_read(tmp_path):
+    disguised = make_pdf(tmp_path / "report.bin", 2, "r")
+    with open_pdf(disguised) as doc:
+        assert doc.page_count == 2
