@@ -43,6 +43,10 @@ EXAMPLES: dict[str, list[str]] = {
         "colrag eval ~/data/docvqa --json > docvqa.json",
         "colrag eval ~/data/docvqa --retriever models/retriever-fp32 --compare models/retriever",
     ],
+    "export-index": [
+        "colrag export-index --to qdrant+edge:~/colrag-qdrant",
+        "colrag export-index --index work --to qdrant:http://localhost:6333/reports --json",
+    ],
     "models install": [
         "colrag models install",
         "colrag models install --only retriever --quantize none",
