@@ -1,7 +1,7 @@
 """`colrag eval`: retrieval quality on a labelled dataset, in the BEIR / ViDoRe layout.
 
     DATASET/
-        corpus/          PDFs and/or page images (PNG, JPEG); sub-folders allowed
+        corpus/          PDFs and/or page images (PNG, JPEG, TIFF; also XPS, EPUB, CBZ); sub-folders allowed
         queries.jsonl    one {"_id": "q1", "text": "..."} per line
         qrels.tsv        query-id <TAB> corpus-id <TAB> score   (a header line is allowed)
 
@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .render import DOCUMENT_SUFFIXES, KINDS_TEXT
 
 METRICS = ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "mrr@10")
 SEARCH_DEPTH = 100  # pages ranked per query: enough for every @10 metric and for ties around rank 10
 CORPUS_DIR = "corpus"
 QUERIES_FILE = "queries.jsonl"
 QRELS_FILE = "qrels.tsv"
-CORPUS_SUFFIXES = (".pdf", ".png", ".jpg", ".jpeg")
 
 
 # -- the dataset -----------------------------------------------------------------------
@@ -89,11 +89,11 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
     for dirpath, dirs, names in os.walk(corpus):
         dirs.sort()
         for n in sorted(names):
-            if n.lower().endswith(CORPUS_SUFFIXES):
+            if n.lower().endswith(DOCUMENT_SUFFIXES):
                 path = Path(dirpath) / n
                 files[path.relative_to(corpus).as_posix()] = path
     if not files:
-        raise InputError(f"{corpus} holds no PDF or page image ({', '.join(CORPUS_SUFFIXES)})")
+        raise InputError(f"{corpus} holds no PDF or page image (colrag indexes {KINDS_TEXT})")
     queries = _read_queries(root / QUERIES_FILE)
     qrels = _read_qrels(root / QRELS_FILE, queries, files)
     return Dataset(root=root, corpus=corpus, files=files, queries=queries, qrels=qrels)
