@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,7 @@ def test_ask_show_writes_the_pages_used(cli, tiny_index, tiny_retriever_bundle, 
     assert result.exit_code == 0, result.output
     paths = [line.split("page image: ", 1)[1] for line in result.stderr.splitlines() if line.startswith("page image: ")]
     assert len(paths) == 2
+    assert all(Path(p).parent == Path(os.environ["COLRAG_HOME"]) / "out" for p in paths)  # not /tmp: cleaned with the test
     for p in paths:
         with Image.open(p) as img:
             assert img.width * img.height <= 1.1 * int(SMALL)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -53,9 +52,13 @@ def export_generator_cmd(
 
 
 def _show(images, names: list[str]) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="colrag-pages-"))
+    """The page images given to the model, as PNGs in $COLRAG_HOME/out (README: where data lives)."""
+    from ..paths import output_dir
+
+    folder = output_dir()
+    folder.mkdir(parents=True, exist_ok=True)
     for image, name in zip(images, names):
-        path = folder / f"{name}.png"
+        path = folder / f"page-{name}.png"
         image.save(path)
         typer.echo(f"page image: {printable(path)}", err=True)
 
