@@ -38,6 +38,7 @@ EXAMPLES: dict[str, list[str]] = {
         'colrag ask --image chart.png "Describe this image."',
     ],
     "doctor": ["colrag doctor", "colrag doctor --full --json"],
+    "serve": ["colrag serve", "colrag serve --threads 2"],
     "eval": [
         "colrag eval ~/data/docvqa",
         "colrag eval ~/data/docvqa --json > docvqa.json",
