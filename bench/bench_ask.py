@@ -13,12 +13,12 @@ process); `--compare-index` also builds it with --no-page-features.
 
 Rows (each variant in a fresh process; pages at the index's own pixel budget, 768·28·28,
 rendered exactly as `colrag index` rendered them): time to the first token of "What does
-the chart show?" about page 1 (vision + prefill), with the 3 pages (--pages 3), and a
+the chart show?" about page 1 (vision + prefill), with the 3 pages (--top-k 3), and a
 follow-up question on page 1 (page-prefix cache). transformers: vision + prefill as its
 `generate` runs them. colrag computing: the generator's vision tower on the rendered page.
 colrag index: `Asker` reading the stored features (retrieval excluded, reported apart).
 
-Then wall clock of `python -m colrag ask "What does the chart show?" --max-tokens 24` in a new
+Then wall clock of `python -m colrag ask "What does the chart show?" --max-new-tokens 24` in a new
 process: a page never asked about (empty prefix cache), a follow-up in another new process
 (the prefix cache on disk), and the same two with `colrag serve` running.
 """
@@ -204,7 +204,7 @@ def cli_wall(args, index: Path, home: Path, extra: list[str]) -> float:
         args.retriever,
         "--generator",
         args.generator,
-        "--max-tokens",
+        "--max-new-tokens",
         str(NEW_TOKENS),
         "--stats",
         *[e for e in extra if e != "follow"],
@@ -256,7 +256,7 @@ def main() -> None:
         index = work / "with" / "index"
         print(f"load: {os.getloadavg()}\n")
         print(
-            "| variant | first token, 1 page (s) | first token, --pages 3 (s) | follow-up first token (s) | peak RSS (GB) |"
+            "| variant | first token, 1 page (s) | first token, --top-k 3 (s) | follow-up first token (s) | peak RSS (GB) |"
         )
         print("|---|---|---|---|---|")
         common = [
@@ -302,7 +302,7 @@ def main() -> None:
         if args.skip_cli or args.only_torch:
             return
 
-        print("`python -m colrag ask ... --max-tokens 24` on a one-page index (so the follow-up retrieves the same page),")
+        print("`python -m colrag ask ... --max-new-tokens 24` on a one-page index (so the follow-up retrieves the same page),")
         print("wall clock from start to exit:")
         one = build_index(Path(args.pdf), 1, args.retriever, work / "one", True)
         print(f"  (one-page index built in {one['wall']:.1f} s)")

@@ -128,7 +128,7 @@ def test_ask_matches_the_document(indexed, tiny_retriever_bundle, request):
     generator = request.getfixturevalue("tiny_generator_bundle")
     root, _, _ = indexed
     out = _cli("ask", "What is on the page?", "--index", root / "ix", "--retriever", tiny_retriever_bundle,
-               "--generator", generator, "--max-tokens", "3", "--max-pixels", str(64 * 28 * 28), "--json").stdout
+               "--generator", generator, "--max-new-tokens", "3", "--max-pixels", str(64 * 28 * 28), "--json").stdout
     answer = json.loads(out)
     assert answer["sources"]
     conforms(answer, *documented()["ask"])

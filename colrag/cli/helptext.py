@@ -33,8 +33,9 @@ EXAMPLES: dict[str, list[str]] = {
     "remove": ["colrag remove ~/reports/old.pdf", "colrag remove ~/reports/2019"],
     "ask": [
         'colrag ask "Which region grew fastest?"',
-        'colrag ask --pages 2 --show "What does the chart compare?"',
+        'colrag ask --top-k 2 --show "What does the chart compare?"',
         'colrag ask -i "What does the table show?"',
+        'colrag ask "Summarise the page." --temperature 0.7 --sample-top-p 0.9 --seed 1 --max-new-tokens 128',
         'colrag ask --image chart.png "Describe this image."',
     ],
     "doctor": ["colrag doctor", "colrag doctor --full --json"],

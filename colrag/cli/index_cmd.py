@@ -317,7 +317,8 @@ def status_cmd(
         from ..jsonout import document, dumps, failure
 
         counts = ("documents", "pages", "failed_documents", "failed_pages", "tokens", "bytes_on_disk", "vector_bytes",
-                  "dead_vector_bytes", "centroids", "generation")
+                  "dead_vector_bytes", "centroids", "generation", "pages_with_features", "feature_bytes",
+                  "feature_bytes_per_page", "features")
         doc = document(
             "status",
             index={"path": stats["index"], **{k: stats[k] for k in counts}, "documents_indexing": stats["documents_in_progress"]},
