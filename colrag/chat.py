@@ -31,7 +31,7 @@ class Conversation:
     def prompt(self, question: str) -> str:
         """The text to pass as the generator's question so the prompt holds the whole conversation."""
         text = ""
-        for q, a in self.turns[-self.max_turns:]:
+        for q, a in self.turns[-self.max_turns :]:
             text += q + TURN_END + ASSISTANT + a + TURN_END + USER
         return text + question
 

@@ -10,18 +10,31 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: E402,F401
-from tests.test_ask_cli import SMALL, cli, tiny_index  # noqa: E402,F401
-
-
-def _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle):
-    return ["--index", str(tiny_index), "--retriever", str(tiny_retriever_bundle), "--generator", str(tiny_generator_bundle),
-            "--max-new-tokens", "4", "--max-pixels", SMALL, "--threads", "1", "--no-server"]
+from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: F401
+from tests.test_ask_cli import SMALL, cli, tiny_index  # noqa: F401
 
 
-def test_top_k_means_pages(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle):
+def _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F811
+    return [
+        "--index",
+        str(tiny_index),
+        "--retriever",
+        str(tiny_retriever_bundle),
+        "--generator",
+        str(tiny_generator_bundle),
+        "--max-new-tokens",
+        "4",
+        "--max-pixels",
+        SMALL,
+        "--threads",
+        "1",
+        "--no-server",
+    ]
+
+
+def test_top_k_means_pages(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F811
     base = _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle)
     r = CliRunner().invoke(cli, ["ask", "Which page?", *base, "--top-k", "2", "--json"])
     assert r.exit_code == 0, r.output
@@ -31,7 +44,7 @@ def test_top_k_means_pages(cli, tiny_index, tiny_retriever_bundle, tiny_generato
         assert r.exit_code == 2 and "No such option" in r.output
 
 
-def test_interactive_is_a_conversation(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle, monkeypatch):
+def test_interactive_is_a_conversation(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle, monkeypatch):  # noqa: F811
     from colrag.ask import Asker
 
     asked: list[str] = []

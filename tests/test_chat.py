@@ -18,7 +18,7 @@ def tokenizers_pair(tokenizer_dir):
 def template_ids(tok, messages, counts):
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     pieces = text.split("<|image_pad|>")
-    expanded = pieces[0] + "".join("<|image_pad|>" * n + rest for n, rest in zip(counts, pieces[1:]))
+    expanded = pieces[0] + "".join("<|image_pad|>" * n + rest for n, rest in zip(counts, pieces[1:], strict=True))
     return tok(expanded, add_special_tokens=False)["input_ids"]
 
 
@@ -30,7 +30,10 @@ def test_follow_up_prompt_equals_the_chat_template(tokenizers_pair, n_images):
     conv.add("What was revenue in 2020?", " 12 million euros. ")
     conv.add("And in 2021?", "15 million.")
     messages = [
-        {"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": "What was revenue in 2020?"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image"}] * n_images + [{"type": "text", "text": "What was revenue in 2020?"}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "12 million euros."}]},
         {"role": "user", "content": [{"type": "text", "text": "And in 2021?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "15 million."}]},

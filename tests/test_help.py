@@ -3,6 +3,7 @@ source line breaks, and examples in the epilog that name real commands and optio
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import subprocess
@@ -43,21 +44,28 @@ def test_every_command_is_covered():
 @pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(p) for p in COMMANDS])
 def test_help_reads_cleanly(path):
     env = {**os.environ, "COLUMNS": "120", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "colrag", *path, "--help"], capture_output=True, text=True, env=env, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "colrag", *path, "--help"], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for label in ("<bool>", "<int", "<str>", "<path>", "<float>", "<list[", "<text>"):
         assert label not in out, f"{label} in {' '.join(path)} --help"
     assert "Examples:" in out
-    examples = [line.strip(" │") for line in out[out.index("Examples:"):].splitlines()[1:] if "colrag " in line]
+    examples = [line.strip(" │") for line in out[out.index("Examples:") :].splitlines()[1:] if "colrag " in line]
     assert examples
     # a help paragraph is reflowed by rich to the terminal's width (200 here), not broken at the
     # source's line breaks (<= 120 columns): inside a paragraph every line but the last is long
-    wide = subprocess.run([sys.executable, "-m", "colrag", *path, "--help"], capture_output=True, text=True,
-                          env={**env, "COLUMNS": "200"}, cwd=ROOT).stdout
-    intro = wide[wide.index("Usage:"): wide.index("╭")].splitlines()
-    intro = intro[next(i for i, x in enumerate(intro) if not x.strip()):]  # after the usage line(s)
-    for first, second in zip(intro, intro[1:]):
+    wide = subprocess.run(
+        [sys.executable, "-m", "colrag", *path, "--help"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+        cwd=ROOT,
+    ).stdout
+    intro = wide[wide.index("Usage:") : wide.index("╭")].splitlines()
+    intro = intro[next(i for i, x in enumerate(intro) if not x.strip()) :]  # after the usage line(s)
+    for first, second in itertools.pairwise(intro):
         if first.strip() and second.strip():
             assert len(first.strip()) > 150, f"paragraph broken after {first.strip()!r}"
 
@@ -75,6 +83,6 @@ def test_examples_name_real_options(path):
         while "=" in words[0]:  # an environment assignment before the command
             words.pop(0)
         assert words[: 1 + len(path)] == ["colrag", *path], line
-        for w in words[1 + len(path):]:
+        for w in words[1 + len(path) :]:
             if w.startswith("-"):
                 assert w in options, f"{line}: {w} is not an option of colrag {' '.join(path)}"

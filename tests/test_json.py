@@ -50,7 +50,9 @@ def conforms(actual, doc, optional: set[str], where: str = "$") -> None:
     elif isinstance(doc, bool):
         assert isinstance(actual, bool), f"{where}: expected a boolean, got {actual!r}"
     elif isinstance(doc, (int, float)):
-        assert isinstance(actual, (int, float)) and not isinstance(actual, bool), f"{where}: expected a number, got {actual!r}"
+        assert isinstance(actual, (int, float)) and not isinstance(actual, bool), (
+            f"{where}: expected a number, got {actual!r}"
+        )
     else:
         assert isinstance(actual, type(doc)), f"{where}: expected {type(doc).__name__}, got {actual!r}"
 
@@ -94,7 +96,7 @@ def indexed(tiny_retriever_bundle, tmp_path_factory):
 
 def test_index_status_search_match_the_document(indexed, tiny_retriever_bundle):
     docs_json = documented()
-    root, docs, r = indexed
+    root, _, r = indexed
     report = json.loads(r.stdout)
     assert report["failures"] and (report["warnings"] or not SHARED_PDFS.is_dir())
     if report["warnings"]:  # a page rendered with mupdf errors: the user is told content may be missing
@@ -106,7 +108,9 @@ def test_index_status_search_match_the_document(indexed, tiny_retriever_bundle):
     conforms(status, *docs_json["status"])
     conforms(json.loads(_cli("status", "--index", root / "ix", "--json").stdout), *docs_json["status"])
 
-    search = json.loads(_cli("search", "report", "--index", root / "ix", "--retriever", tiny_retriever_bundle, "--json").stdout)
+    search = json.loads(
+        _cli("search", "report", "--index", root / "ix", "--retriever", tiny_retriever_bundle, "--json").stdout
+    )
     assert search["results"]
     conforms(search, *docs_json["search"])
 
@@ -127,8 +131,21 @@ def test_ask_matches_the_document(indexed, tiny_retriever_bundle, request):
     pytest.importorskip("transformers")
     generator = request.getfixturevalue("tiny_generator_bundle")
     root, _, _ = indexed
-    out = _cli("ask", "What is on the page?", "--index", root / "ix", "--retriever", tiny_retriever_bundle,
-               "--generator", generator, "--max-new-tokens", "3", "--max-pixels", str(64 * 28 * 28), "--json").stdout
+    out = _cli(
+        "ask",
+        "What is on the page?",
+        "--index",
+        root / "ix",
+        "--retriever",
+        tiny_retriever_bundle,
+        "--generator",
+        generator,
+        "--max-new-tokens",
+        "3",
+        "--max-pixels",
+        str(64 * 28 * 28),
+        "--json",
+    ).stdout
     answer = json.loads(out)
     assert answer["sources"]
     conforms(answer, *documented()["ask"])

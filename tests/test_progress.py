@@ -65,7 +65,10 @@ def test_a_log_file_gets_plain_lines(clock):
     clock[0] += 2.0
     p.advance(1, "a.pdf p.1")
     p.finish()
-    assert out.getvalue().splitlines() == ["indexing 1 page from 1 file", "1/1 pages (100%)  2.0 s/page  eta 0s  a.pdf p.1"]
+    assert out.getvalue().splitlines() == [
+        "indexing 1 page from 1 file",
+        "1/1 pages (100%)  2.0 s/page  eta 0s  a.pdf p.1",
+    ]
 
 
 def test_loading_note_on_a_terminal_only():

@@ -108,7 +108,11 @@ def _plain_metavars() -> None:
     from typer import core
 
     option_cls = getattr(core, "TyperOption", None)
-    if option_cls is None or getattr(option_cls, "_colrag_plain", False) or not hasattr(option_cls, "display_type_rich"):
+    if (
+        option_cls is None
+        or getattr(option_cls, "_colrag_plain", False)
+        or not hasattr(option_cls, "display_type_rich")
+    ):
         return
 
     def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]

@@ -94,7 +94,8 @@ class ProgressLine:
         elapsed = max(now - self.t0, 1e-9)
         eta = (self.total - self.done) * elapsed / self.done if self.done else 0.0
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        return f"{self.done}/{self.total} pages ({pct:.0f}%)  {speed(self.done, elapsed)}  eta {duration(eta)}  {printable(label)}"
+        done = f"{self.done}/{self.total} pages ({pct:.0f}%)"
+        return f"{done}  {speed(self.done, elapsed)}  eta {duration(eta)}  {printable(label)}"
 
     def _write(self, text: str, final: bool) -> None:
         if self.tty:
