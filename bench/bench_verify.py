@@ -39,10 +39,10 @@ def _synthetic_bundle(folder: Path, gb: float) -> Path:
 
 
 def _time(bundle: Path, runs: int) -> tuple[float, float, float, int]:
+    import json
+
     from colrag.bundle import MANIFEST
     from colrag.verified import _stamp_path, verify_with_stamps
-
-    import json
 
     manifest = json.loads((bundle / MANIFEST).read_text())
     size = sum(int(f["size"]) for f in manifest["files"].values())

@@ -1,7 +1,7 @@
 """`colrag eval`: retrieval quality on a labelled dataset, in the BEIR / ViDoRe layout.
 
     DATASET/
-        corpus/          PDFs and/or page images (PNG, JPEG); sub-folders allowed
+        corpus/          PDFs and/or page images (PNG, JPEG, TIFF; also XPS, EPUB, CBZ); sub-folders allowed
         queries.jsonl    one {"_id": "q1", "text": "..."} per line
         qrels.tsv        query-id <TAB> corpus-id <TAB> score   (a header line is allowed)
 
@@ -35,14 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .render import DOCUMENT_SUFFIXES, KINDS_TEXT
 
-EVAL_SCHEMA = 1
 METRICS = ("ndcg@5", "ndcg@10", "recall@1", "recall@5", "recall@10", "mrr@10")
 SEARCH_DEPTH = 100  # pages ranked per query: enough for every @10 metric and for ties around rank 10
 CORPUS_DIR = "corpus"
 QUERIES_FILE = "queries.jsonl"
 QRELS_FILE = "qrels.tsv"
-CORPUS_SUFFIXES = (".pdf", ".png", ".jpg", ".jpeg")
 
 
 # -- the dataset -----------------------------------------------------------------------
@@ -66,7 +65,9 @@ def parse_corpus_id(corpus_id: str) -> tuple[str, int]:
     """`report.pdf#3` -> ("report.pdf", 3); InputError unless it is `<file name>#<page >= 1>`."""
     name, sep, page = corpus_id.rpartition("#")
     if not sep or not name or not page.isdigit() or int(page) < 1:
-        raise InputError(f"corpus id {corpus_id!r} is not <file name>#<page> with a 1-based page number (e.g. report.pdf#3)")
+        raise InputError(
+            f"corpus id {corpus_id!r} is not <file name>#<page> with a 1-based page number (e.g. report.pdf#3)"
+        )
     return name, int(page)
 
 
@@ -78,9 +79,16 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
     """Read and check a dataset folder; every problem is one InputError line naming the file and line."""
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise InputError(f"no dataset folder at {root}: expected {CORPUS_DIR}/, {QUERIES_FILE} and {QRELS_FILE} in it (see docs/EVAL.md)")
+        raise InputError(
+            f"no dataset folder at {root}: expected {CORPUS_DIR}/, {QUERIES_FILE} and {QRELS_FILE} in it "
+            "(see docs/EVAL.md)"
+        )
     corpus = root / CORPUS_DIR
-    missing = [n for n, p in ((CORPUS_DIR + "/", corpus), (QUERIES_FILE, root / QUERIES_FILE), (QRELS_FILE, root / QRELS_FILE)) if not p.exists()]
+    missing = [
+        n
+        for n, p in ((CORPUS_DIR + "/", corpus), (QUERIES_FILE, root / QUERIES_FILE), (QRELS_FILE, root / QRELS_FILE))
+        if not p.exists()
+    ]
     if missing:
         raise InputError(f"{root} is not an eval dataset: it lacks {', '.join(missing)} (see docs/EVAL.md)")
     if not corpus.is_dir():
@@ -90,11 +98,11 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
     for dirpath, dirs, names in os.walk(corpus):
         dirs.sort()
         for n in sorted(names):
-            if n.lower().endswith(CORPUS_SUFFIXES):
+            if n.lower().endswith(DOCUMENT_SUFFIXES):
                 path = Path(dirpath) / n
                 files[path.relative_to(corpus).as_posix()] = path
     if not files:
-        raise InputError(f"{corpus} holds no PDF or page image ({', '.join(CORPUS_SUFFIXES)})")
+        raise InputError(f"{corpus} holds no PDF or page image (colrag indexes {KINDS_TEXT})")
     queries = _read_queries(root / QUERIES_FILE)
     qrels = _read_qrels(root / QRELS_FILE, queries, files)
     return Dataset(root=root, corpus=corpus, files=files, queries=queries, qrels=qrels)
@@ -133,7 +141,9 @@ def _read_qrels(path: Path, queries: dict[str, str], files: dict[str, Path]) -> 
             if n == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
                 continue  # the BEIR header
             if len(parts) != 3:
-                raise InputError(f"{path} line {n}: expected query-id<TAB>corpus-id<TAB>score, got {len(parts)} field(s)")
+                raise InputError(
+                    f"{path} line {n}: expected query-id<TAB>corpus-id<TAB>score, got {len(parts)} field(s)"
+                )
             qid, cid, raw_score = (p.strip() for p in parts)
             try:
                 score = float(raw_score)
@@ -242,8 +252,13 @@ class QueryResult:
     top: list[str]  # the first corpus ids ranked (up to 10)
 
     def as_dict(self) -> dict:
-        return {"query_id": self.query_id, "text": self.text, "first_relevant_rank": self.first_relevant_rank,
-                "metrics": {m: round(v, 6) for m, v in self.metrics.items()}, "top": self.top}
+        return {
+            "query_id": self.query_id,
+            "text": self.text,
+            "first_relevant_rank": self.first_relevant_rank,
+            "metrics": {m: round(v, 6) for m, v in self.metrics.items()},
+            "top": self.top,
+        }
 
 
 @dataclass
@@ -266,7 +281,9 @@ class EvalRun:
 
     def as_dict(self) -> dict:
         return {
-            "retriever": self.retriever, "index": self.index, "pages": self.pages, "indexed_pages": self.indexed_pages,
+            "retriever": self.retriever,
+            "index": {"path": self.index, "pages": self.pages},
+            "indexed_pages": self.indexed_pages,
             "metrics": {m: round(v, 6) for m, v in self.metrics.items()},
             "latency_ms": {"p50": round(self.p50_ms, 2), "p95": round(self.p95_ms, 2), "queries": len(self.latency_s)},
             "queries": [q.as_dict() for q in self.queries],
@@ -316,7 +333,11 @@ def evaluate(
         snap = idx.snapshot()
         names = {}
         for page in snap.pages:
-            rel = Path(page.path).relative_to(dataset.corpus).as_posix() if page.path.startswith(str(dataset.corpus) + os.sep) else page.path
+            rel = (
+                Path(page.path).relative_to(dataset.corpus).as_posix()
+                if page.path.startswith(str(dataset.corpus) + os.sep)
+                else page.path
+            )
             names[(page.path, page.page_no)] = corpus_id(rel, page.page_no)
         present = set(names.values())
         judged = dataset.judged_queries
@@ -339,13 +360,24 @@ def evaluate(
             latency.append(clock() - t0)
             ranked = [(names[(h.file, h.page)], float(h.score)) for h in hits]
             qrels = dataset.qrels[qid]
-            results.append(QueryResult(qid, dataset.queries[qid], query_metrics(ranked, qrels),
-                                       first_relevant_rank(ranked, qrels), [c for c, _ in ranked[:10]]))
+            results.append(
+                QueryResult(
+                    qid,
+                    dataset.queries[qid],
+                    query_metrics(ranked, qrels),
+                    first_relevant_rank(ranked, qrels),
+                    [c for c, _ in ranked[:10]],
+                )
+            )
         info = RetrieverInfo.of(retriever)
         return EvalRun(
             retriever={"name": info.name, "bundle_id": info.bundle_id, "path": bundle_path},
-            index=str(index_path), pages=len(snap.pages), indexed_pages=indexed_pages,
-            metrics=mean_metrics([r.metrics for r in results]), latency_s=latency, queries=results,
+            index=str(index_path),
+            pages=len(snap.pages),
+            indexed_pages=indexed_pages,
+            metrics=mean_metrics([r.metrics for r in results]),
+            latency_s=latency,
+            queries=results,
         )
 
 
@@ -376,14 +408,16 @@ def rank_changes(a: EvalRun, b: EvalRun) -> list[RankChange]:
 
 def report_dict(dataset: Dataset, runs: list[EvalRun]) -> dict:
     """The `colrag eval --json` document (docs/EVAL.md)."""
-    out: dict = {
-        "schema": EVAL_SCHEMA,
-        "dataset": str(dataset.root),
-        "files": len(dataset.files),
-        "queries": len(dataset.judged_queries),
-        "skipped_queries": len(dataset.queries) - len(dataset.judged_queries),
-        "runs": [r.as_dict() for r in runs],
-    }
+    from .jsonout import document
+
+    out: dict = document(
+        "eval",
+        dataset=str(dataset.root),
+        files=len(dataset.files),
+        queries=len(dataset.judged_queries),
+        skipped_queries=len(dataset.queries) - len(dataset.judged_queries),
+        runs=[r.as_dict() for r in runs],
+    )
     if len(runs) == 2:
         out["delta"] = {m: round(runs[1].metrics[m] - runs[0].metrics[m], 6) for m in METRICS}
         out["rank_changes"] = [c.as_dict() for c in rank_changes(runs[0], runs[1])]

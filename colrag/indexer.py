@@ -39,9 +39,14 @@ class Failure:
     reason: str
     previous: bool = False  # recorded by an earlier run (the file is unchanged)
 
+    @property
+    def where(self) -> str:
+        return self.path if self.page is None else f"{self.path} page {self.page}"
+
     def __str__(self) -> str:
-        where = self.path if self.page is None else f"{self.path} page {self.page}"
-        return f"{where}: {self.reason}" + (" (unchanged since an earlier run)" if self.previous else "")
+        if self.previous:
+            return f"{self.where}: skipped (failed before: {self.reason})"
+        return f"{self.where}: {self.reason}"
 
 
 @dataclass
@@ -56,8 +61,14 @@ class IndexReport:
     seconds: float = 0.0
 
     @property
+    def new_failures(self) -> list[Failure]:
+        """Failures of this run (the others were recorded by an earlier run for an unchanged file)."""
+        return [f for f in self.failures if not f.previous]
+
+    @property
     def ok(self) -> bool:
-        return not self.failures
+        """Nothing failed in this run (files known to fail, unchanged and skipped, do not count)."""
+        return not self.new_failures
 
     def as_dict(self) -> dict:
         return {
@@ -94,12 +105,14 @@ class Indexer:
         password: str | None = None,
         progress=None,
         commit_pages: int = 4,
+        retry_failed: bool = False,
     ):
         self.index = index
         self.retriever = retriever
         self.password = password
         self.progress = progress or NullProgress()
         self.commit_pages = max(1, commit_pages)
+        self.retry_failed = retry_failed  # try files and pages that failed before, though unchanged
         self.render = index.render if index.render else RenderOptions()
 
     # -- the run -------------------------------------------------------------------
@@ -140,8 +153,12 @@ class Indexer:
                 report.failures.append(Failure(key, None, f"cannot read: {exc.strerror or exc}"))
                 continue
             current, indexing = self.index.lookup(key)
-            fresh = current is not None and current.status == "done"
-            if fresh and indexing is None and (current.size, current.mtime_ns) == (st.st_size, st.st_mtime_ns):
+            unchanged = current is not None and (current.size, current.mtime_ns) == (st.st_size, st.st_mtime_ns)
+            if current is not None and unchanged and current.status == "failed" and indexing is None and not self._retry(current):
+                report.failures.append(Failure(key, None, current.error or "failed", previous=True))
+                continue
+            fresh = current is not None and current.status == "done" and not (self.retry_failed and self._has_page_errors(current))
+            if fresh and indexing is None and unchanged:
                 self._skip(current, report)
                 continue
             try:
@@ -168,6 +185,14 @@ class Indexer:
                 resume_id, done = indexing.id, self.index.stored_page_numbers(indexing.id)
             jobs.append(_Job(path, st.st_size, st.st_mtime_ns, sha, n_pages, resume_id, done))
         return jobs
+
+    def _retry(self, failed_doc) -> bool:
+        """Try an unchanged file that failed before? With --retry-failed, or a password for one that needed it."""
+        needed_password = (failed_doc.error or "").startswith("encrypted")
+        return self.retry_failed or (self.password is not None and needed_password)
+
+    def _has_page_errors(self, doc) -> bool:
+        return any(kind == "error" for _, _, kind, _ in self.index.page_errors(doc.id))
 
     def _skip(self, doc, report: IndexReport) -> None:
         report.skipped_files += 1

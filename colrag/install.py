@@ -21,14 +21,13 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .bundle import load_manifest, sha256_file
 from .errors import BundleError, ColragError, InputError
-from .export.quantize import QUANT_SCHEMES
+from .export.quantize import DEFAULT_QUANTIZE, QUANT_SCHEMES
 
 PARTS = ("retriever", "generator")
 QUANTIZE_CHOICES = ("none", *QUANT_SCHEMES)
@@ -221,6 +220,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else exc.__class__.__name__
 
 
+# What to do without the Hub: convert checkpoint folders already on disk (offline means no
+# download at all: HF_HUB_OFFLINE=1 uses only the huggingface_hub cache, --*-from only local folders).
+LOCAL_CHECKPOINTS_HINT = (
+    "or convert checkpoint folders you already have (a download or `save_pretrained` output, with config.json), "
+    "which needs no network: `colrag models install --retriever-from DIR --generator-from DIR`"
+)
+
+
 def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
     """Fetch `spec`'s checkpoint files into the huggingface_hub cache; returns the snapshot folder.
 
@@ -238,7 +245,7 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
     )
 
     where = f"{spec.repo_id} (revision {spec.revision})"
-    alternative = f"or export a checkpoint you already have with `colrag models install --{spec.part}-from DIR`"
+    alternative = LOCAL_CHECKPOINTS_HINT
     offline = hub_offline()
     _log(f"{spec.part}: {'looking up' if offline else 'downloading'} {where} {'in' if offline else 'into'} {cache_dir or hub_cache_dir()}")
     try:
@@ -251,7 +258,8 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
     except LocalEntryNotFoundError as exc:  # offline, unreachable, or an incomplete cached snapshot
         if offline:
             raise ColragError(
-                f"offline (HF_HUB_OFFLINE is set) and {where} is not complete in the cache {cache_dir or hub_cache_dir()}: "
+                f"offline: HF_HUB_OFFLINE is set, so nothing is downloaded and only the Hugging Face cache "
+                f"{cache_dir or hub_cache_dir()} is used, and {where} is not complete there: "
                 f"unset HF_HUB_OFFLINE and connect to the internet, {alternative}"
             ) from exc
         raise ColragError(
@@ -364,7 +372,7 @@ def _export(part: str, src: Path, target: Path, *, quantize: str, share_vision_w
 @contextlib.contextmanager
 def _download_bars(show: bool) -> Iterator[None]:
     """The Hub's tqdm download bars: useful on a terminal, noise in a log file."""
-    if show or "huggingface_hub" not in sys.modules and importlib.util.find_spec("huggingface_hub") is None:
+    if show or ("huggingface_hub" not in sys.modules and importlib.util.find_spec("huggingface_hub") is None):
         yield
         return
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
@@ -384,7 +392,7 @@ def install(
     only: str | None = None,
     retriever_from: Path | None = None,
     generator_from: Path | None = None,
-    quantize: str = "none",
+    quantize: str = DEFAULT_QUANTIZE,
     force: bool = False,
     reinstall: bool = False,
     verbose: bool = False,

@@ -75,3 +75,11 @@ def index_dir(name_or_path: str | os.PathLike | None = None) -> Path:
 def prefix_cache_dir() -> Path:
     """Where `colrag ask` keeps the k/v of recently read pages (a bounded, disposable cache)."""
     return colrag_home() / "cache" / "prefixes"
+
+
+def output_dir() -> Path:
+    """Where `search --explain` and `ask --show` write their PNGs unless given --out DIR.
+
+    One folder, replaced file by file (a name says the page and the rank), never the
+    current directory or the temp dir: delete it whenever you like."""
+    return colrag_home() / "out"

@@ -60,7 +60,9 @@ def _update_array(h: Any, array: np.ndarray) -> None:
     h.update(array.tobytes())
 
 
-def prefix_key(identity: Mapping[str, Any], prefix_ids: np.ndarray, images: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
+def prefix_key(
+    identity: Mapping[str, Any], prefix_ids: np.ndarray, images: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> str:
     """sha256 over everything the prefix's k/v depend on.
 
     identity: the generator's and the request's settings (JSON-serialisable: bundle id,
@@ -132,8 +134,12 @@ class PrefixCache:
             self._memory.popitem(last=False)
 
     # -- disk ------------------------------------------------------------------------
+    def _disk(self) -> Path:
+        assert self.folder is not None, "only called when the cache has a folder"
+        return self.folder
+
     def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.npz"
+        return self._disk() / f"{key}.npz"
 
     def _read(self, key: str, past_shape: tuple[int, int, int]) -> Prefix | None:
         path = self._path(key)
@@ -154,7 +160,8 @@ class PrefixCache:
             path.unlink(missing_ok=True)  # damaged or foreign: a miss, and not kept
             return None
         if stored != prefix_checksum(key, ids, past):
-            _warn(f"prefix cache file {path.name} fails its checksum (altered or damaged): ignored, the page is recomputed")
+            _warn(f"prefix cache file {path.name} fails its checksum (altered or damaged): "
+                  "ignored, the page is recomputed")
             path.unlink(missing_ok=True)
             return None
         os.utime(path)  # least recently used goes first
@@ -162,14 +169,15 @@ class PrefixCache:
 
     def _write(self, key: str, prefix: Prefix) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self._disk().mkdir(parents=True, exist_ok=True)
             self._evict(self.disk_bytes - prefix.nbytes)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".npz")
+            fd, tmp = tempfile.mkstemp(dir=self._disk(), prefix=".tmp-", suffix=".npz")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    arrays = {f"past_{i}": a for i, a in enumerate(prefix.past)}
-                    checksum = prefix_checksum(key, prefix.ids, prefix.past)
-                    np.savez(f, format=np.int64(FORMAT), checksum=np.str_(checksum), ids=prefix.ids, **arrays)
+                    arrays: dict[str, Any] = {f"past_{i}": a for i, a in enumerate(prefix.past)}
+                    arrays.update(format=np.int64(FORMAT), checksum=np.str_(prefix_checksum(key, prefix.ids, prefix.past)),
+                                  ids=prefix.ids)
+                    np.savez(f, **arrays)
                 os.replace(tmp, self._path(key))
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
@@ -180,7 +188,7 @@ class PrefixCache:
     def _evict(self, budget: int) -> None:
         """Delete the least recently used files until the folder holds at most `budget` bytes."""
         files = []
-        for path in self.folder.glob("*.npz"):
+        for path in self._disk().glob("*.npz"):
             try:
                 st = path.stat()
             except OSError:

@@ -144,7 +144,8 @@ def _opened_image(path: Path, max_pixels: int) -> Iterator[Any]:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise InputError(
-                        f"image {path} is too large ({width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,})"
+                        f"image {path} is too large ({width}x{height} = {width * height:,} pixels; "
+                        f"the limit is {max_pixels:,})"
                     )
                 yield img
     except Image.DecompressionBombError as exc:

@@ -22,6 +22,15 @@ from .errors import InputError
 DEFAULT_TARGET_PIXELS = 2 * RETRIEVER_MAX_PIXELS  # ~1.2 MP: the retriever downsizes at most 2x in area
 DEFAULT_MAX_SIDE = 4096  # px; a hard cap on either side whatever the page size
 PDF_SUFFIX = ".pdf"
+# What colrag indexes: the kinds pymupdf renders as pages and users keep reports in
+# (tests/test_kinds.py indexes one of each). A folder is searched for these; a file of
+# another kind given by name is refused, by name, in the report. (WebP: pymupdf cannot open it.)
+DOCUMENT_KINDS = {
+    ".pdf": "PDF", ".xps": "XPS", ".oxps": "XPS", ".epub": "EPUB", ".cbz": "CBZ",
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
+}
+DOCUMENT_SUFFIXES = tuple(DOCUMENT_KINDS)
+KINDS_TEXT = "PDF, XPS, EPUB and CBZ documents and PNG, JPEG and TIFF images"
 
 
 class PdfError(InputError):
@@ -59,7 +68,7 @@ def find_pdfs(paths: Iterable[str | os.PathLike]) -> list[Path]:
             for root, dirs, files in os.walk(path):
                 dirs.sort()
                 for name in sorted(files):
-                    if name.lower().endswith(PDF_SUFFIX):
+                    if name.lower().endswith(DOCUMENT_SUFFIXES):
                         found[Path(os.path.abspath(Path(root) / name))] = None
         elif path.is_file():
             found[Path(os.path.abspath(path))] = None
@@ -83,9 +92,14 @@ def render_size(width_pt: float, height_pt: float, opts: RenderOptions = RenderO
 
 
 def open_pdf(path: str | os.PathLike, password: str | None = None):
-    """Open a PDF with pymupdf; PdfError with a reason when it cannot be used."""
+    """Open a document (DOCUMENT_KINDS, by extension) with pymupdf; PdfError with a reason when it cannot be used.
+
+    A file named with another extension is read as a PDF if it is one, and refused by its
+    extension otherwise."""
     pymupdf = _pymupdf()
     path = Path(path)
+    kind = DOCUMENT_KINDS.get(path.suffix.lower())
+    refused = PdfError(f"not a kind of file colrag indexes ({path.suffix or 'no extension'}): it indexes {KINDS_TEXT}")
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -94,9 +108,11 @@ def open_pdf(path: str | os.PathLike, password: str | None = None):
         raise PdfError("empty file (0 bytes)")
     pymupdf.TOOLS.reset_mupdf_warnings()
     try:
-        doc = pymupdf.open(path, filetype="pdf")
+        doc = pymupdf.open(path, filetype=(kind or "PDF").lower())
     except Exception as exc:  # pymupdf raises FileDataError / RuntimeError / ValueError on damaged files
-        raise PdfError(f"not a readable PDF ({exc})") from exc
+        if kind is None:
+            raise refused from exc
+        raise PdfError(f"not a readable {kind}{'' if kind == 'PDF' else ' file'} ({exc})") from exc
     if doc.needs_pass:
         if password is None:
             doc.close()
@@ -107,6 +123,8 @@ def open_pdf(path: str | os.PathLike, password: str | None = None):
     if doc.page_count == 0:
         warnings = _warnings(pymupdf)
         doc.close()
+        if kind is None:
+            raise refused
         raise PdfError("no pages" + (f" (damaged or truncated: {warnings})" if warnings else ""))
     return doc
 

@@ -32,7 +32,8 @@ def check_threads(threads: int | None) -> int | None:
     """`threads` unchanged when it is None or sane; InputError in one line above the limit."""
     if threads is not None and int(threads) > max_threads():
         raise InputError(
-            f"--threads {threads} is too many: this machine gives colrag {max_threads() // THREADS_PER_CORE_LIMIT} cores, "
+            f"--threads {threads} is too many: this machine gives colrag "
+            f"{max_threads() // THREADS_PER_CORE_LIMIT} cores, "
             f"the limit is {max_threads()} threads ({THREADS_PER_CORE_LIMIT} per core)"
         )
     return threads

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,7 +107,8 @@ def verify_with_stamps(bundle_dir: Path, manifest: dict[str, Any], *, trust_stam
     for rel, path, stamp in todo:
         if sha256_file(path) != manifest["files"][rel]["sha256"]:
             raise BundleError(
-                f"{bundle_dir}: {rel} does not match its checksum (corrupt or modified); re-export or reinstall the bundle"
+                f"{bundle_dir}: {rel} does not match its checksum (corrupt or modified); "
+                "re-export or reinstall the bundle"
             )
         if _file_stamp(path) == stamp:  # not changed while it was being hashed
             stamps[rel] = stamp
@@ -116,7 +116,12 @@ def verify_with_stamps(bundle_dir: Path, manifest: dict[str, Any], *, trust_stam
         stamp_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             stamp_file,
-            {"format": STAMP_FORMAT, "bundle": str(bundle_dir.resolve()), "manifest_sha256": manifest_sha, "files": stamps},
+            {
+                "format": STAMP_FORMAT,
+                "bundle": str(bundle_dir.resolve()),
+                "manifest_sha256": manifest_sha,
+                "files": stamps,
+            },
         )
     except OSError:
         pass  # a home that cannot be written only means hashing again next time

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +54,7 @@ def _ask(cli, *args):
 
 def test_ask_answers_from_the_index_with_sources(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle, tmp_path):
     args = ["What is on page one?", "--index", str(tiny_index), "--retriever", str(tiny_retriever_bundle),
-            "--generator", str(tiny_generator_bundle), "--max-tokens", "8", "--max-pixels", SMALL, "--threads", "1"]
+            "--generator", str(tiny_generator_bundle), "--max-new-tokens", "8", "--max-pixels", SMALL, "--threads", "1"]
     result = _ask(cli, *args)
     assert result.exit_code == 0, result.output
     answer, _, sources = result.stdout.partition("\nSources:\n")
@@ -61,10 +62,11 @@ def test_ask_answers_from_the_index_with_sources(cli, tiny_index, tiny_retriever
     lines = [line for line in sources.splitlines() if line.strip()]
     assert len(lines) == 1 and ".pdf, page " in lines[0] and "score" in lines[0]
 
-    result = _ask(cli, *args, "--json", "--pages", "2")
+    result = _ask(cli, *args, "--json", "--top-k", "2")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"answer", "sources", "timings"}
+    assert set(payload) == {"schema", "command", "question", "answer", "sources", "images", "timings"}
+    assert payload["images"] == [] and payload["command"] == "ask"
     assert set(payload["timings"]) >= {"retrieve_s", "vision_s", "prefill_s", "first_token_s", "decode_s", "new_tokens"}
     assert 1 <= payload["timings"]["new_tokens"] <= 8 and payload["timings"]["prefill_s"] > 0
     assert isinstance(payload["answer"], str) and payload["answer"]
@@ -79,11 +81,12 @@ def test_ask_show_writes_the_pages_used(cli, tiny_index, tiny_retriever_bundle, 
     from PIL import Image
 
     result = _ask(cli, "Which chart?", "--index", str(tiny_index), "--retriever", str(tiny_retriever_bundle),
-                  "--generator", str(tiny_generator_bundle), "--max-tokens", "2", "--max-pixels", SMALL, "--show",
-                  "--pages", "2", "--json")
+                  "--generator", str(tiny_generator_bundle), "--max-new-tokens", "2", "--max-pixels", SMALL, "--show",
+                  "--top-k", "2", "--json")
     assert result.exit_code == 0, result.output
     paths = [line.split("page image: ", 1)[1] for line in result.stderr.splitlines() if line.startswith("page image: ")]
     assert len(paths) == 2
+    assert all(Path(p).parent == Path(os.environ["COLRAG_HOME"]) / "out" for p in paths)  # not /tmp: cleaned with the test
     for p in paths:
         with Image.open(p) as img:
             assert img.width * img.height <= 1.1 * int(SMALL)
@@ -98,7 +101,7 @@ def test_ask_about_an_image_without_an_index(cli, tiny_generator_bundle, tmp_pat
         paths.append(tmp_path / f"img{i}.png")
         synthetic_image(*size, seed=i).save(paths[-1])
     result = _ask(cli, "Describe this image.", "--image", str(paths[0]), "--generator", str(tiny_generator_bundle),
-                  "--max-tokens", "10", "--index", str(tmp_path / "no-index"), "--stats")
+                  "--max-new-tokens", "10", "--index", str(tmp_path / "no-index"), "--stats")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() and "Sources:" not in result.stdout
     assert "prefill" in result.stderr
@@ -109,10 +112,10 @@ def test_ask_about_an_image_without_an_index(cli, tiny_generator_bundle, tmp_pat
     want = colrag.Generator.load(tiny_generator_bundle).generate("Describe this image.", images=[paths[0]], max_new_tokens=10)
     assert result.stdout.rstrip("\n") == want.text
     result = _ask(cli, "Compare.", "--image", str(paths[0]), "--image", str(paths[1]), "--generator", str(tiny_generator_bundle),
-                  "--max-tokens", "4", "--json")
+                  "--max-new-tokens", "4", "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["sources"] == [] and payload["images"] == [str(p) for p in paths]
+    assert payload["sources"] == [] and payload["images"] == [str(p) for p in paths] and payload["command"] == "ask"
 
 
 def test_sampling_options_reach_the_generator(cli, tiny_generator_bundle, tmp_path):
@@ -120,8 +123,8 @@ def test_sampling_options_reach_the_generator(cli, tiny_generator_bundle, tmp_pa
 
     img = tmp_path / "img.png"
     synthetic_image(120, 120, seed=3).save(img)
-    base = ["Describe.", "--image", str(img), "--generator", str(tiny_generator_bundle), "--max-tokens", "12", "--json",
-            "--temperature", "1.0", "--top-k", "50", "--top-p", "0.9", "--repetition-penalty", "1.1"]
+    base = ["Describe.", "--image", str(img), "--generator", str(tiny_generator_bundle), "--max-new-tokens", "12", "--json",
+            "--temperature", "1.0", "--sample-top-k", "50", "--sample-top-p", "0.9", "--repetition-penalty", "1.1"]
     a = json.loads(_ask(cli, *base, "--seed", "7").stdout)["answer"]
     b = json.loads(_ask(cli, *base, "--seed", "7").stdout)["answer"]
     c = json.loads(_ask(cli, *base, "--seed", "8").stdout)["answer"]

@@ -75,7 +75,7 @@ def _ask(cli, index, retriever, generator, question, *extra):
         str(retriever),
         "--generator",
         str(generator),
-        "--max-tokens",
+        "--max-new-tokens",
         "12",
         "--threads",
         "1",
@@ -96,7 +96,7 @@ def test_stored_features_give_the_tokens_of_the_fresh_path(
     from colrag.ask import Asker
 
     index = shared_index / "index"
-    stored, err = _ask(cli, index, tiny_retriever_bundle, tiny_shared_generator_bundle, question, "--pages", str(pages))
+    stored, err = _ask(cli, index, tiny_retriever_bundle, tiny_shared_generator_bundle, question, "--top-k", str(pages))
     assert [s["features"] for s in stored["sources"]] == ["index"] * pages
     assert "note:" not in err
     fresh, err = _ask(
@@ -105,7 +105,7 @@ def test_stored_features_give_the_tokens_of_the_fresh_path(
         tiny_retriever_bundle,
         tiny_shared_generator_bundle,
         question,
-        "--pages",
+        "--top-k",
         str(pages),
         "--no-page-features",
     )
@@ -212,7 +212,7 @@ def test_damaged_features_fall_back_are_reported_and_repaired(
     assert "repair:" in run.stderr and file.name in run.stderr
     status = CliRunner().invoke(cli, ["status", "--index", str(index), "--json", "--check"])
     stats = json.loads(status.stdout)
-    assert stats["pages_with_features"] == stats["pages"] == 16 and stats["check"]["ok"], stats["check"]
+    assert stats["index"]["pages_with_features"] == stats["index"]["pages"] == 16 and stats["check"]["ok"], stats["check"]
     got, err = _ask(cli, index, tiny_retriever_bundle, tiny_shared_generator_bundle, QUESTIONS[0])
     assert got == {**want, "timings": got["timings"]} and "note:" not in err
 
@@ -227,6 +227,7 @@ def test_removing_a_document_removes_its_features(cli, shared_index, tmp_path):
     result = CliRunner().invoke(cli, ["remove", str(shared_index / "docs" / PDFS[0]), "--index", str(index)])
     assert result.exit_code == 0, result.output
     after = json.loads(CliRunner().invoke(cli, ["status", "--index", str(index), "--json"]).stdout)
+    after, before = after["index"], before["index"]
     assert after["pages_with_features"] == before["pages_with_features"] - 14
     assert after["feature_bytes"] < before["feature_bytes"] and len(list((index / FEATURES_DIR).iterdir())) == 2
     assert after["bytes_on_disk"] < before["bytes_on_disk"]
@@ -259,7 +260,7 @@ def test_ask_uses_a_running_server(cli, shared_index, tiny_retriever_bundle, tin
             threading.Event().wait(0.05)
         index = shared_index / "index"
         local, _ = _ask(
-            cli, index, tiny_retriever_bundle, tiny_shared_generator_bundle, QUESTIONS[1], "--pages", "2", "--no-server"
+            cli, index, tiny_retriever_bundle, tiny_shared_generator_bundle, QUESTIONS[1], "--top-k", "2", "--no-server"
         )
         args = [
             "ask",
@@ -270,11 +271,11 @@ def test_ask_uses_a_running_server(cli, shared_index, tiny_retriever_bundle, tin
             str(tiny_retriever_bundle),
             "--generator",
             str(tiny_shared_generator_bundle),
-            "--max-tokens",
+            "--max-new-tokens",
             "12",
             "--threads",
             "1",
-            "--pages",
+            "--top-k",
             "2",
             "--stats",
         ]

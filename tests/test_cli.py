@@ -69,3 +69,45 @@ def test_os_errors_are_one_line(tmp_path):
     result = colrag("models", "export", "retriever", str(tmp_path), "--out", str(blocked / "sub" / "retriever"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["models", "install"], ["models", "export", "retriever"], ["models", "export", "generator"]])
+def test_one_quantize_default_stated_in_help(command):
+    import os
+
+    result = colrag(*command, "--help", env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0
+    text = " ".join(x.strip(" │") for x in result.stdout.splitlines())
+    option = text[text.index("--quantize") :]
+    option = option[: option.index(" --", 2)]  # up to the next option
+    assert "[default: int8]" in option and "int8 (the default" in " ".join(option.split())
+
+
+@pytest.mark.parametrize("kind", ["retriever", "generator"])
+def test_export_defaults_to_int8(kind, monkeypatch, tmp_path):
+    """`colrag models export` quantizes like `colrag models install` unless told otherwise."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from colrag.cli import _register_commands, app
+
+    _register_commands()
+    module = importlib.import_module(f"colrag.export.{kind}")
+    seen = {}
+    monkeypatch.setattr(module, f"export_{kind}", lambda src, out, **kw: seen.update(kw))
+    result = CliRunner().invoke(app, ["models", "export", kind, str(tmp_path), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert seen["quantize"] == "int8"
+    result = CliRunner().invoke(app, ["models", "export", kind, str(tmp_path), "--out", str(tmp_path / "b"), "--quantize", "none"])
+    assert result.exit_code == 0 and seen["quantize"] == "none"
+
+
+def test_readme_says_how_to_get_the_cpu_torch():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    one_liner = next(line for line in readme.splitlines() if line.startswith("python3 -m venv"))
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu &&" in one_liner
+    assert one_liner.index("download.pytorch.org") < one_liner.index("pip install -e '.[export,")
+    assert "never to index, search or ask" in readme

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,14 @@ import pytest
 
 from colrag.errors import InputError
 from colrag.eval import (
-    METRICS, first_relevant_rank, load_dataset, mean_metrics, parse_corpus_id, query_metrics, rank_changes, tie_groups,
+    METRICS,
+    first_relevant_rank,
+    load_dataset,
+    mean_metrics,
+    parse_corpus_id,
+    query_metrics,
+    rank_changes,
+    tie_groups,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +39,9 @@ def ranking(*pairs):
 
 def test_one_relevant_page_at_rank_3():
     m = query_metrics(ranking(("x", 0.9), ("y", 0.8), ("r", 0.7), ("z", 0.6)), {"r": 1})
-    assert m == pytest.approx({"ndcg@5": 0.5, "ndcg@10": 0.5, "recall@1": 0.0, "recall@5": 1.0, "recall@10": 1.0, "mrr@10": 1 / 3})
+    assert m == pytest.approx(
+        {"ndcg@5": 0.5, "ndcg@10": 0.5, "recall@1": 0.0, "recall@5": 1.0, "recall@10": 1.0, "mrr@10": 1 / 3}
+    )
 
 
 def test_two_relevant_pages():
@@ -100,12 +110,27 @@ def _deterministic(ranked_ids, qrels):
 
 
 def test_tie_handling_equals_the_average_over_every_ordering():
-    pages = ranking(("a", 0.9), ("b", 0.7), ("c", 0.7), ("d", 0.7), ("e", 0.7), ("f", 0.5), ("g", 0.5), ("h", 0.3),
-                    ("i", 0.3), ("j", 0.3), ("k", 0.2), ("l", 0.2))
+    pages = ranking(
+        ("a", 0.9),
+        ("b", 0.7),
+        ("c", 0.7),
+        ("d", 0.7),
+        ("e", 0.7),
+        ("f", 0.5),
+        ("g", 0.5),
+        ("h", 0.3),
+        ("i", 0.3),
+        ("j", 0.3),
+        ("k", 0.2),
+        ("l", 0.2),
+    )
     qrels = {"c": 2, "e": 1, "g": 1, "k": 3, "zz": 1}
     groups = tie_groups(pages)
     assert [len(g) for g in groups] == [1, 4, 2, 3, 2]
-    orders = [sum(p, []) for p in itertools.product(*[list(map(list, itertools.permutations(g))) for g in groups])]
+    orders = [
+        list(itertools.chain.from_iterable(p))
+        for p in itertools.product(*[list(map(list, itertools.permutations(g))) for g in groups])
+    ]
     want = {m: sum(_deterministic(o, qrels)[m] for o in orders) / len(orders) for m in METRICS}
     assert query_metrics(pages, qrels) == pytest.approx(want)
 
@@ -131,7 +156,9 @@ def test_rank_changes_sorted_by_move():
 # -- the dataset format -------------------------------------------------------------------------
 
 
-def write_dataset(root: Path, files: dict[str, bytes | Path], queries: list[dict], qrels: list[str], header: bool = True) -> Path:
+def write_dataset(
+    root: Path, files: dict[str, bytes | Path], queries: list[dict], qrels: list[str], header: bool = True
+) -> Path:
     corpus = root / "corpus"
     corpus.mkdir(parents=True)
     for name, content in files.items():
@@ -141,7 +168,9 @@ def write_dataset(root: Path, files: dict[str, bytes | Path], queries: list[dict
         else:
             (corpus / name).write_bytes(content)
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    (root / "qrels.tsv").write_text(("query-id\tcorpus-id\tscore\n" if header else "") + "".join(line + "\n" for line in qrels))
+    (root / "qrels.tsv").write_text(
+        ("query-id\tcorpus-id\tscore\n" if header else "") + "".join(line + "\n" for line in qrels)
+    )
     return root
 
 
@@ -155,7 +184,8 @@ def test_parse_corpus_id():
 
 def test_load_dataset_reads_the_beir_layout(tmp_path):
     ds = write_dataset(
-        tmp_path / "ds", {"a.pdf": b"%PDF", "sub/b.png": b"png", "notes.txt": b"x"},
+        tmp_path / "ds",
+        {"a.pdf": b"%PDF", "sub/b.png": b"png", "notes.txt": b"x"},
         [{"_id": "q1", "text": "revenue?"}, {"_id": 2, "text": "growth?"}, {"_id": "q3", "text": "unjudged"}],
         ["q1\ta.pdf#2\t1", "2\tsub/b.png#1\t2", "2\ta.pdf#1\t0"],
     )
@@ -177,7 +207,7 @@ def test_load_dataset_reads_the_beir_layout(tmp_path):
 )
 def test_bad_qrels_are_one_line_with_the_line_number(tmp_path, qrels, message):
     ds = write_dataset(tmp_path / "ds", {"a.pdf": b"%PDF"}, [{"_id": "q1", "text": "x"}], qrels)
-    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InputError, match=re.escape(message)):
         load_dataset(ds)
 
 
@@ -185,7 +215,7 @@ def test_bad_layouts(tmp_path):
     with pytest.raises(InputError, match="no dataset folder"):
         load_dataset(tmp_path / "nothing")
     (tmp_path / "half" / "corpus").mkdir(parents=True)
-    with pytest.raises(InputError, match="lacks queries.jsonl, qrels.tsv"):
+    with pytest.raises(InputError, match=re.escape("lacks queries.jsonl, qrels.tsv")):
         load_dataset(tmp_path / "half")
     ds = write_dataset(tmp_path / "ds", {"a.pdf": b"%PDF"}, [], [])
     (ds / "queries.jsonl").write_text('{"_id": "q1"}\n')
@@ -207,13 +237,27 @@ def tiny_dataset(pdf_dir, tmp_path_factory):
         doc[0].get_pixmap(dpi=40).save(png)
     return write_dataset(
         root,
-        {"usda.pdf": pdf_dir / "03_chart_usda_ag_energy_roundup.pdf", "nics.pdf": pdf_dir / "12_rotated90_nics_table.pdf",
-         "tiny/pages.pdf": pdf_dir / "21_tiny_pages_3x3pt.pdf", "chart-p1.png": png},
-        [{"_id": "q1", "text": "energy use on farms"}, {"_id": "q2", "text": "background checks by state"},
-         {"_id": "q3", "text": "trace tree compilation"}, {"_id": "q4", "text": "no judgement for this one"},
-         {"_id": "q5", "text": "the last tiny page"}],
-        ["q1\tusda.pdf#1\t1", "q2\tnics.pdf#1\t1", "q2\ttiny/pages.pdf#3\t2", "q3\tchart-p1.png#1\t1", "q5\ttiny/pages.pdf#10\t1",
-         "q5\ttiny/pages.pdf#9\t0"],
+        {
+            "usda.pdf": pdf_dir / "03_chart_usda_ag_energy_roundup.pdf",
+            "nics.pdf": pdf_dir / "12_rotated90_nics_table.pdf",
+            "tiny/pages.pdf": pdf_dir / "21_tiny_pages_3x3pt.pdf",
+            "chart-p1.png": png,
+        },
+        [
+            {"_id": "q1", "text": "energy use on farms"},
+            {"_id": "q2", "text": "background checks by state"},
+            {"_id": "q3", "text": "trace tree compilation"},
+            {"_id": "q4", "text": "no judgement for this one"},
+            {"_id": "q5", "text": "the last tiny page"},
+        ],
+        [
+            "q1\tusda.pdf#1\t1",
+            "q2\tnics.pdf#1\t1",
+            "q2\ttiny/pages.pdf#3\t2",
+            "q3\tchart-p1.png#1\t1",
+            "q5\ttiny/pages.pdf#10\t1",
+            "q5\ttiny/pages.pdf#9\t0",
+        ],
     )
 
 
@@ -237,10 +281,17 @@ def test_eval_end_to_end(cli, tiny_dataset, tiny_retriever_bundle):
     r = run_cli(cli, "eval", tiny_dataset, "--retriever", tiny_retriever_bundle, "--threads", "1", "--json")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
-    assert report["schema"] == 1 and report["queries"] == 4 and report["skipped_queries"] == 1 and report["files"] == 4
+    assert (
+        report["schema"] == 1
+        and report["command"] == "eval"
+        and report["queries"] == 4
+        and report["skipped_queries"] == 1
+        and report["files"] == 4
+    )
     (run,) = report["runs"]
-    assert run["pages"] == 1 + 1 + 10 + 1 and run["indexed_pages"] == 13
-    assert Path(run["index"]).parent == colrag_home() / "indexes" and Path(run["index"]).name.startswith("eval-tinyset-")
+    assert run["index"]["pages"] == 1 + 1 + 10 + 1 and run["indexed_pages"] == 13
+    index = run["index"]["path"]
+    assert Path(index).parent == colrag_home() / "indexes" and Path(index).name.startswith("eval-tinyset-")
     assert set(run["metrics"]) == set(METRICS) and all(0.0 <= v <= 1.0 for v in run["metrics"].values())
     assert run["latency_ms"]["queries"] == 4 and 0 < run["latency_ms"]["p50"] <= run["latency_ms"]["p95"]
     per_query = {q["query_id"]: q for q in run["queries"]}
@@ -250,43 +301,79 @@ def test_eval_end_to_end(cli, tiny_dataset, tiny_retriever_bundle):
 
     # the per-query numbers are what `colrag search` ranks on the same index, scored by hand-checked code
     corpus = tiny_dataset / "corpus"
-    qrels = {"q2": {"nics.pdf#1": 1.0, "tiny/pages.pdf#3": 2.0}, "q5": {"tiny/pages.pdf#10": 1.0, "tiny/pages.pdf#9": 0.0}}
+    qrels = {
+        "q2": {"nics.pdf#1": 1.0, "tiny/pages.pdf#3": 2.0},
+        "q5": {"tiny/pages.pdf#10": 1.0, "tiny/pages.pdf#9": 0.0},
+    }
     for qid, text in (("q2", "background checks by state"), ("q5", "the last tiny page")):
-        s = run_cli(cli, "search", text, "--index", run["index"], "--retriever", tiny_retriever_bundle, "--top-k", "13", "--json")
+        s = run_cli(
+            cli, "search", text, "--index", index, "--retriever", tiny_retriever_bundle, "--top-k", "13", "--json"
+        )
         assert s.exit_code == 0, s.output
-        ranked = [(f"{Path(h['file']).relative_to(corpus).as_posix()}#{h['page']}", h["score"]) for h in json.loads(s.stdout)]
+        results = json.loads(s.stdout)["results"]
+        ranked = [(f"{Path(h['file']).relative_to(corpus).as_posix()}#{h['page']}", h["score"]) for h in results]
         assert len(ranked) == 13
         want = query_metrics(ranked, qrels[qid])
         assert per_query[qid]["metrics"] == pytest.approx(want, abs=1e-5)
         assert per_query[qid]["first_relevant_rank"] == first_relevant_rank(ranked, qrels[qid])
 
     # a second run reuses the index: nothing embedded again, same numbers
-    again = json.loads(run_cli(cli, "eval", tiny_dataset, "--retriever", tiny_retriever_bundle, "--json").stdout)["runs"][0]
+    again = json.loads(run_cli(cli, "eval", tiny_dataset, "--retriever", tiny_retriever_bundle, "--json").stdout)[
+        "runs"
+    ][0]
     assert again["indexed_pages"] == 0 and again["metrics"] == run["metrics"] and again["index"] == run["index"]
 
     # the text report
     r = run_cli(cli, "eval", tiny_dataset, "--retriever", tiny_retriever_bundle)
     assert r.exit_code == 0, r.output
-    for label in ("nDCG@5", "nDCG@10", "recall@1", "recall@5", "recall@10", "MRR@10", "p50", "p95", "4 queries, 13 pages"):
+    for label in (
+        "nDCG@5",
+        "nDCG@10",
+        "recall@1",
+        "recall@5",
+        "recall@10",
+        "MRR@10",
+        "p50",
+        "p95",
+        "4 queries, 13 pages",
+    ):
         assert label in r.stdout
     assert "1 query without a relevant page" in r.stderr
 
 
 def test_eval_compares_two_bundles(cli, tiny_dataset, tiny_retriever_bundle, tiny_retriever_int8_bundle):
-    r = run_cli(cli, "eval", tiny_dataset, "--retriever", tiny_retriever_bundle, "--compare", tiny_retriever_int8_bundle,
-                "--temporary", "--json")
+    r = run_cli(
+        cli,
+        "eval",
+        tiny_dataset,
+        "--retriever",
+        tiny_retriever_bundle,
+        "--compare",
+        tiny_retriever_int8_bundle,
+        "--temporary",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     a, b = report["runs"]
-    assert a["retriever"]["bundle_id"] != b["retriever"]["bundle_id"] and a["index"] != b["index"]
+    assert a["retriever"]["bundle_id"] != b["retriever"]["bundle_id"] and a["index"]["path"] != b["index"]["path"]
     assert report["delta"] == pytest.approx({m: b["metrics"][m] - a["metrics"][m] for m in METRICS}, abs=2e-6)
     ranks_a = {q["query_id"]: q["first_relevant_rank"] for q in a["queries"]}
     ranks_b = {q["query_id"]: q["first_relevant_rank"] for q in b["queries"]}
     assert {c["query_id"] for c in report["rank_changes"]} == {q for q in ranks_a if ranks_a[q] != ranks_b[q]}
-    assert not Path(a["index"]).exists() and not Path(b["index"]).exists()  # --temporary cleans up
+    assert not Path(a["index"]["path"]).exists() and not Path(b["index"]["path"]).exists()  # --temporary cleans up
 
     # the same bundle twice: nothing moves
-    r = run_cli(cli, "eval", tiny_dataset, "--retriever", tiny_retriever_bundle, "--compare", tiny_retriever_bundle, "--temporary")
+    r = run_cli(
+        cli,
+        "eval",
+        tiny_dataset,
+        "--retriever",
+        tiny_retriever_bundle,
+        "--compare",
+        tiny_retriever_bundle,
+        "--temporary",
+    )
     assert r.exit_code == 0, r.output
     assert "B - A" in r.stdout and "first relevant page moved for 0 of 4 queries" in r.stdout
 
@@ -309,6 +396,8 @@ def test_eval_errors_are_one_line(tmp_path):
     ds = write_dataset(tmp_path / "ds", {"a.pdf": b"%PDF"}, [{"_id": "q1", "text": "x"}], ["q1\tb.pdf#1\t1"])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("COLRAG_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "colrag", "eval", str(ds)], capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "colrag", "eval", str(ds)], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"error: {ds / 'qrels.tsv'} line 2: 'b.pdf' is not a file of corpus/\n"

@@ -65,7 +65,7 @@ def test_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
     bomb = _png_1bit(tmp_path / "bomb.png", 28_000, 28_000, full_data=False)  # the 784 Mpx
     with pytest.raises(InputError, match="too large"):
         _load_image(bomb)
-    assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's global limit is left alone
+    assert limit == Image.MAX_IMAGE_PIXELS  # Pillow's global limit is left alone
 
 
 MALFORMED = [
@@ -203,7 +203,7 @@ def test_status_and_remove_do_not_print_raw_control_characters(tmp_path):
     failed = [line for line in r.stdout.splitlines() if line.startswith("failed")]
     assert len(failed) == 1 and "bad\\nfailed" in failed[0] and "\x1b" not in r.stdout
     r = _colrag("status", "--index", tmp_path / "ix", "--json", home=home)
-    assert {f["path"] for f in json.loads(r.stdout)["failed"]} == {str(docs / evil)}  # JSON stays exact
+    assert {f["file"] for f in json.loads(r.stdout)["failures"]} == {str(docs / evil)}  # JSON stays exact
     r = _colrag("remove", docs / "good\tname.pdf", "--index", tmp_path / "ix", home=home)
     assert r.returncode == 0 and r.stdout == f"removed {docs}/good\\tname.pdf\n", r.stdout
 
@@ -219,4 +219,4 @@ def test_search_results_cannot_be_forged_by_a_file_name(tiny_retriever_bundle, t
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and len(lines) == 2 and all("a\\n1\\t0.9999\\tforged.pdf\\tpage 1.pdf\tpage" in line for line in lines), r.stdout
     r = _colrag("search", "report", "--index", ix, "--retriever", tiny_retriever_bundle, "--json", home=home)
-    assert {h["file"] for h in json.loads(r.stdout)} == {str(docs / name)}
+    assert {h["file"] for h in json.loads(r.stdout)["results"]} == {str(docs / name)}

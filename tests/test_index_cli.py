@@ -218,7 +218,7 @@ def test_cli_messages_without_a_bundle(tmp_path):
     r = colrag("status", "--index", tmp_path / "ix", "--json", "--check")
     assert r.returncode == 0, r.stderr
     status = json.loads(r.stdout)
-    assert status["documents"] == 1 and status["pages"] == 1 and status["check"]["ok"]
+    assert status["index"]["documents"] == 1 and status["index"]["pages"] == 1 and status["check"]["ok"]
     r = colrag("remove", docs / "a.pdf", "--index", tmp_path / "ix")
     assert r.returncode == 0 and "removed" in r.stdout
     r = colrag("search", "chart", "--index", tmp_path / "ix")
@@ -246,18 +246,19 @@ def test_cli_end_to_end_with_tiny_retriever(tmp_path, real_bundle):
     assert r.returncode == 1, r.stderr
     assert "2 pages" in r.stdout and r.stderr.count("failed:") == 3
     r = colrag("index", docs, "--index", ix, "--retriever", real_bundle, "--json")
-    report = json.loads(r.stdout)
-    assert r.returncode == 1 and report["pages"] == 0 and report["skipped_files"] == 1
+    report = json.loads(r.stdout)  # the files that failed before are skipped: not a failure of this run
+    assert r.returncode == 0 and report["run"]["pages"] == 0 and report["run"]["unchanged_files"] == 1
+    assert report["failures"] == [] and len(report["known_failures"]) == 3
     r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--json", "--top-k", "5")
     assert r.returncode == 0, r.stderr
-    hits = json.loads(r.stdout)
+    hits = json.loads(r.stdout)["results"]
     assert [h["page"] for h in hits] and {h["file"] for h in hits} == {str(docs / "report.pdf")}
     assert sorted(h["page"] for h in hits) == [1, 2] and hits[0]["score"] >= hits[1]["score"]
     r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle)
     assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("1\t")
     r = colrag("status", "--index", ix, "--json")
     status = json.loads(r.stdout)
-    assert status["documents"] == 1 and status["pages"] == 2 and status["failed_documents"] == 3
+    assert status["index"]["documents"] == 1 and status["index"]["pages"] == 2 and status["index"]["failed_documents"] == 3
 
 
 def test_cli_refuses_an_index_of_another_retriever(tmp_path, real_bundle):
@@ -276,10 +277,117 @@ def test_search_explain_writes_readable_heatmaps(tmp_path, real_bundle):
     ix = tmp_path / "ix"
     assert colrag("index", docs, "--index", ix, "--retriever", real_bundle).returncode == 0
     out = tmp_path / "maps"
-    r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--top-k", "2", "--explain", "--explain-dir", out)
+    r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--top-k", "2", "--explain", "--out", out)
     assert r.returncode == 0, r.stderr
     paths = [line.split(": ", 1)[1] for line in r.stderr.splitlines() if line.startswith("heatmap for result")]
     assert len(paths) == 2 and all(Path(p).parent == out for p in paths)
     with Image.open(paths[0]) as png:
         pixels = np.asarray(png.convert("RGB"))
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 5  # a page-sized, non-uniform picture
+
+
+def test_search_explain_with_a_moved_file(tmp_path, real_bundle):
+    """Every hit is still listed; the heatmaps of the files still there are drawn (by default under
+    COLRAG_HOME/out, not in the working directory); the missing file is named once, with the fix."""
+    docs = tmp_path / "docs"
+    make_pdf(docs / "kept.pdf", 1, "kept")
+    gone = make_pdf(docs / "gone.pdf", 2, "gone")
+    ix = tmp_path / "ix"
+    assert colrag("index", docs, "--index", ix, "--retriever", real_bundle).returncode == 0
+    gone.rename(tmp_path / "elsewhere.pdf")
+    r = colrag("search", "report", "--index", ix, "--retriever", real_bundle, "--top-k", "3", "--explain")
+    assert r.returncode == 0, r.stderr
+    assert sorted(line.split("\t")[2] for line in r.stdout.splitlines()) == [str(gone)] * 2 + [str(docs / "kept.pdf")]
+    maps = [Path(line.split(": ", 1)[1]) for line in r.stderr.splitlines() if line.startswith("heatmap for result")]
+    assert len(maps) == 1 and maps[0].is_file() and maps[0].parent == Path(os.environ["COLRAG_HOME"]) / "out"
+    warnings = [line for line in r.stderr.splitlines() if str(gone) in line]
+    assert len(warnings) == 1 and "missing" in warnings[0]
+    assert "colrag index" in warnings[0] and f"colrag remove {gone}" in warnings[0]
+    assert not list(ROOT.glob("explain-*.png"))
+
+
+def test_status_wording(tmp_path, real_bundle):
+    """Counts that add up, "being indexed" for an unfinished document, and the bundle in use."""
+    docs = tmp_path / "docs"
+    make_pdf(docs / "report.pdf", 2, "report")
+    own_hostile_files(docs)
+    ix = tmp_path / "ix"
+    colrag("index", docs, "--index", ix, "--retriever", real_bundle)
+    r = colrag("status", "--index", ix, "--retriever", real_bundle)
+    assert r.returncode == 0, r.stderr
+    lines = {line[:10].strip(): line[11:] for line in r.stdout.splitlines()}
+    assert lines["documents"] == "1 indexed, 3 failed"
+    assert lines["pages"] == "2 indexed, 0 failed"
+    assert lines["retriever"].startswith(f"{real_bundle} (bundle ") and "exported from" in lines["retriever"]
+    status = json.loads(colrag("status", "--index", ix, "--retriever", real_bundle, "--json").stdout)
+    assert status["retriever"]["path"] == str(real_bundle)
+    # another bundle at the default place: said so, and no path in JSON
+    r = colrag("status", "--index", ix, "--models-dir", tmp_path / "no-models")
+    assert "no usable retriever bundle at" in r.stdout
+    assert json.loads(colrag("status", "--index", ix, "--json").stdout)["retriever"]["path"] is None
+    # a document whose indexing started and has not finished
+    with Index.open_writer(ix, None) as index:
+        index.begin_document(str(docs / "later.pdf"), 1, 1, "0" * 64, 3)
+    r = colrag("status", "--index", ix, "--retriever", real_bundle)
+    assert "1 being indexed (the next `colrag index` of its folder finishes it)" in r.stdout and "interrupted" not in r.stdout
+
+
+def test_known_failures_are_skipped_and_keep_exit_0(tmp_path, real_bundle):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "report.pdf", 1, "report")
+    (docs / "garbage.pdf").write_bytes(b"%PDF-1.7\nnot really" * 20)
+    ix = tmp_path / "ix"
+    args = ("--index", ix, "--retriever", real_bundle)
+    first = colrag("index", docs, *args)
+    assert first.returncode == 1 and f"failed: {docs / 'garbage.pdf'}: not a readable PDF" in first.stderr
+    assert "1 page from 1 file indexed" in first.stdout and "1 document, 1 page" in first.stdout
+    again = colrag("index", docs, *args)
+    assert again.returncode == 0, again.stderr
+    assert f"skipped {docs / 'garbage.pdf'} (failed before: not a readable PDF" in again.stderr
+    assert "--retry-failed tries them again" in again.stderr and "failed:" not in again.stderr
+    assert "0 failed (1 more failed before, skipped)" in again.stdout
+    # a new failure changes the exit code; the old one stays a known one
+    (docs / "empty.pdf").write_bytes(b"")
+    third = json.loads(colrag("index", docs, *args, "--json").stdout)
+    assert [Path(f["file"]).name for f in third["failures"]] == ["empty.pdf"]
+    assert [Path(f["file"]).name for f in third["known_failures"]] == ["garbage.pdf"]
+    # --retry-failed tries both again (they still fail: exit 1)
+    r = colrag("index", docs, *args, "--retry-failed", "--json")
+    retried = json.loads(r.stdout)
+    assert r.returncode == 1 and sorted(Path(f["file"]).name for f in retried["failures"]) == ["empty.pdf", "garbage.pdf"]
+    assert retried["known_failures"] == []
+
+
+def test_nothing_to_index_is_exit_2_and_creates_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    ix = tmp_path / "ix"
+    for folder in ("empty", "notes"):
+        r = colrag("index", tmp_path / folder, "--index", ix, "--models-dir", tmp_path / "no-models")
+        assert r.returncode == 2
+        assert r.stderr.startswith(f"error: no PDF found in {tmp_path / folder} (colrag indexes PDF, XPS, EPUB")
+        assert len(r.stderr.splitlines()) == 1 and not ix.exists()
+
+
+def test_ctrl_c_says_interrupted_once_and_never_done(tmp_path, real_bundle):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "long.pdf", 40, "long")
+    env = {k: v for k, v in os.environ.items() if k != "COLRAG_DEBUG"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "colrag", "index", str(docs), "--index", str(tmp_path / "ix"), "--retriever", str(real_bundle)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in proc.stderr:
+            if line.startswith("indexing 40 pages from 1 file"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert rest.count("interrupted") == 1 and "interrupted: the pages committed so far are kept" in rest
+    assert "done" not in rest and "Traceback" not in rest

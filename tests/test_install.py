@@ -137,7 +137,10 @@ def test_offline_with_empty_cache_is_one_clear_line(tmp_path):
     assert run.returncode == 1
     errors = _error_lines(run.stderr)
     assert len(errors) == 1, run.stderr
-    assert "offline" in errors[0] and RETRIEVER.repo_id in errors[0] and "--retriever-from" in errors[0]
+    assert "offline" in errors[0] and RETRIEVER.repo_id in errors[0]
+    # both ways round it are named, and what "offline" means
+    assert "--retriever-from DIR --generator-from DIR" in errors[0] and "HF_HUB_OFFLINE is set" in errors[0]
+    assert "only the Hugging Face cache" in errors[0] and "config.json" in errors[0]
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "home" / "models" / "retriever").exists()
 

@@ -114,7 +114,7 @@ def test_ask_follow_ups_use_the_cache(tiny_generator_bundle, tmp_path, monkeypat
     _register_commands()
     img = tmp_path / "page.png"
     synthetic_image(240, 180, 41).save(img)
-    base = ["ask", "--image", str(img), "--generator", str(tiny_generator_bundle), "--max-tokens", "6", "--stats"]
+    base = ["ask", "--image", str(img), "--generator", str(tiny_generator_bundle), "--max-new-tokens", "6", "--stats"]
     first = CliRunner().invoke(app, [*base, "What is shown?"])
     assert first.exit_code == 0, first.output
     assert "from cache" not in first.stderr
@@ -123,10 +123,15 @@ def test_ask_follow_ups_use_the_cache(tiny_generator_bundle, tmp_path, monkeypat
     off = CliRunner().invoke(app, [*base, "--no-cache", "What is the title?"])
     assert off.exit_code == 0 and "from cache" not in off.stderr and off.stdout == second.stdout
 
+    from colrag.chat import Conversation
+
     want = colrag.Generator.load(tiny_generator_bundle, prefix_cache=False)
-    answers = [want.generate(q, images=[img], max_new_tokens=6).text for q in ("What is shown?", "Why?", "Where?")]
-    session = CliRunner().invoke(app, [*base, "-i", "What is shown?"], input="Why?\nWhere?\n\nignored\n")
-    assert session.exit_code == 0, session.output
+    conversation, answers = Conversation(), []
+    for q in ("What is shown?", "Why?", "Where?"):  # -i keeps the conversation in the prompt
+        answers.append(want.generate(conversation.prompt(q), images=[img], max_new_tokens=6).text)
+        conversation.add(q, answers[-1])
+    session = CliRunner().invoke(app, [*base, "-i", "What is shown?"], input="Why?\n\nWhere?\n")  # an empty line is skipped
+    assert session.exit_code == 0, session.output  # the end of input (Ctrl-D) leaves
     assert session.stdout == "".join(a + "\n" for a in answers)
     assert session.stderr.count("page prefix from cache") == 3  # the page was already cached by the first run
 

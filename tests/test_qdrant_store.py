@@ -446,14 +446,14 @@ def test_cli_search_status_remove_on_an_exported_index(tmp_path, tiny_retriever_
     here = colrag("search", "alpha page 2", "--index", local, "--json", *bundle)
     there = colrag("search", "alpha page 2", "--index", target, "--json", *bundle)
     assert here.returncode == 0 and there.returncode == 0, there.stderr
-    a, b = json.loads(here.stdout), json.loads(there.stdout)
+    a, b = json.loads(here.stdout)["results"], json.loads(there.stdout)["results"]
     assert [(h["file"], h["page"]) for h in a] == [(h["file"], h["page"]) for h in b] and len(b) == 5
     np.testing.assert_allclose([h["score"] for h in b], [h["score"] for h in a], rtol=2e-3)  # float16 of int8 rows
     status = json.loads(colrag("status", "--index", target, "--json").stdout)
-    assert status["pages"] == 5 and status["documents"] == 2 and status["retriever"]["bundle_id"]
+    assert status["index"]["pages"] == 5 and status["index"]["documents"] == 2 and status["retriever"]["bundle_id"]
     removed = colrag("remove", str(docs / "a.pdf"), "--index", target)
     assert removed.returncode == 0 and removed.stdout.strip() == f"removed {docs / 'a.pdf'}"
-    assert json.loads(colrag("status", "--index", target, "--json").stdout)["pages"] == 2
+    assert json.loads(colrag("status", "--index", target, "--json").stdout)["index"]["pages"] == 2
     refused = colrag("index", str(docs), "--index", target, *bundle)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "export-index" in refused.stderr
     assert not (tmp_path / "q" / "catalog.sqlite").exists()

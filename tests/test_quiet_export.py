@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tests.generator_fixtures import tiny_qwen2vl_checkpoint  # noqa: E402,F401
+from tests.generator_fixtures import tiny_qwen2vl_checkpoint  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +81,6 @@ def test_quiet_export_filters_foreign_warnings_and_restores_logging():
             warnings.warn_explicit("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, "copyreg.py", 105, module="copyreg")
             logging.basicConfig(level=logging.INFO)  # what the quantizer import does: a no-op here
             logging.getLogger("onnxscript").info("a rewrite rule applied")
-        warnings.warn("colrag's own warning", UserWarning)
+        warnings.warn("colrag's own warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["colrag's own warning"]
     assert root.level == level and root.handlers == handlers

@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
 BACKEND_OPTION = typer.Option(
     None, "--backend", envvar="COLRAG_BACKEND",
@@ -33,7 +34,7 @@ PRECISION_OPTION = typer.Option(
     help="Compute precision of OpenVINO graphs: auto, f32 or bf16 \\[default: auto: bf16 where the CPU has it]. "
          "onnxruntime always computes in f32.",
 )
-models_app = typer.Typer(help="Export, install, list and verify model bundles.", no_args_is_help=True)
+models_app = typer.Typer(help="Export, install, list and verify model bundles.", no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(models_app, name="models")
 
 
@@ -60,6 +61,9 @@ def _register_commands() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"{__name__}.{optional}":
                 raise
+    from .helptext import tidy
+
+    tidy(app)  # reflowed paragraphs, examples, plain metavars in every --help
 
 
 def main() -> None:

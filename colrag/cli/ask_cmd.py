@@ -2,16 +2,15 @@
 `colrag models export generator`: export a Qwen2-VL checkpoint to a generator bundle.
 
 The answer streams to stdout as it is generated, then the sources (file, page, score);
-`--json` prints {"answer", "sources": [{"file", "page", "score", "features"}], "timings"}
-once done instead. Notes (page images written by --show, why stored page features were
-not used, timings with --stats) go to stderr. The pipeline itself is colrag.ask.
+`--json` prints the answer, its sources and timings once done instead (docs/JSON.md).
+Notes (page images written by --show, why stored page features were not used, timings
+with --stats) go to stderr. `-i` goes on with follow-up questions about the same pages,
+the conversation kept in the prompt (colrag.chat). The pipeline itself is colrag.ask.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +18,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .index_cmd import check_threads_option
-from .models_cmd import export_app
+from .models_cmd import QUANTIZE_OPTION, Quantize, export_app
 from .output import printable
 
 MODELS_DIR_OPTION = typer.Option(
@@ -38,7 +37,7 @@ def export_generator_cmd(
         help="A retriever bundle folder: when its vision tower has the same weights, reference its vision graph instead of storing a copy.",
     ),
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
-    quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 (weight-only, block-wise), int4 (4-bit language-model weights, int8 vision: faster decoding), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift); the drift vs fp32 is recorded in the manifest."),
+    quantize: Quantize = QUANTIZE_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
     verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
 ) -> None:
@@ -47,15 +46,19 @@ def export_generator_cmd(
     from ..paths import generator_dir
 
     target = out or generator_dir(None, models_dir)
-    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=quantize, force=force,
-                     verbose=verbose)
+    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=Quantize(quantize).value,
+                     force=force, verbose=verbose)
     typer.echo(str(target))
 
 
-def _show(images, names: list[str]) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="colrag-pages-"))
+def _show(images, names: list[str], out: Optional[Path]) -> None:
+    """The page images given to the model, as PNGs in --out (default $COLRAG_HOME/out, README: where data lives)."""
+    from ..paths import output_dir
+
+    folder = out or output_dir()
+    folder.mkdir(parents=True, exist_ok=True)
     for image, name in zip(images, names):
-        path = folder / f"{name}.png"
+        path = folder / f"page-{name}.png"
         image.save(path)
         typer.echo(f"page image: {printable(path)}", err=True)
 
@@ -66,9 +69,13 @@ def ask_cmd(
     image: Optional[list[Path]] = typer.Option(
         None, "--image", help="Ask about this image file instead of the index (repeat for several images).",
     ),
-    pages: int = typer.Option(1, "--pages", min=1, help="Give the model the top N retrieved pages as images."),
-    as_json: bool = typer.Option(False, "--json", help='Print {"answer", "sources": [{"file", "page", "score", "features"}], "timings"} (no streaming).'),
-    show: bool = typer.Option(False, "--show", help="Write the page image(s) given to the model as PNG and print their paths on stderr."),
+    top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Give the model the top K retrieved pages as images (pages, as in `colrag search`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer, its sources and timings as JSON once done (no streaming; docs/JSON.md)."),
+    show: bool = typer.Option(False, "--show", help="Write the page image(s) given to the model as PNG (in --out) and print their paths on stderr."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", metavar="DIR", file_okay=False,
+        help="Folder for the --show PNGs \\[default: $COLRAG_HOME/out; a file of the same name is replaced].",
+    ),
     index: Optional[str] = typer.Option(
         None, "--index", envvar="COLRAG_INDEX",
         help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
@@ -76,10 +83,10 @@ def ask_cmd(
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     retriever: Optional[Path] = typer.Option(None, "--retriever", help="Retriever bundle folder \\[default: <models-dir>/retriever]."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="Generator bundle folder \\[default: <models-dir>/generator]."),
-    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Stop after this many new tokens."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Stop after this many new tokens (as in `colrag models compare`)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (default); > 0 samples."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (when sampling)."),
-    top_k: int = typer.Option(0, "--top-k", min=0, help="Sample among the k most likely tokens; 0 = off."),
+    sample_top_p: float = typer.Option(1.0, "--sample-top-p", min=0.0, max=1.0, help="Sampling: nucleus mass (with --temperature > 0)."),
+    sample_top_k: int = typer.Option(0, "--sample-top-k", min=0, help="Sampling: draw among the k most likely tokens; 0 = off (with --temperature > 0)."),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.0, help="> 1 discourages repeating any token already in the prompt or answer."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed, for reproducible sampling."),
     max_pixels: Optional[int] = typer.Option(
@@ -108,8 +115,9 @@ def ask_cmd(
     ),
     interactive: bool = typer.Option(
         False, "--interactive", "-i",
-        help="After the answer, read follow-up questions from stdin, one per line (an empty line or EOF ends), and answer "
-             "each about the same page(s) with the models kept loaded. Each question is answered on its own, not as a conversation.",
+        help="After the answer, ask follow-up questions about the same page(s), with line editing and history where the "
+             "platform has readline; the conversation stays in the prompt (\"and in 2021?\" works). /new starts a new "
+             "conversation, /pages shows the sources, Ctrl-C stops the current answer, Ctrl-D (or /quit) leaves.",
     ),
 ) -> None:
     """Answer a question from the indexed pages (or about --image files), citing the pages used."""
@@ -118,38 +126,83 @@ def ask_cmd(
 
     if interactive and as_json:
         raise InputError("--interactive streams answers as text; it cannot be combined with --json")
-    options = dict(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=sample_top_p, top_k=sample_top_k,
                    repetition_penalty=repetition_penalty, seed=seed)
     images = [str(p.resolve()) for p in image] if image else None
     if use_server and cache and not (interactive or show):
-        answer = _ask_server(question, pages, images, index, models_dir, retriever, generator, threads, page_features,
+        answer = _ask_server(question, top_k, images, index, models_dir, retriever, generator, threads, page_features,
                              max_pixels, password, options, as_json, backend, precision)
         if answer is not None:
-            _print_answer(answer, as_json, image, streamed=True, stats=stats)
+            _print_answer(answer, as_json, image, streamed=True, stats=stats, question=question)
             return
     asker = Asker.open(models_dir=models_dir, index=index, retriever=retriever, generator=generator, threads=threads,
                        cache=cache, page_features=page_features, max_pixels=max_pixels, password=password,
                        keep_retriever=False, backend=backend, precision=precision)
-    prepared = asker.prepare(question, pages=pages, images=images)
+    prepared = asker.prepare(question, pages=top_k, images=images)
     for note in prepared.notes:
         typer.echo(f"note: {note}", err=True)
     if show and prepared.hits:
-        _show(asker.page_images(prepared.hits), [f"{Path(h.file).stem}-p{h.page}" for h in prepared.hits])
+        _show(asker.page_images(prepared.hits), [f"{Path(h.file).stem}-p{h.page}" for h in prepared.hits], out)
+    answer = Answer()
+    for piece in asker.stream(question, prepared, answer, **options):
+        if not as_json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    _print_answer(answer, as_json, image, streamed=not as_json, stats=stats, question=question)
+    if stats:
+        typer.echo("graphs: " + ", ".join(f"{graph} on {where}" for graph, where in asker.runtimes().items()), err=True)
+    if interactive:
+        _chat(asker, prepared, question, answer, options, stats)
+
+
+def _chat(asker, prepared, question: str, first, options: dict, stats: bool) -> None:
+    """`ask -i`: follow-up questions about the same page(s), the conversation kept in the prompt.
+
+    The sources were printed once, after the first answer; /pages prints them again."""
+    from ..ask import Answer
+    from ..chat import Conversation
+
+    tty = sys.stdin.isatty()
+    if tty:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:  # not on every platform
+            pass
+    conversation = Conversation()
+    conversation.add(question, first.text)
+    typer.echo("follow-up questions about the same page(s): /new starts over, /pages shows the sources, "
+               "Ctrl-C stops an answer, Ctrl-D or /quit leaves", err=True)
     while True:
+        try:
+            line = input("> " if tty else "").strip()
+        except EOFError:
+            return
+        except KeyboardInterrupt:  # at the prompt: a fresh line, not a traceback
+            typer.echo("", err=True)
+            continue
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/new":
+            conversation.reset()
+            typer.echo("(a new conversation about the same page(s))", err=True)
+            continue
+        if line == "/pages":
+            _print_sources(first.sources)
+            continue
         answer = Answer()
-        for piece in asker.stream(question, prepared, answer, **options):
-            if not as_json:
+        try:
+            for piece in asker.stream(conversation.prompt(line), prepared, answer, **options):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-        _print_answer(answer, as_json, image, streamed=not as_json, stats=stats)
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        conversation.add(line, answer.text)
         if stats:
-            typer.echo("graphs: " + ", ".join(f"{graph} on {where}" for graph, where in asker.runtimes().items()), err=True)
-        if not interactive:
-            break
-        typer.echo("follow-up (empty line ends): ", err=True, nl=False)
-        question = sys.stdin.readline().strip()
-        if not question:
-            break
+            _print_stats(answer)
 
 
 def _ask_server(question, pages, images, index, models_dir, retriever, generator, threads, page_features, max_pixels,
@@ -173,28 +226,33 @@ def _ask_server(question, pages, images, index, models_dir, retriever, generator
         elif "answer" in event:
             answer = answer_from_dict(event["answer"])
             answer.notes = [*answer.notes, "answered by colrag serve"]
+            answer.timings.load_s = 0.0  # the server loaded the models before this question
             return answer
     return None
 
 
-def _print_answer(answer, as_json: bool, image, *, streamed: bool, stats: bool) -> None:
+def _print_answer(answer, as_json: bool, image, *, streamed: bool, stats: bool, question: str = "") -> None:
     """After the streamed text (or instead of it, with --json): the sources, then the stats on stderr."""
     if as_json:
-        payload = {"answer": answer.text.strip(), "sources": [s.as_dict() for s in answer.sources],
-                   "timings": answer.timings.as_dict()}
-        if image:
-            payload["images"] = [str(p) for p in image]
-        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        from ..jsonout import document, dumps, hit
+
+        sources = [{**hit(s.file, s.page, s.score), "features": s.features} for s in answer.sources]
+        typer.echo(dumps(document("ask", question=question, answer=answer.text.strip(), sources=sources,
+                                  images=[str(p) for p in image] if image else [], timings=answer.timings.as_dict())))
     else:
-        out = sys.stdout
-        out.write("\n")
-        if answer.sources:
-            out.write("\nSources:\n")
-            for rank, s in enumerate(answer.sources, 1):
-                out.write(f"  [{rank}] {printable(s.file)}, page {s.page} (score {s.score:.4f})\n")
-        out.flush()
+        sys.stdout.write("\n")
+        _print_sources(answer.sources)
     if stats:
         _print_stats(answer)
+
+
+def _print_sources(sources) -> None:
+    out = sys.stdout
+    if sources:
+        out.write("\nSources:\n")
+        for rank, s in enumerate(sources, 1):
+            out.write(f"  [{rank}] {printable(s.file)}, page {s.page} (score {s.score:.4f})\n")
+    out.flush()
 
 
 def _print_stats(answer) -> None:

@@ -10,6 +10,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .models_cmd import MODELS_DIR_OPTION
+from .output import printable
 
 
 @app.command("doctor")
@@ -32,7 +33,7 @@ def doctor_cmd(
         typer.echo(json.dumps(as_dicts(checks), indent=2))
     else:
         for check in checks:
-            typer.echo(check.line())
+            typer.echo(printable(check.line()))  # details name bundle and index paths
     failed = [c for c in checks if c.status == FAIL]
     if failed:
         if not as_json:

@@ -1,14 +1,14 @@
 """`colrag index | search | status | remove`: build and query a page index.
 
-Results go to stdout (text or --json), progress and failures to stderr. `index`
-exits 0 when every file and page was indexed, 1 when some failed (they are listed).
+Results go to stdout (text or --json), progress and failures to stderr. `index` exits 0
+when everything it tried was indexed, 1 when a file or page failed in this run (files that
+failed before and have not changed are skipped and do not count), 2 for a usage error or
+nothing to index.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
+import sys  # noqa: F401  (remove_cmd asks on a terminal)
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +16,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .output import printable
+from .progress import ProgressLine, loading
 
 INDEX_OPTION = typer.Option(
     None, "--index", envvar="COLRAG_INDEX",
@@ -61,66 +62,13 @@ def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threa
         faiss.omp_set_num_threads(threads)
     from ..retriever import Retriever
 
-    return Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
+    with loading("the retriever"):
+        return Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
 
 
 def _is_qdrant(index: str | None) -> bool:
     """--index qdrant+edge:PATH or qdrant:URL (search, status, remove and export-index take it)."""
     return bool(index) and str(index).startswith(("qdrant:", "qdrant+edge:"))
-
-
-class ProgressLine:
-    """A dependency-free progress line on stderr: pages done/total, rate, ETA.
-
-    On a terminal it redraws one line; otherwise it prints a line at most every 10 s.
-    """
-
-    def __init__(self, stream=None, interval: float | None = None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
-        self.total = self.done = 0
-        self.t0 = self.last = 0.0
-
-    def start(self, total_pages: int, files: int) -> None:
-        self.total, self.done = total_pages, 0
-        self.t0 = self.last = time.monotonic()
-        if total_pages:
-            self._write(f"indexing {total_pages} pages from {files} file{'s' if files != 1 else ''}", final=True)
-
-    def advance(self, pages: int, label: str) -> None:
-        self.done += pages
-        now = time.monotonic()
-        if now - self.last >= self.interval or self.done == self.total:
-            self.last = now
-            self._write(self._line(now, label), final=not self.tty)
-
-    def finish(self) -> None:
-        if self.tty and self.total:
-            self._write(self._line(time.monotonic(), "done"), final=True)
-
-    def _line(self, now: float, label: str) -> str:
-        elapsed = max(now - self.t0, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        return f"{self.done}/{self.total} pages ({pct:.0f}%)  {rate:.2f} pages/s  eta {_duration(eta)}  {printable(label)}"
-
-    def _write(self, text: str, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def _human_bytes(n: int) -> str:
@@ -133,7 +81,9 @@ def _human_bytes(n: int) -> str:
 
 @app.command("index")
 def index_cmd(
-    paths: list[Path] = typer.Argument(..., help="PDF files and folders (searched recursively for *.pdf)."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Files and folders (searched recursively for PDF, XPS, EPUB, CBZ, PNG, JPEG and TIFF files).",
+    ),
     index: Optional[str] = INDEX_OPTION,
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     retriever: Optional[Path] = RETRIEVER_OPTION,
@@ -144,47 +94,81 @@ def index_cmd(
         None, "--password", envvar="COLRAG_PDF_PASSWORD",
         help="Password for encrypted PDFs (tried on every encrypted file; the env var keeps it out of `ps`).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the run's report as JSON on stdout."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed",
+        help="Try again the files and pages that failed in an earlier run (they are skipped while unchanged).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's report as JSON on stdout (docs/JSON.md)."),
     page_features: bool = typer.Option(
         True, "--page-features/--no-page-features",
         help="Also keep each page's vision-tower output (~2.4 MB per page at float16) so that `colrag ask` answers "
              "an indexed page without rendering it or running the vision tower again.",
     ),
 ) -> None:
-    """Render, embed and store every page of the given PDFs. Incremental: unchanged files are
+    """Render, embed and store every page of the given files. Incremental: unchanged files are
     skipped, changed ones re-indexed, files gone from the given folders dropped. Safe to
-    interrupt: run it again to resume. Exit code 1 when some files or pages failed."""
+    interrupt: run it again to resume.
+
+    Indexes PDF, XPS, EPUB and CBZ documents and PNG, JPEG and TIFF images (one page each).
+    A file that failed before and has not changed is skipped and listed ("failed before");
+    --retry-failed tries it again.
+
+    Exit code: 0 when everything this run tried was indexed; 1 when a file or page failed in
+    this run (they are listed; known failures skipped do not count); 2 for a usage error or
+    nothing to index (no such path, no file of a kind colrag indexes)."""
+    from ..errors import InputError
     from ..indexer import Indexer
     from ..paths import index_dir
-    from ..render import find_pdfs
-    from ..store import Index, RetrieverInfo
+    from ..render import KINDS_TEXT, find_pdfs
+    from .progress import plural
 
     target = index_dir(index)
-    find_pdfs(paths)  # a missing path fails now, before the retriever loads
+    if not find_pdfs(paths):  # also: a missing path fails now, before the retriever loads
+        where = ", ".join(str(p) for p in paths)
+        raise InputError(f"no PDF found in {where} (colrag indexes {KINDS_TEXT})")
+    from ..store import Index, RetrieverInfo
+
     model = _load_retriever(retriever, models_dir, threads, backend, precision)
     progress = ProgressLine()
     with Index.open_writer(target, RetrieverInfo.of(model), page_features=page_features) as idx:
         for note in idx.repair_notes:
             typer.echo(f"repair: {note}", err=True)
         try:
-            report = Indexer(idx, model, password=password, progress=progress).run(paths)
+            report = Indexer(idx, model, password=password, progress=progress, retry_failed=retry_failed).run(paths)
         except KeyboardInterrupt:
-            typer.echo("\ninterrupted: committed pages are kept; run the same command to resume", err=True)
-            raise
+            typer.echo("interrupted: the pages committed so far are kept; run the same command to resume", err=True)
+            raise typer.Exit(130) from None
         stats = idx.stats()
     for w in report.warnings:
-        typer.echo(f"warning: {printable(w)}", err=True)
-    for f in report.failures:
+        typer.echo(f"warning: {printable(w.where)} rendered with errors, content may be missing: {printable(w.reason)}", err=True)
+    known = [f for f in report.failures if f.previous]
+    for f in known:
+        typer.echo(f"skipped {printable(f.where)} (failed before: {printable(f.reason)})", err=True)
+    for f in report.new_failures:
         typer.echo(f"failed: {printable(f)}", err=True)
+    if known and not as_json:
+        typer.echo(f"{plural(len(known), 'file or page', 'files or pages')} skipped that failed before "
+                   "(unchanged since): --retry-failed tries them again", err=True)
     if as_json:
-        typer.echo(json.dumps({**report.as_dict(), "index": str(target), "total_documents": stats["documents"], "total_pages": stats["pages"]}, indent=2))
+        from ..jsonout import document, dumps, failure
+
+        typer.echo(dumps(document(
+            "index",
+            index={"path": str(target), "documents": stats["documents"], "pages": stats["pages"]},
+            run={"files": report.files, "indexed_files": report.indexed_files, "unchanged_files": report.skipped_files,
+                 "removed_files": report.removed_files, "pages": report.pages, "seconds": round(report.seconds, 3)},
+            failures=[failure(f.path, f.page, f.reason) for f in report.new_failures],
+            known_failures=[failure(f.path, f.page, f.reason) for f in known],
+            warnings=[failure(w.path, w.page, w.reason) for w in report.warnings],
+        )))
     else:
+        failed = f"{len(report.new_failures)} failed" + (f" ({len(known)} more failed before, skipped)" if known else "")
         typer.echo(
-            f"{report.pages} pages from {report.indexed_files} files indexed, {report.skipped_files} unchanged, "
-            f"{report.removed_files} removed, {len(report.failures)} failed, in {report.seconds:.1f}s; "
-            f"index {printable(target)}: {stats['documents']} documents, {stats['pages']} pages"
+            f"{plural(report.pages, 'page')} from {plural(report.indexed_files, 'file')} indexed, "
+            f"{report.skipped_files} unchanged, {report.removed_files} removed, {failed}, in {report.seconds:.1f}s; "
+            f"index {printable(target)}: {plural(stats['documents'], 'document')}, {plural(stats['pages'], 'page')}"
         )
-    if report.failures:
+    if not report.ok:
         raise typer.Exit(1)
 
 
@@ -192,7 +176,7 @@ def index_cmd(
 def search_cmd(
     query: str = typer.Argument(..., help="The question or keywords."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Number of pages to return."),
-    as_json: bool = typer.Option(False, "--json", help='Print a JSON list of {"file", "page", "score"} (page is 1-based).'),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (docs/JSON.md)."),
     index: Optional[str] = INDEX_OPTION,
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     retriever: Optional[Path] = RETRIEVER_OPTION,
@@ -200,7 +184,10 @@ def search_cmd(
     backend: Optional[str] = BACKEND_OPTION,
     precision: Optional[str] = PRECISION_OPTION,
     explain: bool = typer.Option(False, "--explain", help="Also write, for each result, a PNG of the page with a heatmap of the image patches that matched the query (late-interaction similarity map); paths go to stderr."),
-    explain_dir: Path = typer.Option(Path("."), "--explain-dir", help="Folder for the --explain PNGs.", file_okay=False),
+    out: Optional[Path] = typer.Option(
+        None, "--out", metavar="DIR", file_okay=False,
+        help="Folder for the --explain PNGs \\[default: $COLRAG_HOME/out; a file of the same name is replaced].",
+    ),
     password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted PDFs (for --explain, which re-renders pages)."),
 ) -> None:
     """Rank the indexed pages for a query by late-interaction (MaxSim) score."""
@@ -224,14 +211,45 @@ def search_cmd(
         model = _load_retriever(retriever, models_dir, threads, backend, precision)
         hits = ix.search_text(query, model, top_k)
         if explain:
-            for rank, hit in enumerate(hits, 1):
-                path = _explain_hit(idx, model, query, hit, explain_dir / f"explain-{rank}-{Path(hit.file).stem}-p{hit.page}.png", password)
-                typer.echo(f"heatmap for result {rank}: {printable(path)}", err=True)
+            _explain_hits(idx, model, query, hits, out, password)
     if as_json:
-        typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+        from ..jsonout import document, dumps, hit
+
+        typer.echo(dumps(document("search", query=query, index={"path": str(target)},
+                                  results=[hit(h.file, h.page, h.score) for h in hits])))
         return
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank}\t{h.score:.4f}\t{printable(h.file)}\tpage {h.page}")
+
+
+def _explain_hits(idx, model, query: str, hits, out: Optional[Path], password: Optional[str]) -> None:
+    """A heatmap PNG per hit. A file that cannot be re-rendered (moved, deleted, changed) costs
+    only its own heatmaps: the others are drawn, and the file is named once with the fix."""
+    import os
+
+    from ..errors import ColragError
+    from ..paths import output_dir
+
+    folder = out or output_dir()
+    unusable: dict[str, str] = {}
+    for rank, h in enumerate(hits, 1):
+        if h.file in unusable:
+            continue
+        try:
+            path = _explain_hit(idx, model, query, h, folder / f"explain-{rank}-{Path(h.file).stem}-p{h.page}.png", password)
+        except ColragError as exc:
+            unusable[h.file] = str(exc)
+            continue
+        typer.echo(f"heatmap for result {rank}: {printable(path)}", err=True)
+    for file, reason in unusable.items():
+        if not os.path.exists(file):
+            typer.echo(
+                f"warning: {printable(file)} is missing (moved or deleted since it was indexed), so its pages have no heatmap: "
+                f"index its new location with `colrag index DIR`, or forget it with `colrag remove {printable(file)}`",
+                err=True,
+            )
+        else:
+            typer.echo(f"warning: no heatmap for {printable(file)}: {reason} (re-index it with `colrag index`)", err=True)
 
 
 def _explain_hit(idx, model, query: str, hit, out: Path, password: Optional[str]) -> Path:
@@ -250,13 +268,34 @@ def _explain_hit(idx, model, query: str, hit, out: Path, password: Optional[str]
     return explain_page(model, query, image, idx.page_vectors(snap, record), out)
 
 
+def _bundle_in_use(built: dict, retriever: Optional[Path], models_dir: Optional[Path]) -> tuple[Optional[str], str]:
+    """(path of the retriever bundle that search would use, if it is the one that built the index; a line saying so)."""
+    from ..bundle import bundle_id, load_manifest
+    from ..errors import BundleError
+    from ..paths import retriever_dir
+
+    bundle = retriever_dir(retriever, models_dir)
+    short = str(built.get("bundle_id", "?"))[:12]
+    origin = f"exported from {built.get('name')}" if built.get("name") else "origin unknown"
+    try:
+        installed = bundle_id(load_manifest(bundle, "retriever"))
+    except BundleError:
+        return None, f"bundle {short} ({origin}); no usable retriever bundle at {bundle}: install or pass the one that built it"
+    if installed == built.get("bundle_id"):
+        return str(bundle), f"{bundle} (bundle {short}, {origin})"
+    return None, (f"bundle {short} ({origin}); the retriever at {bundle} is another bundle ({installed[:12]}): "
+                  "search and ask need the one that built the index")
+
+
 @app.command("status")
 def status_cmd(
     index: Optional[str] = INDEX_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (documents, pages, failed, bytes_on_disk, ...)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON (docs/JSON.md)."),
     check: bool = typer.Option(False, "--check", help="Also verify catalog <-> vectors consistency (reads every vector)."),
+    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    retriever: Optional[Path] = RETRIEVER_OPTION,
 ) -> None:
-    """Show what an index holds: documents, pages, failures, size on disk."""
+    """Show what an index holds: documents, pages, failures, size on disk, and which retriever bundle built it."""
     from ..paths import index_dir
     from ..store import Index
 
@@ -274,14 +313,31 @@ def status_cmd(
         report = idx.check() if check else None
     if report is not None:
         stats["check"] = {"ok": report.ok, "problems": report.problems, "notes": report.notes}
+    bundle_path, bundle_line = _bundle_in_use(stats["retriever"], retriever, models_dir)
     if as_json:
-        typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+        from ..jsonout import document, dumps, failure
+
+        counts = ("documents", "pages", "failed_documents", "failed_pages", "tokens", "bytes_on_disk", "vector_bytes",
+                  "dead_vector_bytes", "centroids", "generation", "pages_with_features", "feature_bytes",
+                  "feature_bytes_per_page", "features")
+        doc = document(
+            "status",
+            index={"path": stats["index"], **{k: stats[k] for k in counts}, "documents_indexing": stats["documents_in_progress"]},
+            retriever={**stats["retriever"], "path": bundle_path},
+            failures=[failure(f["path"], None, f["error"]) for f in stats["failed"]]
+            + [failure(f["file"], f["page"], f["reason"]) for f in stats["page_failures"]],
+        )
+        if report is not None:
+            doc["check"] = stats["check"]
+        typer.echo(dumps(doc))
     else:
-        r = stats["retriever"]
         typer.echo(f"index      {printable(stats['index'])}")
-        typer.echo(f"retriever  {printable(r.get('name'))} ({r.get('bundle_id')})")
-        typer.echo(f"documents  {stats['documents']} ({stats['failed_documents']} failed, {stats['documents_in_progress']} interrupted)")
-        typer.echo(f"pages      {stats['pages']} ({stats['failed_pages']} failed)")
+        typer.echo(f"retriever  {printable(bundle_line)}")
+        docs = [f"{stats['documents']} indexed", f"{stats['failed_documents']} failed"]
+        if stats["documents_in_progress"]:
+            docs.append(f"{stats['documents_in_progress']} being indexed (the next `colrag index` of its folder finishes it)")
+        typer.echo(f"documents  {', '.join(docs)}")
+        typer.echo(f"pages      {stats['pages']} indexed, {stats['failed_pages']} failed")
         typer.echo(
             f"on disk    {_human_bytes(stats['bytes_on_disk'])} (dead vectors {_human_bytes(stats['dead_vector_bytes'])}: "
             "removed or replaced pages, reclaimed by `colrag compact`, or automatically past a quarter of the vectors)"

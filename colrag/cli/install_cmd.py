@@ -10,14 +10,13 @@ from typing import Optional
 import typer
 
 from ..cli import models_app
-from ..install import PARTS, QUANTIZE_CHOICES, SPECS
-from .models_cmd import MODELS_DIR_OPTION
+from ..install import PARTS, SPECS
+from .models_cmd import MODELS_DIR_OPTION, QUANTIZE_OPTION, Quantize
 from .output import printable
 
-# Built from install.PARTS / QUANTIZE_CHOICES so the CLI's choices cannot drift from the installer's;
+# Built from install.PARTS so the CLI's choices cannot drift from the installer's;
 # mypy cannot see members of an Enum made from a computed dict, hence the ignores.
 Part = Enum("Part", {p: p for p in PARTS}, type=str)  # type: ignore[misc]
-Quantize = Enum("Quantize", {q: q for q in QUANTIZE_CHOICES}, type=str)  # type: ignore[misc]
 
 _SOURCES = ", ".join(f"{s.repo_id}@{s.revision} ({s.part})" for s in SPECS.values())
 
@@ -43,7 +42,7 @@ def install_cmd(
     generator_from: Optional[Path] = typer.Option(
         None, "--generator-from", metavar="DIR", help="Qwen2-VL checkpoint folder on disk (like Qwen/Qwen2-VL-2B-Instruct) instead of a download."
     ),
-    quantize: Quantize = typer.Option("int8", "--quantize", help="Weight-only quantization of the exported graphs: int8 (default: ~1.8x faster matmuls than fp32, embedding cosine >= 0.997 vs fp32 measured on random weights), int4 (4-bit language-model weights, int8 vision: faster decoding, more drift), int8-dynamic-vision (opt-in: pages ~20% faster, larger drift: check it with `colrag models compare`), or none (fp32)."),
+    quantize: Quantize = QUANTIZE_OPTION,
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     force: bool = typer.Option(False, "--force", help="Go on even when the disk or memory check says it will not fit."),
     reinstall: bool = typer.Option(False, "--reinstall", help="Replace bundles that are already installed (they are kept otherwise)."),
@@ -58,7 +57,7 @@ def install_cmd(
         only=only.value if only else None,
         retriever_from=retriever_from,
         generator_from=generator_from,
-        quantize=quantize.value,
+        quantize=Quantize(quantize).value,
         force=force,
         reinstall=reinstall,
         verbose=verbose,

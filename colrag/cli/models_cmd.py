@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, models_app
+from ..export.quantize import DEFAULT_QUANTIZE, QUANT_SCHEMES, QUANTIZE_HELP
 from .output import printable
 
-export_app = typer.Typer(help="Export a transformers checkpoint folder to a colrag model bundle (needs the export extra: torch, transformers, onnx).", no_args_is_help=True)
+Quantize = Enum("Quantize", {q: q for q in ("none", *QUANT_SCHEMES)}, type=str)  # type: ignore[misc]
+QUANTIZE_OPTION = typer.Option(DEFAULT_QUANTIZE, "--quantize", help=QUANTIZE_HELP)
+
+export_app = typer.Typer(
+    help="Export a transformers checkpoint folder to a colrag model bundle (needs the export extra: torch, transformers, onnx).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
 models_app.add_typer(export_app, name="export")
 
-MODELS_DIR_OPTION = typer.Option(None, "--models-dir", envvar="COLRAG_MODELS", help="Folder holding the retriever/ and generator/ bundles [default: $COLRAG_HOME/models].")
+MODELS_DIR_OPTION = typer.Option(None, "--models-dir", envvar="COLRAG_MODELS", help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].")
 
 
 @export_app.command("retriever")
 def export_retriever_cmd(
     src: Path = typer.Argument(..., help="ColQwen2 checkpoint folder (e.g. a download of vidore/colqwen2-v1.0-hf)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder to write [default: <models-dir>/retriever]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder to write \\[default: <models-dir>/retriever]."),
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
-    quantize: str = typer.Option("none", "--quantize", help="Quantization: none (fp32), int8 (weight-only, block-wise), int4 (4-bit language-model weights, int8 vision: faster decoding), or int8-dynamic-vision (int8, with the vision tower on dynamic int8 activations: faster, larger drift)."),
+    quantize: Quantize = QUANTIZE_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
     verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
 ) -> None:
@@ -33,7 +42,7 @@ def export_retriever_cmd(
 
     target = out or retriever_dir(None, models_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    export_retriever(src, target, opset=opset, quantize=quantize, force=force, verbose=verbose)
+    export_retriever(src, target, opset=opset, quantize=Quantize(quantize).value, force=force, verbose=verbose)
     typer.echo(str(target))
 
 
@@ -82,7 +91,7 @@ def list_cmd(
 
 @models_app.command("verify")
 def verify_cmd(
-    bundles: Optional[list[Path]] = typer.Argument(None, help="Bundle folders [default: every bundle in the models dir]."),
+    bundles: Optional[list[Path]] = typer.Argument(None, help="Bundle folders \\[default: every bundle in the models dir]."),
     models_dir: Optional[Path] = MODELS_DIR_OPTION,
 ) -> None:
     """Re-hash every file of each bundle against its manifest (sha256)."""

@@ -72,8 +72,11 @@ def qdrant_search(
             )
         (q,) = model.embed_queries([query])
         hits = ix.search(q, top_k)
-    if as_json:
-        typer.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+    if as_json:  # docs/JSON.md, as for a local index
+        from ..jsonout import document, dumps, hit
+
+        typer.echo(dumps(document("search", query=query, index={"path": spec},
+                                  results=[hit(h.file, h.page, h.score) for h in hits])))
         return
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank}\t{h.score:.4f}\t{printable(h.file)}\tpage {h.page}")
@@ -84,8 +87,12 @@ def qdrant_status(spec: str, as_json: bool) -> None:
 
     with open_qdrant(spec, create=False) as ix:
         stats = ix.stats()
-    if as_json:
-        typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+    if as_json:  # docs/JSON.md: the counts a Qdrant index knows
+        from ..jsonout import document, dumps
+
+        counts = {k: stats[k] for k in ("documents", "pages", "bytes_on_disk") if k in stats}
+        typer.echo(dumps(document("status", index={"path": str(stats.get("index", spec)), **counts},
+                                  retriever=stats.get("retriever"), failures=[])))
         return
     r = stats.get("retriever") or {}
     typer.echo(f"index      {stats['index']}")

@@ -31,7 +31,10 @@ CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.jso
 # FutureWarnings from torch.export's pytree, and tqdm bars from transformers. None of it
 # is actionable for a user; colrag's own progress lines say what is happening. `verbose`
 # lets all of it through (to stderr: stdout is for results).
-_FOREIGN_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export", "onnxruntime", "transformers")
+_FOREIGN_LOGGERS = (
+    "onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export", "onnxruntime", "transformers",
+)
+_FOREIGN_MODULES = r"(torch|transformers|onnxscript|onnx_ir|onnx|copyreg)\b"  # where their warnings are raised
 _torch_progress: TextIO | None = None  # where export_graph sends torch.onnx's stdout chatter; None = stderr
 
 
@@ -56,7 +59,7 @@ def quiet_export(verbose: bool = False) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             for category in (FutureWarning, DeprecationWarning, UserWarning):
-                warnings.filterwarnings("ignore", category=category, module=r"(torch|transformers|onnxscript|onnx_ir|onnx|copyreg)\b")
+                warnings.filterwarnings("ignore", category=category, module=_FOREIGN_MODULES)
             warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec", category=FutureWarning)
             yield
     finally:
@@ -70,10 +73,10 @@ def quiet_export(verbose: bool = False) -> Iterator[None]:
 
 def _transformers_progress_bars(enable: bool) -> bool:
     """Turn transformers' tqdm bars on or off; returns whether they were on (False when it is not imported)."""
-    module = sys.modules.get("transformers.utils.logging")
+    module: Any = sys.modules.get("transformers.utils.logging")
     if module is None:
         try:
-            from transformers.utils import logging as module  # type: ignore[no-redef]
+            from transformers.utils import logging as module
         except ImportError:
             return False
     was = bool(module.is_progress_bar_enabled())
