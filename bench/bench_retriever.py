@@ -68,13 +68,8 @@ def worker(args) -> None:
             page_t.append(time.perf_counter() - t)
     if args.save:  # the page's vectors, for the cosine against the first variant
         vectors = page[0].float().numpy() if args.worker == "torch" else page[0]
-        if args.worker == "torch":
-            import torch
-
-            b = proc.process_images(images=[image])
-            vectors = vectors[b["attention_mask"][0].bool().numpy()]
-        import numpy as np
-
+        if args.worker == "torch":  # drop padding rows, as colrag does
+            vectors = vectors[proc.process_images(images=[image])["attention_mask"][0].bool().numpy()]
         np.save(args.save, np.asarray(vectors, dtype=np.float32))
     for i in range(args.runs + 1):
         t = time.perf_counter()
@@ -96,15 +91,21 @@ def main() -> None:
     variants = bench_variants(args, "fp32")
     print(f"machine: {machine()}")
     print(f"page: {Path(args.pdf).name} p{args.page}; runs: {args.runs} (median ± half range, after 1 warm-up)\n")
-    print("| variant | page embedding (s) | query embedding (s) | peak RSS (GB) |")
-    print("|---|---|---|---|")
-    for name, extra in variants:
-        res = run_worker(Path(__file__), common + extra)
-        if "error" in res:
-            print(f"| {name} | failed: {res['error']} | | |")
-            continue
-        print(f"| {name} | {summary(res['page'])} | {summary(res['query'])} | {res['peak_gb']:.1f} |", flush=True)
-
+    print("| variant | page embedding (s) | query embedding (s) | peak RSS (GB) | page cosine vs the first row (mean / min) |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        first = None
+        for i, (name, extra) in enumerate(variants):
+            saved = Path(tmp) / f"{i}.npy"
+            res = run_worker(Path(__file__), [*common, *extra, "--save", str(saved)])
+            if "error" in res:
+                print(f"| {name} | failed: {res['error']} | | | |")
+                continue
+            vectors = np.load(saved)
+            first = vectors if first is None else first
+            cos = row_cosines(vectors, first) if vectors.shape == first.shape else None
+            drift = f"{cos.mean():.5f} / {cos.min():.5f}" if cos is not None else f"shapes {vectors.shape} / {first.shape}"
+            print(f"| {name} | {summary(res['page'])} | {summary(res['query'])} | {res['peak_gb']:.1f} | {drift} |", flush=True)
 
 if __name__ == "__main__":
     main()
