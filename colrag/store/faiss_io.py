@@ -27,9 +27,9 @@ def faiss_module() -> Any:
     """The faiss package, or one clear error line."""
     try:
         import faiss
-    except ImportError:
+    except ImportError as exc:
         raise IndexStoreError(
-            "faiss is not installed (it stores and searches the vectors): pip install faiss-cpu"
+            f"faiss cannot be imported ({exc}); it stores and searches the vectors: pip install faiss-cpu"
         ) from None
     return faiss
 

@@ -6,7 +6,8 @@ transaction that records the page (and its segment's new file version and row co
 has committed; a segment version or lists file no committed row names is a leftover of
 an interrupted write.
 
-Schema (catalog version 3; 2 is upgraded in place by colrag.store.migrate; 1 is refused):
+Schema (catalog version 4; 2 and 3 are upgraded in place by colrag.store.migrate; 1 is refused;
+page_features / feature_repairs (migration 3): colrag/store/features.py):
     documents(id, path, size, mtime_ns, sha256, n_pages, status, error, updated_at)
         status: 'indexing' (pages being added, invisible to search), 'done', 'failed'
         at most one 'done'/'failed' row and one 'indexing' row per path
