@@ -7,6 +7,7 @@ is reported as a FAIL naming the exception.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -257,7 +258,7 @@ def run_checks(*, models_dir: str | os.PathLike | None = None, index: str | os.P
 
     checks = [_guard("python", check_python), _guard("onnxruntime", check_onnxruntime),
               _guard("backend", lambda: check_backend(backend, precision))]
-    checks += [_guard(m, lambda m=m, p=p, k=k: check_module(m, p, k)) for m, p, k in REQUIRED_MODULES]
+    checks += [_guard(m, functools.partial(check_module, m, p, k)) for m, p, k in REQUIRED_MODULES]
     checks.append(_guard("faiss", check_faiss))
     home = colrag_home()
     checks.append(Check("home", OK, f"{home} (set COLRAG_HOME to move it)"))

@@ -158,7 +158,7 @@ class Generator:
             raise BundleError(f"{bundle_dir}: unreadable embedding table: {exc}") from exc
         if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
             raise BundleError(f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})")
-        opts = dict(backend=backend, precision=precision, threads=threads, device=device)
+        opts: dict[str, Any] = dict(backend=backend, precision=precision, threads=threads, device=device)
         vision_path = cls._vision_graph(bundle_dir, manifest)  # checked now, loaded when an image needs it
         shared = manifest.get("shared_vision") if "vision" not in graphs else None
         vision_key = str(shared["sha256"])[:32] if shared else bundle_id(manifest)  # the shared graph's own identity
@@ -324,7 +324,7 @@ class Generator:
             if isinstance(p, ImageFeatures):
                 p.check(self.hidden_size, self.spatial_merge_size, self.vision_hash)
         grids = np.stack([np.asarray(p.grid_thw, dtype=np.int64) for p in pres]) if pres else None  # (n_images, 3)
-        counts = [int(np.prod(g)) // self.spatial_merge_size**2 for g in grids] if pres else []
+        counts = [int(np.prod(g)) // self.spatial_merge_size**2 for g in grids] if grids is not None else []
         ids = np.asarray([self.prompt_ids(prompt, counts, system=system)], dtype=np.int64)  # (1, S)
         if ids.shape[1] > self.max_prompt_tokens:
             raise InputError(
@@ -415,7 +415,7 @@ class Generator:
         logits, past = self._decoder_step(feeds, past, self._prefill)  # (1, 1, V), 2L × (1, kv, S, hd)
         token = sampler(logits[0, -1], seen, 0)
         result.prefill_s = time.perf_counter() - start
-        if key is not None and not result.prefix_cached:
+        if key is not None and self.prefix_cache is not None and not result.prefix_cached:
             # causal attention: the first n_prefix positions of the k/v are the prefix's own
             prefix_past = [np.ascontiguousarray(as_numpy(v)[:, :, :n_prefix]) for v in past]  # 2L × (1, kv, P, hd)
             self.prefix_cache.put(key, Prefix(np.array(prompt_ids[:n_prefix]), prefix_past))

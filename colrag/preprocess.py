@@ -83,7 +83,7 @@ class ImageProcessorConfig:
             raise InputError(f"unreadable image processor config {path}: {exc}") from exc
         raw = raw.get("image_processor", raw)  # processor_config.json nests it
         size = raw.get("size") or {}
-        kw = {}
+        kw: dict[str, Any] = {}
         for key in ("patch_size", "merge_size", "temporal_patch_size"):
             if key in raw:
                 kw[key] = int(raw[key])
@@ -223,8 +223,8 @@ def _patchify(image: np.ndarray, patch: int, merge: int, temporal: int) -> tuple
 def vision_rot_pos_ids(grid_thw, merge_size: int = MERGE_SIZE) -> np.ndarray:
     """Rotary (h, w) ids of every patch, in the merge-block order of pixel_values: (N, 2) int64."""
     t, h, w = (int(v) for v in grid_thw)
-    hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (h, w) each
+    hgrid, wgrid = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (h, w) each
     shape = (h // merge_size, merge_size, w // merge_size, merge_size)
-    hpos = hpos.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
-    wpos = wpos.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    hpos = hgrid.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)  # (h*w,)
+    wpos = wgrid.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
     return np.tile(np.stack([hpos, wpos], axis=-1), (t, 1)).astype(np.int64)

@@ -66,7 +66,8 @@ class Retriever:
         manifest = load_verified_manifest(bundle_dir, "retriever")  # sha256 on first load, then stamps
         graphs = manifest["graphs"]
         table = load_embedding_table(bundle_dir, manifest)
-        opts = dict(backend=backend, precision=precision, threads=threads, device=device, cache_key=bundle_id(manifest))
+        opts: dict[str, Any] = dict(backend=backend, precision=precision, threads=threads, device=device,
+                                    cache_key=bundle_id(manifest))
         vision_path = bundle_file(bundle_dir, manifest, graphs["vision"])  # a bundle without it fails now, not at the first page
         text = open_session(bundle_file(bundle_dir, manifest, graphs["text"]), graph="text", **opts)
         tokenizer = Tokenizer.from_dir(bundle_dir)

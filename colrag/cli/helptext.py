@@ -31,6 +31,7 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "status": ["colrag status", "colrag status --index work --json", "colrag status --check"],
     "remove": ["colrag remove ~/reports/old.pdf", "colrag remove ~/reports/2019"],
+    "compact": ["colrag compact", "colrag compact --index work --json"],
     "ask": [
         'colrag ask "Which region grew fastest?"',
         'colrag ask --top-k 2 --show "What does the chart compare?"',
@@ -115,7 +116,7 @@ def _plain_metavars() -> None:
     ):
         return
 
-    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+    def display_type_rich(self, ctx):
         if self.metavar is not None:
             return self.metavar
         if getattr(self, "is_flag", False):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -146,7 +146,9 @@ def compare_cmd(
         typer.echo(message, err=True)
 
     kind = bundle_kind(bundle_a, bundle_b)
-    runtimes = dict(runtime_a=Runtime(backend, precision), runtime_b=Runtime(backend_b or backend, precision_b or precision))
+    runtimes: dict[str, Any] = dict(
+        runtime_a=Runtime(backend, precision), runtime_b=Runtime(backend_b or backend, precision_b or precision)
+    )
     target = DEFAULT_TARGET_PIXELS if kind == "retriever" else GENERATOR_MAX_PIXELS
     sample = sample_pages(inputs, pages, target, password, warn=note)
     if kind == "retriever":
