@@ -5,7 +5,9 @@
 
 Incremental: a file whose size and mtime match the catalog is skipped without being
 read; otherwise its sha256 decides (same content: skipped, new size/mtime recorded).
-Files that disappeared from the given folders are dropped. Pages are committed a few
+Files that disappeared from the given folders are dropped, but only when `lstat` says the
+file (or a folder above it) is gone and the folder above that was listed in this run: a
+folder that cannot be read, or is empty (an unmounted share), keeps its documents. Pages are committed a few
 at a time into an 'indexing' version of the document, invisible to search until the
 last page commits together with status 'done'; an interrupted run resumes at the
 first page not committed. Failures (whole files, single pages) are collected in the
@@ -28,7 +30,7 @@ import numpy as np
 
 from .bundle import sha256_file
 from .image_features import ImageFeatures
-from .render import PdfError, RenderOptions, find_pdfs, open_pdf, render_page
+from .render import PdfError, PdfWalk, RenderOptions, open_pdf, render_page, walk_pdfs
 from .store.index import Index
 
 
@@ -55,6 +57,8 @@ class IndexReport:
     indexed_files: int = 0
     skipped_files: int = 0
     removed_files: int = 0
+    kept_files: int = 0  # gone from the walk, but their folder could not be read (or is empty): kept
+    unreadable_folders: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason)
     pages: int = 0  # pages embedded and stored by this run
     failures: list[Failure] = field(default_factory=list)
     warnings: list[Failure] = field(default_factory=list)
@@ -73,7 +77,9 @@ class IndexReport:
     def as_dict(self) -> dict:
         return {
             "files": self.files, "indexed_files": self.indexed_files, "skipped_files": self.skipped_files,
-            "removed_files": self.removed_files, "pages": self.pages, "seconds": round(self.seconds, 3),
+            "removed_files": self.removed_files, "kept_files": self.kept_files,
+            "unreadable_folders": [{"folder": f, "reason": r} for f, r in self.unreadable_folders],
+            "pages": self.pages, "seconds": round(self.seconds, 3),
             "failures": [{"file": f.path, "page": f.page, "reason": f.reason, "previous": f.previous} for f in self.failures],
             "warnings": [{"file": f.path, "page": f.page, "reason": f.reason} for f in self.warnings],
         }
@@ -119,9 +125,11 @@ class Indexer:
     def run(self, paths: list[str | os.PathLike]) -> IndexReport:
         t0 = time.perf_counter()
         report = IndexReport()
-        files = find_pdfs(paths)
+        walk = walk_pdfs(paths)
+        files = walk.files
         report.files = len(files)
-        report.removed_files = self._drop_vanished(paths, files)
+        report.unreadable_folders = walk.errors
+        report.removed_files, report.kept_files = self._drop_vanished(paths, walk)
         jobs = self._plan(files, report)
         self._repair_features(report)
         self.progress.start(sum(j.n_pages - len(j.done_pages) for j in jobs), len(jobs))
@@ -134,14 +142,20 @@ class Indexer:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _drop_vanished(self, paths, files: list[Path]) -> int:
-        present = {str(f) for f in files}
-        gone: list[str] = []
+    def _drop_vanished(self, paths, walk: PdfWalk) -> tuple[int, int]:
+        """Forget catalogued files of the given folders that are gone; returns (removed, kept).
+
+        A walk error is never a deletion: a file missing from the walk is dropped only when it
+        is certainly gone (`_vanished`); the others are kept and counted."""
+        present = {str(f) for f in walk.files}
+        missing: set[str] = set()
         for raw in paths:
             folder = Path(raw).expanduser()
             if folder.is_dir():
-                gone += [p for p in self.index.paths_under(os.path.abspath(folder)) if p not in present]
-        return self.index.remove_documents(sorted(set(gone))) if gone else 0
+                missing |= {p for p in self.index.paths_under(os.path.abspath(folder)) if p not in present}
+        gone = sorted(p for p in missing if _vanished(p, walk.listed))
+        removed = self.index.remove_documents(gone) if gone else 0
+        return removed, len(missing) - len(gone)
 
     def _plan(self, files: list[Path], report: IndexReport) -> list[_Job]:
         jobs = []
@@ -294,16 +308,43 @@ class Indexer:
             self.index.add_features(doc_id, computed)
 
 
-def remove(index: Index, paths: list[str | os.PathLike]) -> list[str]:
-    """Forget files, or every file under a folder; returns the paths removed."""
+def _vanished(path: str, listed: dict[str, int]) -> bool:
+    """True only when `path` is certainly gone: `lstat` finds neither it nor some folders above it,
+    and the folder above the highest missing one was listed in this run and is not empty (an
+    empty folder may be a share that is not mounted). Any other error means: keep it."""
+    missing = path
+    while True:
+        try:
+            os.lstat(missing)
+        except FileNotFoundError:
+            parent = os.path.dirname(missing)
+            if parent in listed:
+                return listed[parent] > 0
+            if parent == missing:
+                return False
+            missing = parent
+            continue
+        except OSError:  # permission denied, I/O error, stale network handle: cannot tell
+            return False
+        return False  # it exists (or a folder above it does, unlisted): not gone
+
+
+def remove_targets(index: Index, paths: list[str | os.PathLike]) -> list[str]:
+    """The catalogued paths `remove` would forget: the files given, and every file under a folder given."""
     targets: list[str] = []
+    known = {d.path for d in index.documents()}
     for raw in paths:
         p = os.path.abspath(Path(raw).expanduser())
-        known = {d.path for d in index.documents()}
         if p in known:
             targets.append(p)
         targets += index.paths_under(p)
-    targets = sorted(set(targets))
+    return sorted(set(targets))
+
+
+def remove(index: Index, paths: list[str | os.PathLike], targets: list[str] | None = None) -> list[str]:
+    """Forget files, or every file under a folder; returns the paths removed."""
+    if targets is None:
+        targets = remove_targets(index, paths)
     if targets:
         index.remove_documents(targets)  # filtered out at search time; `colrag compact` reclaims the space
         index.refresh()

@@ -357,16 +357,19 @@ def _check_checkpoint_dir(path: Path, part: str) -> Path:
     return path
 
 
-def _export(part: str, src: Path, target: Path, *, quantize: str, share_vision_with: Path | None, verbose: bool = False) -> dict:
+def _export(
+    part: str, src: Path, target: Path, *, quantize: str, share_vision_with: Path | None, replace: bool, verbose: bool = False
+) -> dict:
+    """Export into `target`; `replace` lets the exporter replace a bundle of this kind there (nothing else)."""
     if part == "retriever":
         from .export.retriever import export_retriever
 
-        return export_retriever(src, target, quantize=quantize, force=True, verbose=verbose)
+        return export_retriever(src, target, quantize=quantize, force=replace, verbose=verbose)
     try:
         from .export.generator import export_generator
     except ImportError as exc:
         raise ColragError(f"this colrag cannot export the generator yet ({_first_line(exc)}); install with --only retriever") from exc
-    return export_generator(src, target, share_vision_with=share_vision_with, quantize=quantize, force=True, verbose=verbose)
+    return export_generator(src, target, share_vision_with=share_vision_with, quantize=quantize, force=replace, verbose=verbose)
 
 
 @contextlib.contextmanager
@@ -426,6 +429,10 @@ def install(
             todo.append(part)
     if not todo:
         return [results[p] for p in parts]
+    from .export.common import check_target
+
+    # only an empty folder or a bundle of the same kind is replaced: refused before any download
+    replaces = {part: check_target(models_dir / part, part, force=True) for part in todo}
 
     from .export import require_export_deps
 
@@ -463,6 +470,9 @@ def install(
                 _log("warning: the installed generator shares this retriever's vision graph: reinstall it too (--reinstall --only generator)")
         _log(f"{part}: exporting {checkpoints[part]} to {target} (quantize: {quantize})")
         with contextlib.redirect_stdout(sys.stderr):  # torch.onnx prints its progress: keep stdout for results
-            manifest = _export(part, checkpoints[part], target, quantize=quantize, share_vision_with=share, verbose=verbose)
+            manifest = _export(
+                part, checkpoints[part], target, quantize=quantize, share_vision_with=share, replace=replaces[part],
+                verbose=verbose,
+            )
         results[part] = _result(part, target, "installed", manifest)
     return [results[p] for p in parts]

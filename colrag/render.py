@@ -55,17 +55,31 @@ def _pymupdf():
     return pymupdf
 
 
-def find_pdfs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every PDF under the given paths: folders recursively (*.pdf, any case), files as given.
+@dataclass
+class PdfWalk:
+    """What a walk over the given paths found, and what it could not see."""
 
-    Returns absolute, de-duplicated paths in a stable (sorted) order. A path that
-    does not exist is an InputError.
-    """
+    files: list[Path]  # absolute, de-duplicated, sorted
+    listed: dict[str, int]  # folder (absolute) -> entries, for every folder listed successfully
+    errors: list[tuple[str, str]]  # (folder, reason) for every folder that could not be listed
+
+
+def walk_pdfs(paths: Iterable[str | os.PathLike]) -> PdfWalk:
+    """Every PDF under the given paths: folders recursively (*.pdf, any case; links to folders
+    are not followed), files as given. A path that does not exist is an InputError; a folder
+    inside them that cannot be listed is recorded in `errors`, never silently skipped."""
     found: dict[Path, None] = {}
+    listed: dict[str, int] = {}
+    errors: list[tuple[str, str]] = []
+
+    def failed(exc: OSError) -> None:
+        errors.append((os.path.abspath(exc.filename or "?"), exc.strerror or str(exc)))
+
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            for root, dirs, files in os.walk(path):
+            for root, dirs, files in os.walk(path, onerror=failed):
+                listed[os.path.abspath(root)] = len(dirs) + len(files)
                 dirs.sort()
                 for name in sorted(files):
                     if name.lower().endswith(DOCUMENT_SUFFIXES):
@@ -74,7 +88,12 @@ def find_pdfs(paths: Iterable[str | os.PathLike]) -> list[Path]:
             found[Path(os.path.abspath(path))] = None
         else:
             raise InputError(f"no such file or folder: {raw}")
-    return sorted(found)
+    return PdfWalk(sorted(found), listed, errors)
+
+
+def find_pdfs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The PDFs of `walk_pdfs`: absolute, de-duplicated, sorted. A missing path is an InputError."""
+    return walk_pdfs(paths).files
 
 
 def page_scale(width_pt: float, height_pt: float, opts: RenderOptions = RenderOptions()) -> float:

@@ -141,6 +141,14 @@ def index_cmd(
         stats = idx.stats()
     for w in report.warnings:
         typer.echo(f"warning: {printable(w.where)} rendered with errors, content may be missing: {printable(w.reason)}", err=True)
+    for folder, reason in report.unreadable_folders:
+        typer.echo(f"warning: cannot read folder {printable(folder)}: {reason}", err=True)
+    if report.kept_files:
+        typer.echo(
+            f"warning: kept {report.kept_files} indexed document{'s' if report.kept_files != 1 else ''} whose folder "
+            "could not be read or is empty (an unmounted share?); `colrag remove PATH` forgets them if they are gone for good",
+            err=True,
+        )
     known = [f for f in report.failures if f.previous]
     for f in known:
         typer.echo(f"skipped {printable(f.where)} (failed before: {printable(f.reason)})", err=True)
@@ -156,7 +164,9 @@ def index_cmd(
             "index",
             index={"path": str(target), "documents": stats["documents"], "pages": stats["pages"]},
             run={"files": report.files, "indexed_files": report.indexed_files, "unchanged_files": report.skipped_files,
-                 "removed_files": report.removed_files, "pages": report.pages, "seconds": round(report.seconds, 3)},
+                 "removed_files": report.removed_files, "kept_files": report.kept_files,
+                 "unreadable_folders": [{"folder": f, "reason": r} for f, r in report.unreadable_folders],
+                 "pages": report.pages, "seconds": round(report.seconds, 3)},
             failures=[failure(f.path, f.page, f.reason) for f in report.new_failures],
             known_failures=[failure(f.path, f.page, f.reason) for f in known],
             warnings=[failure(w.path, w.page, w.reason) for w in report.warnings],
@@ -165,7 +175,9 @@ def index_cmd(
         failed = f"{len(report.new_failures)} failed" + (f" ({len(known)} more failed before, skipped)" if known else "")
         typer.echo(
             f"{plural(report.pages, 'page')} from {plural(report.indexed_files, 'file')} indexed, "
-            f"{report.skipped_files} unchanged, {report.removed_files} removed, {failed}, in {report.seconds:.1f}s; "
+            f"{report.skipped_files} unchanged, {report.removed_files} removed, "
+            + (f"{report.kept_files} kept (folder unreadable), " if report.kept_files else "")
+            + f"{failed}, in {report.seconds:.1f}s; "
             f"index {printable(target)}: {plural(stats['documents'], 'document')}, {plural(stats['pages'], 'page')}"
         )
     if not report.ok:
@@ -361,13 +373,22 @@ def status_cmd(
         raise typer.Exit(1)
 
 
+REMOVE_WITHOUT_ASKING = 5  # more documents than this (or every document) needs a yes
+
+
 @app.command("remove")
 def remove_cmd(
     paths: list[Path] = typer.Argument(..., help="Files, or folders (every indexed file under them), to forget."),
     index: Optional[str] = INDEX_OPTION,
+    yes: bool = typer.Option(
+        False, "--yes", "-y",
+        help=f"Do not ask before removing more than {REMOVE_WITHOUT_ASKING} documents or all of them "
+        "(without a terminal, such a removal needs --yes).",
+    ),
 ) -> None:
     """Remove documents from the index (the PDFs themselves are not touched)."""
-    from ..indexer import remove
+    from ..errors import InputError
+    from ..indexer import remove, remove_targets
     from ..paths import index_dir
     from ..store import Index
 
@@ -376,8 +397,20 @@ def remove_cmd(
 
         assert index is not None
         return qdrant_remove(index, paths)
-    with Index.open_writer(index_dir(index), None) as idx:
-        removed = remove(idx, paths)
+    target = index_dir(index)
+    with Index.open_writer(target, None) as idx:
+        targets = remove_targets(idx, paths)
+        total = len({d.path for d in idx.documents()})
+        everything = len(targets) > 1 and len(targets) >= total
+        if not yes and (len(targets) > REMOVE_WITHOUT_ASKING or everything):
+            what = f"all {len(targets)} documents" if everything else f"{len(targets)} documents"
+            question = f"remove {what} from index {printable(target)}? (the PDFs themselves are not touched)"
+            if not sys.stdin.isatty():
+                raise InputError(f"this would remove {what} from index {printable(target)}: pass --yes to confirm")
+            if not typer.confirm(question, default=False, err=True):
+                typer.echo("nothing removed", err=True)
+                raise typer.Exit(1)
+        removed = remove(idx, paths, targets)
     for p in removed:
         typer.echo(f"removed {printable(p)}")
     if not removed:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ctypes
+import ctypes.util
+import errno
 import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -17,6 +22,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+
+from ..bundle import MANIFEST
+from ..errors import ColragError
 
 # Files of a checkpoint folder that the runtime needs besides the weights.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
@@ -185,3 +193,119 @@ def max_abs_diff(a, b) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+# -- the bundle folder: replaced only when it is empty or a colrag bundle of the same kind -------
+
+# inside a work folder: the pid of the export writing it (.tmp: write_manifest leaves it out)
+_PARTIAL_MARK = ".colrag-partial.tmp"
+
+
+def bundle_kind(folder: Path) -> str | None:
+    """The `kind` in a folder's colrag bundle manifest, or None when it holds none."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format"), int):
+        return None
+    kind = manifest.get("kind")
+    return kind if isinstance(kind, str) else None
+
+
+def check_target(out: Path, kind: str, *, force: bool) -> bool:
+    """May an export of `kind` write `out`? True when it will replace a bundle, False when `out` is new or empty.
+
+    Refused (one line, nothing touched): a link, a file, a folder holding anything but a colrag
+    `kind` bundle — whatever `force` says — and, without `force`, an existing `kind` bundle."""
+    if out.is_symlink():
+        raise ColragError(f"{out} is a symbolic link: give the folder it points to, or another path")
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ColragError(f"{out} is a file, not a bundle folder: choose another path")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return False
+    found = bundle_kind(out)
+    if found != kind:
+        listing = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        what = f"a colrag {found} bundle" if found else f"files that are not a colrag bundle ({listing})"
+        raise ColragError(
+            f"{out} holds {what}: colrag replaces only an empty folder or a {kind} bundle; "
+            "choose another path or move it away"
+        )
+    if not force:
+        raise ColragError(f"{out} already holds a {kind} bundle; pass --force to replace it")
+    return True
+
+
+def new_work_dir(out: Path) -> Path:
+    """A fresh sibling folder to build the bundle in (then swapped in by `replace_with`).
+
+    Work folders of earlier exports that died (their pid is gone) are deleted first: only
+    folders named `.<out>.partial-*` that hold colrag's mark file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob(f".{out.name}.partial-*"):
+        mark = old / _PARTIAL_MARK
+        if old.is_symlink() or not mark.is_file():
+            continue
+        try:
+            pid = int(mark.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(old, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    (work / _PARTIAL_MARK).write_text(f"{os.getpid()}\n")
+    return work
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def replace_with(work: Path, out: Path, kind: str, *, force: bool) -> None:
+    """Put the finished bundle `work` at `out`, checking `out` again (an export takes minutes).
+
+    An existing bundle is swapped out in one step where the OS allows it (Linux renameat2
+    RENAME_EXCHANGE): a reader sees the old bundle or the new one, never none; elsewhere it
+    is renamed aside first. The old bundle is deleted after."""
+    (work / _PARTIAL_MARK).unlink(missing_ok=True)
+    replacing = check_target(out, kind, force=force)
+    if out.is_dir() and not replacing:  # an empty folder
+        out.rmdir()
+    if not replacing:
+        work.rename(out)
+        return
+    if _exchange(work, out):
+        shutil.rmtree(work)  # now holds the old bundle
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.rename(old)
+    work.rename(out)
+    shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # file system or kernel without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -43,11 +43,14 @@ from . import require_export_deps
 from .common import (
     CONFIG_FILES,
     TOKENIZER_FILES,
+    check_target,
     copy_checkpoint_files,
     export_graph,
     max_abs_diff,
     quiet_unless_verbose,
+    new_work_dir,
     read_source_identity,
+    replace_with,
     save_embedding_table,
     vision_hash,
 )
@@ -172,8 +175,7 @@ def export_generator(
     config = AutoConfig.from_pretrained(src)
     if config.model_type != "qwen2_vl":
         raise ColragError(f"{src} holds a {config.model_type!r} checkpoint; the generator export needs Qwen2-VL (e.g. Qwen/Qwen2-VL-2B-Instruct)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ColragError(f"{out} already exists; pass --force to replace it")
+    check_target(out, "generator", force=force)  # refused before anything is loaded or written
     shared = None
     if share_vision_with is not None:
         shared = Path(share_vision_with).expanduser()
@@ -182,10 +184,7 @@ def export_generator(
             raise ColragError(f"{shared}: the retriever bundle records no vision_hash; re-export it to share its vision tower")
 
     started = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = new_work_dir(out)
     try:
         _log(f"loading {src} ...")
         model = Qwen2VLForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
@@ -203,9 +202,7 @@ def export_generator(
             fields["quantization"] = _quantize_bundle(work, quantize, checks)
         fields["export_seconds"] = round(time.perf_counter() - started, 1)
         manifest = write_manifest(work, "generator", fields)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
+        replace_with(work, out, "generator", force=force)
         _log(f"generator bundle written to {out} in {fields['export_seconds']} s")
         return manifest
     except BaseException:

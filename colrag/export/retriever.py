@@ -30,11 +30,14 @@ from .quantize import QUANT_SCHEMES, quantize_graph
 from .common import (
     CONFIG_FILES,
     TOKENIZER_FILES,
+    check_target,
     copy_checkpoint_files,
     export_graph,
     max_abs_diff,
     quiet_unless_verbose,
+    new_work_dir,
     read_source_identity,
+    replace_with,
     save_embedding_table,
     vision_hash,
 )
@@ -112,13 +115,10 @@ def export_retriever(src: str | Path, out: str | Path, *, opset: int = 18, quant
         raise ColragError(f"cannot read the checkpoint config in {src}: {str(exc).splitlines()[0]}") from exc
     if config.model_type != "colqwen2":
         raise ColragError(f"{src} holds a {config.model_type!r} checkpoint; the retriever export needs ColQwen2 (e.g. vidore/colqwen2-v1.0-hf)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ColragError(f"{out} already exists; pass --force to replace it")
+    check_target(out, "retriever", force=force)  # refused before anything is loaded or written
 
     started = time.perf_counter()
-    work = out.parent / f".{out.name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = new_work_dir(out)
     try:
         _log(f"loading {src} ...")
         try:
@@ -136,9 +136,7 @@ def export_retriever(src: str | Path, out: str | Path, *, opset: int = 18, quant
             manifest_fields["quantization"] = _quantize_bundle(work, quantize, ort, manifest_fields["hidden_size"])
         manifest_fields["export_seconds"] = round(time.perf_counter() - started, 1)
         manifest = write_manifest(work, "retriever", manifest_fields)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
+        replace_with(work, out, "retriever", force=force)
         _log(f"retriever bundle written to {out} in {manifest_fields['export_seconds']} s")
         return manifest
     except BaseException:
