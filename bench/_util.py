@@ -40,9 +40,13 @@ def side_by_side_args(description: str, runs: int):
 
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="full-size checkpoint (bench/full_checkpoints.py)")
-    ap.add_argument("--bundle", action="append", default=[],
-                    help="colrag bundle, as DIR or NAME=DIR (repeatable); NAME@BACKEND[/PRECISION]=DIR runs it on that "
-                         "backend (auto, onnxruntime, openvino) and precision (auto, f32, bf16), e.g. int8@openvino/bf16=DIR")
+    ap.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        help="colrag bundle, as DIR or NAME=DIR (repeatable); NAME@BACKEND[/PRECISION]=DIR runs it on that "
+        "backend (auto, onnxruntime, openvino) and precision (auto, f32, bf16), e.g. int8@openvino/bf16=DIR",
+    )
     ap.add_argument("--pdf", default=str(PDF_DIR / "03_chart_usda_ag_energy_roundup.pdf"))
     ap.add_argument("--page", type=int, default=1)
     ap.add_argument("--runs", type=int, default=runs)
@@ -70,7 +74,12 @@ def variants(args, default_name: str) -> list[tuple[str, list[str]]]:
     rows = [] if args.skip_torch else [("transformers fp32", ["--worker", "torch"])]
     for spec in args.bundle:
         name, path, backend, precision = parse_bundle_spec(spec)
-        rows.append((f"colrag {name or default_name}", ["--worker", "colrag", "--bundle", path, *backend_args(backend, precision)]))
+        rows.append(
+            (
+                f"colrag {name or default_name}",
+                ["--worker", "colrag", "--bundle", path, *backend_args(backend, precision)],
+            )
+        )
     return rows
 
 
@@ -82,7 +91,14 @@ def machine() -> str:
                 wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "fma")
                 flags = " ".join(f for f in wanted if f in line.split())
                 break
-        model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "")
+        model = next(
+            (
+                l.split(":", 1)[1].strip()
+                for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")
+            ),
+            "",
+        )
     except OSError:
         model = platform.processor()
     import onnxruntime
@@ -91,7 +107,9 @@ def machine() -> str:
 
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     ov = f"; openvino {openvino_version()}" if openvino_version() else ""
-    return f"{model}; {os.cpu_count()} cores; flags: {flags}; onnxruntime {onnxruntime.__version__}{ov}; threads {threads}"
+    return (
+        f"{model}; {os.cpu_count()} cores; flags: {flags}; onnxruntime {onnxruntime.__version__}{ov}; threads {threads}"
+    )
 
 
 def render_page(pdf: Path, page_no: int, max_pixels: int):

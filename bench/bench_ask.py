@@ -273,10 +273,14 @@ def main() -> None:
         ]
         tokens = {}
         rows = [] if args.skip_torch else [("transformers fp32 (vision + prefill)", "torch")]
-        rows += [] if args.only_torch else [
-            ("colrag int8, computing the page features", "computed"),
-            ("colrag int8, page features from the index", "index"),
-        ]
+        rows += (
+            []
+            if args.only_torch
+            else [
+                ("colrag int8, computing the page features", "computed"),
+                ("colrag int8, page features from the index", "index"),
+            ]
+        )
         for name, kind in rows:
             proc = subprocess.run([sys.executable, __file__, "--worker", kind, *common], capture_output=True, text=True)
             if proc.returncode != 0:
@@ -302,7 +306,9 @@ def main() -> None:
         if args.skip_cli or args.only_torch:
             return
 
-        print("`python -m colrag ask ... --max-new-tokens 24` on a one-page index (so the follow-up retrieves the same page),")
+        print(
+            "`python -m colrag ask ... --max-new-tokens 24` on a one-page index (so the follow-up retrieves the same page),"
+        )
         print("wall clock from start to exit:")
         one = build_index(Path(args.pdf), 1, args.retriever, work / "one", True)
         print(f"  (one-page index built in {one['wall']:.1f} s)")

@@ -61,7 +61,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_search as bs  # noqa: E402
 
-
 DIM = 128
 TOKENS = bs.IMAGE_TOKENS + bs.TEXT_TOKENS
 N_TOPICS = 256

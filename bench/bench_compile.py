@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._util import machine, peak_rss_gb  # noqa: E402
+from bench._util import machine, peak_rss_gb
 
 
 def worker(args) -> None:
@@ -35,7 +35,19 @@ def worker(args) -> None:
 
 
 def run(args, backend: str, precision: str, home: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--bundle", args.bundle, "--kind", args.kind, "--backend", backend, "--precision", precision]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--bundle",
+        args.bundle,
+        "--kind",
+        args.kind,
+        "--backend",
+        backend,
+        "--precision",
+        precision,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLRAG_HOME": str(home)})
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -65,7 +77,10 @@ def main() -> None:
                 print(f"| {backend} | {precision} | {cache} | failed: {res['error']} | | |", flush=True)
                 continue
             graphs = ", ".join(f"{k} {v}" for k, v in res["runtimes"].items())
-            print(f"| {backend} | {precision} | {cache} | {res['load_s']:.2f} | {res['peak_gb']:.1f} | {graphs} |", flush=True)
+            print(
+                f"| {backend} | {precision} | {cache} | {res['load_s']:.2f} | {res['peak_gb']:.1f} | {graphs} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

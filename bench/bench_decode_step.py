@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from colrag.runtime import create_session  # noqa: E402
+from colrag.runtime import create_session
 
 
 def main() -> None:
@@ -38,7 +38,9 @@ def main() -> None:
             "position_ids": np.full((3, 1, 1), n_past, np.int64),
             "attention_mask": np.ones((1, n_past + 1), np.int64),
         }
-        feeds.update({i.name: rng.standard_normal((1, kv_heads, n_past, head_dim)).astype(np.float32) for i in past_inputs})
+        feeds.update(
+            {i.name: rng.standard_normal((1, kv_heads, n_past, head_dim)).astype(np.float32) for i in past_inputs}
+        )
         times = []
         for _ in range(8):
             t = time.perf_counter()

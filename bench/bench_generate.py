@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._util import machine, peak_rss_gb, render_page, run_worker, side_by_side_args, summary  # noqa: E402
-from bench._util import variants as bench_variants  # noqa: E402
+from bench._util import machine, peak_rss_gb, render_page, run_worker, side_by_side_args, summary
+from bench._util import variants as bench_variants
 
 QUESTION = "What does the chart show?"
 FOLLOW_UPS = ["Which year is the highest?", "What is the title of the page?", "Summarise the page in one sentence."]
@@ -46,7 +46,11 @@ def worker(args) -> None:
         def run():
             pix = proc(images=[image], return_tensors="pt")
             ids = chat_prompt_ids(tok, QUESTION, [int(pix["image_grid_thw"][0].prod()) // 4])
-            inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long), **pix}
+            inputs = {
+                "input_ids": torch.tensor([ids]),
+                "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+                **pix,
+            }
             t0 = time.perf_counter()
             with torch.no_grad():
                 model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=False)
@@ -55,7 +59,7 @@ def worker(args) -> None:
             with torch.no_grad():
                 out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
             total = time.perf_counter() - t0
-            return ttft, (NEW_TOKENS - 1) / max(1e-9, total - ttft), out[0, len(ids):].tolist()
+            return ttft, (NEW_TOKENS - 1) / max(1e-9, total - ttft), out[0, len(ids) :].tolist()
     else:
         import colrag
 
@@ -80,8 +84,17 @@ def worker(args) -> None:
             out = g.generate(question, [image], max_new_tokens=1)
             assert out.prefix_cached
             follow.append(time.perf_counter() - t0)  # wall time: preprocessing + cache lookup + question prefill
-    print(json.dumps({"ttft": [r[0] for r in rows], "tps": [r[1] for r in rows], "follow": follow, "tokens": rows[-1][2],
-                      "peak_gb": peak_rss_gb()}))
+    print(
+        json.dumps(
+            {
+                "ttft": [r[0] for r in rows],
+                "tps": [r[1] for r in rows],
+                "follow": follow,
+                "tokens": rows[-1][2],
+                "peak_gb": peak_rss_gb(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -92,8 +105,12 @@ def main() -> None:
     common = ["--checkpoint", args.checkpoint, "--pdf", args.pdf, "--page", str(args.page), "--runs", str(args.runs)]
     variants = bench_variants(args, "bundle")
     print(f"machine: {machine()}")
-    print(f"page: {Path(args.pdf).name} p{args.page} at max_pixels {MAX_PIXELS}; {NEW_TOKENS} new tokens greedy; runs: {args.runs} after 1 warm-up\n")
-    print("| variant | time to first token (s) | decode (tokens/s) | decode (s/token) | follow-up first token (s) | peak RSS (GB) |")
+    print(
+        f"page: {Path(args.pdf).name} p{args.page} at max_pixels {MAX_PIXELS}; {NEW_TOKENS} new tokens greedy; runs: {args.runs} after 1 warm-up\n"
+    )
+    print(
+        "| variant | time to first token (s) | decode (tokens/s) | decode (s/token) | follow-up first token (s) | peak RSS (GB) |"
+    )
     print("|---|---|---|---|---|---|")
     tokens = {}
     for name, extra in variants:
@@ -104,13 +121,18 @@ def main() -> None:
             continue
         spt = [1 / t for t in res["tps"]]
         follow = summary(res["follow"]) if res["follow"] else "(no cache)"
-        print(f"| {name} | {summary(res['ttft'])} | {summary(res['tps'])} | {summary(spt, 3)} | {follow} | {res['peak_gb']:.1f} |", flush=True)
+        print(
+            f"| {name} | {summary(res['ttft'])} | {summary(res['tps'])} | {summary(spt, 3)} | {follow} | {res['peak_gb']:.1f} |",
+            flush=True,
+        )
     print_agreement(tokens)
 
 
 def print_agreement(tokens: dict) -> None:
     """Greedy-token agreement of every variant with colrag fp32 (or the first colrag variant) on the same page."""
-    base_name = next((n for n in tokens if n == "colrag fp32"), next((n for n in tokens if n.startswith("colrag")), None))
+    base_name = next(
+        (n for n in tokens if n == "colrag fp32"), next((n for n in tokens if n.startswith("colrag")), None)
+    )
     base = tokens.get(base_name)
     if not base:
         return

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._util import PDF_DIR, machine, render_page, summary  # noqa: E402
-from colrag import backends  # noqa: E402
-from colrag.compare import row_cosines  # noqa: E402
+from bench._util import PDF_DIR, machine, render_page, summary
+from colrag import backends
+from colrag.compare import row_cosines
 
 
 class Recorder:
@@ -53,8 +53,11 @@ def record(bundle: Path, kind: str, image) -> dict:
     g.generate("What does the chart show?", [image], max_new_tokens=2, min_new_tokens=2)
     vision = type(g)._vision_graph(bundle, g.manifest)
     decoder = bundle / g.manifest["graphs"]["decoder"]
-    return {"vision": (vision, *g._vision.calls[0]), "prefill": (decoder, *g._decoder.calls[0]),
-            "decode": (decoder, *g._decoder.calls[1])}
+    return {
+        "vision": (vision, *g._vision.calls[0]),
+        "prefill": (decoder, *g._decoder.calls[0]),
+        "decode": (decoder, *g._decoder.calls[1]),
+    }
 
 
 def main() -> None:
@@ -71,10 +74,14 @@ def main() -> None:
     image = render_page(Path(args.pdf), 1, int(manifest["max_pixels"]))
     recorded = record(args.bundle, kind, image)
     gc.collect()
-    print(f"machine: {machine()}\nbundle: {args.bundle}; page 1 of {Path(args.pdf).name}, {image.size[0]}x{image.size[1]}\n")
+    print(
+        f"machine: {machine()}\nbundle: {args.bundle}; page 1 of {Path(args.pdf).name}, {image.size[0]}x{image.size[1]}\n"
+    )
     print("| graph | input | backend | precision | time (s) | cosine vs onnxruntime (min) | top-1 equal |")
     print("|---|---|---|---|---|---|---|")
-    runtimes = [("onnxruntime", "f32"), ("openvino", "f32")] + ([("openvino", "bf16")] if backends.cpu_has_bf16() else [])
+    runtimes = [("onnxruntime", "f32"), ("openvino", "f32")] + (
+        [("openvino", "bf16")] if backends.cpu_has_bf16() else []
+    )
     for graph, (path, feeds, outputs) in recorded.items():
         if args.graphs and graph not in args.graphs:
             continue
@@ -96,7 +103,10 @@ def main() -> None:
             reference = flat if reference is None else reference
             cos = row_cosines(flat, reference).min()
             top1 = f"{(flat.argmax(-1) == reference.argmax(-1)).mean():.2f}" if graph in ("prefill", "decode") else ""
-            print(f"| {graph} | {shape} | {backend} | {precision} | {summary(times, 3)} | {cos:.5f} | {top1} |", flush=True)
+            print(
+                f"| {graph} | {shape} | {backend} | {precision} | {summary(times, 3)} | {cos:.5f} | {top1} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

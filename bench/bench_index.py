@@ -17,13 +17,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._util import PDF_DIR, backend_args, machine, parse_bundle_spec  # noqa: E402
+from bench._util import PDF_DIR, backend_args, machine, parse_bundle_spec
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", action="append", required=True,
-                    help="retriever bundle, DIR or NAME=DIR, or NAME@BACKEND[/PRECISION]=DIR to index on that backend (repeatable)")
+    ap.add_argument(
+        "--bundle",
+        action="append",
+        required=True,
+        help="retriever bundle, DIR or NAME=DIR, or NAME@BACKEND[/PRECISION]=DIR to index on that backend (repeatable)",
+    )
     ap.add_argument("--pdf", default=str(PDF_DIR / "01_chart_paper_tracemonkey.pdf"))
     ap.add_argument("--pages", type=int, default=4)
     args = ap.parse_args()
@@ -44,9 +48,21 @@ def main() -> None:
             start = time.perf_counter()
             with open(Path(tmp) / "stderr", "w+") as err:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "colrag", "index", str(docs), "--index", str(Path(tmp) / "index"), "--retriever", bundle,
-                     *backend_args(backend, precision)],
-                    stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "COLRAG_HOME": str(Path(tmp) / "home")},  # cold: compiles included
+                    [
+                        sys.executable,
+                        "-m",
+                        "colrag",
+                        "index",
+                        str(docs),
+                        "--index",
+                        str(Path(tmp) / "index"),
+                        "--retriever",
+                        bundle,
+                        *backend_args(backend, precision),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    env={**os.environ, "COLRAG_HOME": str(Path(tmp) / "home")},  # cold: compiles included
                 )
                 _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
                 proc.returncode = os.waitstatus_to_exitcode(status)
@@ -57,7 +73,10 @@ def main() -> None:
                 print(f"| {name or bundle} | failed: {messages.strip().splitlines()[-1:]} | | | |")
                 continue
             peak_note = f"{usage.ru_maxrss / 1e6:.1f}"
-            print(f"| {name or 'colrag'} | {args.pages} | {wall:.1f} | {args.pages / wall * 60:.2f} | {peak_note} |", flush=True)
+            print(
+                f"| {name or 'colrag'} | {args.pages} | {wall:.1f} | {args.pages / wall * 60:.2f} | {peak_note} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

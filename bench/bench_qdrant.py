@@ -180,7 +180,9 @@ def main() -> int:
         res["runs"].append(measure(folder, queries, kinds, exact, args.runs, c))
         print(json.dumps(res["runs"][-1]), file=sys.stderr, flush=True)
     res["load_after"] = os.getloadavg()
-    res["process_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # build + search, or search only
+    res["process_max_rss_mb"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )  # build + search, or search only
     print(json.dumps(res, indent=2))
     return 0
 

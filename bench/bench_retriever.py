@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._util import machine, peak_rss_gb, render_page, run_worker, side_by_side_args, summary  # noqa: E402
-from bench._util import variants as bench_variants  # noqa: E402
-from colrag.compare import row_cosines  # noqa: E402
+from bench._util import machine, peak_rss_gb, render_page, run_worker, side_by_side_args, summary
+from bench._util import variants as bench_variants
+from colrag.compare import row_cosines
 
 QUERY = "What share of energy use does the chart attribute to fertilizer production?"
 MAX_PIXELS = 768 * 28 * 28
@@ -42,8 +42,12 @@ def worker(args) -> None:
         def embed_page():
             b = proc.process_images(images=[image])
             ids = b["input_ids"]
-            pos, _ = model.vlm.get_rope_index(input_ids=ids, mm_token_type_ids=(ids == 151655).int(),
-                                              image_grid_thw=b["image_grid_thw"], attention_mask=b["attention_mask"])
+            pos, _ = model.vlm.get_rope_index(
+                input_ids=ids,
+                mm_token_type_ids=(ids == 151655).int(),
+                image_grid_thw=b["image_grid_thw"],
+                attention_mask=b["attention_mask"],
+            )
             with torch.no_grad():
                 return model(**b, position_ids=pos).embeddings
 
@@ -53,7 +57,9 @@ def worker(args) -> None:
     else:
         import colrag
 
-        r = colrag.Retriever.load(args.bundle[-1], threads=args.threads or None, backend=args.backend, precision=args.precision)
+        r = colrag.Retriever.load(
+            args.bundle[-1], threads=args.threads or None, backend=args.backend, precision=args.precision
+        )
 
         def embed_page():
             return r.embed_images([image])
@@ -87,11 +93,24 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    common = ["--checkpoint", args.checkpoint, "--pdf", args.pdf, "--page", str(args.page), "--runs", str(args.runs), "--threads", str(args.threads)]
+    common = [
+        "--checkpoint",
+        args.checkpoint,
+        "--pdf",
+        args.pdf,
+        "--page",
+        str(args.page),
+        "--runs",
+        str(args.runs),
+        "--threads",
+        str(args.threads),
+    ]
     variants = bench_variants(args, "fp32")
     print(f"machine: {machine()}")
     print(f"page: {Path(args.pdf).name} p{args.page}; runs: {args.runs} (median ± half range, after 1 warm-up)\n")
-    print("| variant | page embedding (s) | query embedding (s) | peak RSS (GB) | page cosine vs the first row (mean / min) |")
+    print(
+        "| variant | page embedding (s) | query embedding (s) | peak RSS (GB) | page cosine vs the first row (mean / min) |"
+    )
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         first = None
@@ -104,8 +123,14 @@ def main() -> None:
             vectors = np.load(saved)
             first = vectors if first is None else first
             cos = row_cosines(vectors, first) if vectors.shape == first.shape else None
-            drift = f"{cos.mean():.5f} / {cos.min():.5f}" if cos is not None else f"shapes {vectors.shape} / {first.shape}"
-            print(f"| {name} | {summary(res['page'])} | {summary(res['query'])} | {res['peak_gb']:.1f} | {drift} |", flush=True)
+            drift = (
+                f"{cos.mean():.5f} / {cos.min():.5f}" if cos is not None else f"shapes {vectors.shape} / {first.shape}"
+            )
+            print(
+                f"| {name} | {summary(res['page'])} | {summary(res['query'])} | {res['peak_gb']:.1f} | {drift} |",
+                flush=True,
+            )
+
 
 if __name__ == "__main__":
     main()

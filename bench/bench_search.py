@@ -80,7 +80,9 @@ class Synth:
         for number in range(first, first + n):
             rng = np.random.default_rng([1, number])
             chosen = rng.choice(N_CONCEPTS, size=CONCEPTS_PER_PAGE, replace=False, p=self.popularity)
-            centres = _unit(self.concepts[chosen] + 0.04 * rng.standard_normal((CONCEPTS_PER_PAGE, DIM)).astype(np.float32))
+            centres = _unit(
+                self.concepts[chosen] + 0.04 * rng.standard_normal((CONCEPTS_PER_PAGE, DIM)).astype(np.float32)
+            )
             weights = rng.dirichlet(np.full(CONCEPTS_PER_PAGE, 0.5))
             which = rng.choice(CONCEPTS_PER_PAGE, size=IMAGE_TOKENS, p=weights)
             image = centres[which] + self.noise[rng.integers(0, len(self.noise), IMAGE_TOKENS)]  # (768, dim)
@@ -159,15 +161,23 @@ def exact_top(index: Index, queries: list[np.ndarray], k: int = 5) -> list[list[
         scores[:, start : start + len(block)] = np.add.reduceat(per_page, q_starts, axis=0)
     out = []
     for row in scores:
-        order = sorted(np.argsort(-row)[: k + 5].tolist(), key=lambda i: (-row[i], snap.pages[i].path, snap.pages[i].page_no))
+        order = sorted(
+            np.argsort(-row)[: k + 5].tolist(), key=lambda i: (-row[i], snap.pages[i].path, snap.pages[i].page_no)
+        )
         out.append([(snap.pages[i].path, snap.pages[i].page_no, float(row[i])) for i in order[:k]])
     return out
 
 
 def _in_new_process(code: str, *args) -> list[float]:
     """Run `code` in a fresh Python with colrag importable; the numbers it prints."""
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
     return [float(x) for x in out.stdout.split()]
 
 
@@ -216,7 +226,14 @@ def cold_searches(folder: Path, queries_file: Path) -> list[float] | None:
 
 
 def disk_breakdown(folder: Path) -> dict:
-    parts = {"vectors": 0, "codes": 0, "codebook": 0, "ivf": 0, "catalog": 0, "other": 0}  # FAISS: seg / -, coarse, lists
+    parts = {
+        "vectors": 0,
+        "codes": 0,
+        "codebook": 0,
+        "ivf": 0,
+        "catalog": 0,
+        "other": 0,
+    }  # FAISS: seg / -, coarse, lists
     for p in folder.rglob("*"):
         if not p.is_file():
             continue
@@ -293,7 +310,14 @@ def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candid
                 hits = s.search_vectors(q, 5)
                 t_all.append(time.perf_counter() - t)
                 rec.append(len({(h.file, h.page) for h in hits} & {(f, p) for f, p, _ in truth[i]}) / 5)
-            swept.append({"nprobe": npr, "candidates": cand, "recall5": float(np.mean(rec)), "p50_ms": float(np.median(t_all) * 1000)})
+            swept.append(
+                {
+                    "nprobe": npr,
+                    "candidates": cand,
+                    "recall5": float(np.mean(rec)),
+                    "p50_ms": float(np.median(t_all) * 1000),
+                }
+            )
     qfile = folder.parent / "query0.npy"
     np.save(qfile, queries[0])
     opened = open_time(folder, qfile)
@@ -304,16 +328,24 @@ def run_size(n_pages: int, n_queries: int, runs: int, nprobe: int | None, candid
     is_random = np.array([k == "random" for k in kinds])
     per_run_p50 = np.median(lat, axis=1) * 1000
     return {
-        "pages": pages, "tokens_per_page": tokens / pages,
-        "p50_ms": float(np.median(lat) * 1000), "p95_ms": float(np.percentile(lat, 95) * 1000),
+        "pages": pages,
+        "tokens_per_page": tokens / pages,
+        "p50_ms": float(np.median(lat) * 1000),
+        "p95_ms": float(np.percentile(lat, 95) * 1000),
         "p50_runs_ms": [round(float(x), 1) for x in per_run_p50],
-        "recall5": float(found.mean()), "recall5_within_1pct": float(near.mean()), "recall5_page_queries": float(found[~is_random].mean()),
+        "recall5": float(found.mean()),
+        "recall5_within_1pct": float(near.mean()),
+        "recall5_page_queries": float(found[~is_random].mean()),
         "recall5_random_queries": float(found[is_random].mean()) if is_random.any() else None,
         "target_first": float(np.mean(first_ok)) if first_ok else None,
-        "bytes_per_page": sum(disk.values()) / pages, "disk": {k: v / pages for k, v in disk.items()},
-        **{f"open_{k}": v for k, v in opened.items()}, "build": build_info, "params": kwargs,
+        "bytes_per_page": sum(disk.values()) / pages,
+        "disk": {k: v / pages for k, v in disk.items()},
+        **{f"open_{k}": v for k, v in opened.items()},
+        "build": build_info,
+        "params": kwargs,
         "cold_search_s": cold,
-        "load": os.getloadavg(), "sweep": swept,
+        "load": os.getloadavg(),
+        "sweep": swept,
     }
 
 
@@ -324,7 +356,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--nprobe", type=int)
     ap.add_argument("--candidates", type=int)
-    ap.add_argument("--sweep", nargs="*", default=[], metavar="NPROBE,CANDIDATES", help="also measure these settings (one run each)")
+    ap.add_argument(
+        "--sweep", nargs="*", default=[], metavar="NPROBE,CANDIDATES", help="also measure these settings (one run each)"
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--build-only", action="store_true", help="build (or finish) the indexes, measure nothing")
     args = ap.parse_args()
@@ -342,19 +376,33 @@ def main() -> int:
             print(json.dumps(res))
             continue
         d = res["disk"]
-        print(f"\n## {res['pages']:,} pages ({res['tokens_per_page']:.0f} tokens/page), params {res['params'] or 'default'}")
+        print(
+            f"\n## {res['pages']:,} pages ({res['tokens_per_page']:.0f} tokens/page), params {res['params'] or 'default'}"
+        )
         print("| metric | value |\n|---|---|")
-        print(f"| search p50 / p95 (after embedding) | {res['p50_ms']:.1f} ms / {res['p95_ms']:.1f} ms (p50 per run: {res['p50_runs_ms']}) |")
-        print(f"| recall@5 vs exact MaxSim | {res['recall5']:.3f} (page queries {res['recall5_page_queries']:.3f}, random queries {res['recall5_random_queries']:.3f}); target page first {res['target_first']:.3f} |")
+        print(
+            f"| search p50 / p95 (after embedding) | {res['p50_ms']:.1f} ms / {res['p95_ms']:.1f} ms (p50 per run: {res['p50_runs_ms']}) |"
+        )
+        print(
+            f"| recall@5 vs exact MaxSim | {res['recall5']:.3f} (page queries {res['recall5_page_queries']:.3f}, random queries {res['recall5_random_queries']:.3f}); target page first {res['target_first']:.3f} |"
+        )
         print(f"| top 5 within 1% of the exact 5th score | {res['recall5_within_1pct']:.3f} |")
-        print(f"| bytes per page | {res['bytes_per_page']:,.0f} (vectors {d['vectors']:,.0f}, codes {d['codes']:,.0f}, inverted file {d['ivf']:,.0f}, catalog {d['catalog']:,.0f}, codebook {d['codebook']:,.0f}) |")
-        print(f"| open (new process) | import {res['open_import_s'] * 1000:.0f} ms, Index.open + snapshot {res['open_open_snapshot_s'] * 1000:.0f} ms, first search {res['open_first_search_s'] * 1000:.0f} ms |")
+        print(
+            f"| bytes per page | {res['bytes_per_page']:,.0f} (vectors {d['vectors']:,.0f}, codes {d['codes']:,.0f}, inverted file {d['ivf']:,.0f}, catalog {d['catalog']:,.0f}, codebook {d['codebook']:,.0f}) |"
+        )
+        print(
+            f"| open (new process) | import {res['open_import_s'] * 1000:.0f} ms, Index.open + snapshot {res['open_open_snapshot_s'] * 1000:.0f} ms, first search {res['open_first_search_s'] * 1000:.0f} ms |"
+        )
         if res["cold_search_s"]:
             c = np.array(res["cold_search_s"]) * 1000
-            print(f"| cold: 8 searches in a new process after evicting the index from the page cache | median {np.median(c):.0f} ms, first {c[0]:.0f} ms, max {c.max():.0f} ms |")
+            print(
+                f"| cold: 8 searches in a new process after evicting the index from the page cache | median {np.median(c):.0f} ms, first {c[0]:.0f} ms, max {c.max():.0f} ms |"
+            )
         b = res["build"]
         if b:
-            print(f"| build | {b.get('build_s', 0):.0f} s (inverted file {b.get('ivf_build_s', 0):.1f} s), max RSS {b.get('max_rss_mb', 0):.0f} MB |")
+            print(
+                f"| build | {b.get('build_s', 0):.0f} s (inverted file {b.get('ivf_build_s', 0):.1f} s), max RSS {b.get('max_rss_mb', 0):.0f} MB |"
+            )
         print(f"| load average (1, 5, 15 min) after | {', '.join(f'{x:.2f}' for x in res['load'])} |")
         if res["sweep"]:
             print("\n| nprobe | candidates | recall@5 | p50 ms |\n|---|---|---|---|")

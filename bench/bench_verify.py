@@ -69,13 +69,17 @@ def main() -> None:
         os.environ["COLRAG_HOME"] = str(Path(tmp) / "home")
         bundles = args.bundle or [_synthetic_bundle(Path(tmp), args.gb)]
         print(f"load average {os.getloadavg()[0]:.2f}; median of {args.runs} runs")
-        print("| bundle | bytes | first load (sha256), wall | GB/s wall | CPU time | GB/s per CPU-second | later loads (stamps) |")
+        print(
+            "| bundle | bytes | first load (sha256), wall | GB/s wall | CPU time | GB/s per CPU-second | later loads (stamps) |"
+        )
         print("|---|---|---|---|---|---|---|")
         for bundle in bundles:
             first, cpu, later, size = _time(bundle, args.runs)
             name = bundle.name if args.bundle else f"synthetic {size / 1e9:.1f} GB"
-            print(f"| {name} | {size / 1e9:.2f} GB | {first:.2f} s | {size / 1e9 / first:.2f} | {cpu:.2f} s "
-                  f"| {size / 1e9 / cpu:.2f} | {later * 1e3:.1f} ms |")
+            print(
+                f"| {name} | {size / 1e9:.2f} GB | {first:.2f} s | {size / 1e9 / first:.2f} | {cpu:.2f} s "
+                f"| {size / 1e9 / cpu:.2f} | {later * 1e3:.1f} ms |"
+            )
 
 
 if __name__ == "__main__":

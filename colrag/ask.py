@@ -340,7 +340,9 @@ class Asker:
                 import faiss
 
                 faiss.omp_set_num_threads(self.threads)
-            self._retriever = Retriever.load(bundle, threads=self.threads, backend=self.backend, precision=self.precision)
+            self._retriever = Retriever.load(
+                bundle, threads=self.threads, backend=self.backend, precision=self.precision
+            )
             self.load_s += time.perf_counter() - t0
         return self._retriever
 

@@ -179,8 +179,16 @@ def runtime_version(backend: str) -> str:
 # -- opening ---------------------------------------------------------------------------
 
 
-def open_session(path: str | os.PathLike, *, graph: str, backend: str | None = None, precision: str | None = None,
-                 threads: int | None = None, device: str | None = None, cache_key: str | None = None) -> Session:
+def open_session(
+    path: str | os.PathLike,
+    *,
+    graph: str,
+    backend: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    cache_key: str | None = None,
+) -> Session:
     """Load one graph on the backend chosen for it (see the module doc).
 
     cache_key names the compiled-model cache of OpenVINO (use the bundle id, so that a
@@ -249,7 +257,9 @@ def openvino_cache_dir(cache_key: str | None, precision: str, threads: int) -> P
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"warning: no OpenVINO model cache ({folder}: {exc.strerror}); every start compiles again", file=sys.stderr)
+        print(
+            f"warning: no OpenVINO model cache ({folder}: {exc.strerror}); every start compiles again", file=sys.stderr
+        )
         return None
     return folder
 

@@ -86,7 +86,9 @@ def load_manifest(bundle_dir: str | os.PathLike, kind: str | None = None) -> dic
         raise BundleError(f"malformed {path}: not a JSON object")
     fmt = manifest.get("format")
     if fmt != BUNDLE_FORMAT:
-        raise BundleError(f"{bundle_dir}: bundle format {fmt!r} is not supported (this colrag reads {BUNDLE_FORMAT}); re-export it")
+        raise BundleError(
+            f"{bundle_dir}: bundle format {fmt!r} is not supported (this colrag reads {BUNDLE_FORMAT}); re-export it"
+        )
     if kind is not None and manifest.get("kind") != kind:
         raise BundleError(f"{bundle_dir} holds a {manifest.get('kind')!r} bundle, not a {kind!r} one")
     problem = manifest_problem(manifest)
@@ -115,16 +117,36 @@ _PROMPTS = {"page": str, "query_prefix": str, "query_suffix": str}
 _SCHEMA: dict[str, dict[str, Any]] = {
     "retriever": {
         "required": {"dim": int, "hidden_size": int, "min_pixels": int, "max_pixels": int, "prompts": _PROMPTS},
-        "optional": {"image_token_id": int, "spatial_merge_size": int, "num_layers": int, "vocab_size": int,
-                     "vision_hash": str, "source": str, "quantization": dict},
+        "optional": {
+            "image_token_id": int,
+            "spatial_merge_size": int,
+            "num_layers": int,
+            "vocab_size": int,
+            "vision_hash": str,
+            "source": str,
+            "quantization": dict,
+        },
         "graphs": ("vision", "text", "embed_tokens"),
     },
     "generator": {
-        "required": {"hidden_size": int, "num_layers": int, "num_kv_heads": int, "head_dim": int,
-                     "min_pixels": int, "max_pixels": int},
-        "optional": {"eos_token_ids": list, "image_token_id": int, "spatial_merge_size": int, "vocab_size": int,
-                     "vision_hash": str, "source": str, "quantization": dict,
-                     "shared_vision": {"bundle": str, "graph": str, "sha256": str}},
+        "required": {
+            "hidden_size": int,
+            "num_layers": int,
+            "num_kv_heads": int,
+            "head_dim": int,
+            "min_pixels": int,
+            "max_pixels": int,
+        },
+        "optional": {
+            "eos_token_ids": list,
+            "image_token_id": int,
+            "spatial_merge_size": int,
+            "vocab_size": int,
+            "vision_hash": str,
+            "source": str,
+            "quantization": dict,
+            "shared_vision": {"bundle": str, "graph": str, "sha256": str},
+        },
         "graphs": ("decoder", "embed_tokens"),
     },
 }
@@ -230,7 +252,9 @@ def load_embedding_table(bundle_dir: str | os.PathLike, manifest: dict[str, Any]
     except ValueError as exc:
         raise BundleError(f"{bundle_dir}: unreadable embedding table: {exc}") from exc
     if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
-        raise BundleError(f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})")
+        raise BundleError(
+            f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})"
+        )
     return table
 
 

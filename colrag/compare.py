@@ -65,8 +65,13 @@ def bundle_kind(bundle_a: Path, bundle_b: Path) -> str:
     return kinds[0]
 
 
-def sample_pages(paths: Iterable[str | os.PathLike], max_pages: int, target_pixels: int,
-                 password: str | None = None, warn: Progress = lambda _: None) -> list[Page]:
+def sample_pages(
+    paths: Iterable[str | os.PathLike],
+    max_pages: int,
+    target_pixels: int,
+    password: str | None = None,
+    warn: Progress = lambda _: None,
+) -> list[Page]:
     """Up to max_pages page images from PDFs (taken in turn from each document) and image files.
 
     A PDF that cannot be opened is reported through `warn` and skipped, like `colrag index` does.
@@ -117,6 +122,7 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # -- retriever -----------------------------------------------------------------------
 
+
 @dataclass
 class RetrieverDrift:
     pages: int
@@ -134,7 +140,9 @@ class RetrieverDrift:
     disagreements: list = field(default_factory=list)
 
 
-def _embed_all(bundle: Path, pages: Sequence[Page], queries: Sequence[str], threads, progress: Progress, runtime: Runtime):
+def _embed_all(
+    bundle: Path, pages: Sequence[Page], queries: Sequence[str], threads, progress: Progress, runtime: Runtime
+):
     from .retriever import Retriever
 
     retriever = Retriever.load(bundle, threads=threads, backend=runtime.backend, precision=runtime.precision)
@@ -148,9 +156,18 @@ def _embed_all(bundle: Path, pages: Sequence[Page], queries: Sequence[str], thre
     return page_vectors, query_vectors
 
 
-def compare_retrievers(bundle_a: Path, bundle_b: Path, pages: Sequence[Page], queries: Sequence[str] = DEFAULT_QUERIES,
-                       *, top_k: int = 5, threads: int | None = None, progress: Progress = lambda _: None,
-                       runtime_a: Runtime = Runtime(), runtime_b: Runtime = Runtime()) -> RetrieverDrift:
+def compare_retrievers(
+    bundle_a: Path,
+    bundle_b: Path,
+    pages: Sequence[Page],
+    queries: Sequence[str] = DEFAULT_QUERIES,
+    *,
+    top_k: int = 5,
+    threads: int | None = None,
+    progress: Progress = lambda _: None,
+    runtime_a: Runtime = Runtime(),
+    runtime_b: Runtime = Runtime(),
+) -> RetrieverDrift:
     """runtime_a / runtime_b: where each side runs; comparing one bundle on two backends measures the backend's drift."""
     from .scoring import maxsim
 
@@ -158,10 +175,14 @@ def compare_retrievers(bundle_a: Path, bundle_b: Path, pages: Sequence[Page], qu
         raise InputError("no queries to compare")
     pa, qa = _embed_all(bundle_a, pages, queries, threads, progress, runtime_a)
     pb, qb = _embed_all(bundle_b, pages, queries, threads, progress, runtime_b)
-    for x, y, what in [(x, y, p.label) for x, y, p in zip(pa, pb, pages)] + [(x, y, q) for x, y, q in zip(qa, qb, queries)]:
+    for x, y, what in [(x, y, p.label) for x, y, p in zip(pa, pb, pages)] + [
+        (x, y, q) for x, y, q in zip(qa, qb, queries)
+    ]:
         if x.shape != y.shape:
-            raise BundleError(f"the two bundles give {what!r} {x.shape[0]} and {y.shape[0]} vectors: they do not "
-                              "preprocess alike (different pixel caps or prompts), so they are not variants of one model")
+            raise BundleError(
+                f"the two bundles give {what!r} {x.shape[0]} and {y.shape[0]} vectors: they do not "
+                "preprocess alike (different pixel caps or prompts), so they are not variants of one model"
+            )
     page_cos = [row_cosines(x, y) for x, y in zip(pa, pb)]
     query_cos = [row_cosines(x, y) for x, y in zip(qa, qb)]
     sa, sb = maxsim(qa, pa), maxsim(qb, pb)  # (queries, pages)
@@ -170,19 +191,32 @@ def compare_retrievers(bundle_a: Path, bundle_b: Path, pages: Sequence[Page], qu
     overlap = [len(set(x) & set(y)) / k for x, y in zip(top_a, top_b)]
     worst = int(np.argmin([c.mean() for c in page_cos]))
     disagreements = [
-        {"query": q, "page_a": pages[a].label, "page_b": pages[b].label, "gap": float((sa[i, a] - sa[i, b]) / abs(sa[i, a]))}
-        for i, (q, a, b) in enumerate(zip(queries, sa.argmax(1), sb.argmax(1))) if a != b
+        {
+            "query": q,
+            "page_a": pages[a].label,
+            "page_b": pages[b].label,
+            "gap": float((sa[i, a] - sa[i, b]) / abs(sa[i, a])),
+        }
+        for i, (q, a, b) in enumerate(zip(queries, sa.argmax(1), sb.argmax(1)))
+        if a != b
     ]
     return RetrieverDrift(
-        pages=len(pages), queries=len(queries), top_k=k,
-        page_cosine_mean=float(np.mean([c.mean() for c in page_cos])), page_cosine_min=float(min(c.min() for c in page_cos)),
-        query_cosine_mean=float(np.mean([c.mean() for c in query_cos])), query_cosine_min=float(min(c.min() for c in query_cos)),
-        top1_agreement=float((sa.argmax(1) == sb.argmax(1)).mean()), top_k_overlap=float(np.mean(overlap)),
-        worst_page=pages[worst].label, disagreements=disagreements,
+        pages=len(pages),
+        queries=len(queries),
+        top_k=k,
+        page_cosine_mean=float(np.mean([c.mean() for c in page_cos])),
+        page_cosine_min=float(min(c.min() for c in page_cos)),
+        query_cosine_mean=float(np.mean([c.mean() for c in query_cos])),
+        query_cosine_min=float(min(c.min() for c in query_cos)),
+        top1_agreement=float((sa.argmax(1) == sb.argmax(1)).mean()),
+        top_k_overlap=float(np.mean(overlap)),
+        worst_page=pages[worst].label,
+        disagreements=disagreements,
     )
 
 
 # -- generator -----------------------------------------------------------------------
+
 
 @dataclass
 class AnswerDrift:
@@ -210,15 +244,28 @@ class GeneratorDrift:
         return sum(a.equal_positions for a in self.answers) / total if total else 1.0
 
     def as_dict(self) -> dict:
-        return {"answers": [asdict(a) for a in self.answers], "identical": self.identical,
-                "token_agreement": self.token_agreement}
+        return {
+            "answers": [asdict(a) for a in self.answers],
+            "identical": self.identical,
+            "token_agreement": self.token_agreement,
+        }
 
 
-def _answer_all(bundle: Path, pages: Sequence[Page], questions: Sequence[str], max_new_tokens: int, max_pixels, threads,
-                progress: Progress, runtime: Runtime):
+def _answer_all(
+    bundle: Path,
+    pages: Sequence[Page],
+    questions: Sequence[str],
+    max_new_tokens: int,
+    max_pixels,
+    threads,
+    progress: Progress,
+    runtime: Runtime,
+):
     from .generator import Generator
 
-    generator = Generator.load(bundle, threads=threads, prefix_cache=False, backend=runtime.backend, precision=runtime.precision)
+    generator = Generator.load(
+        bundle, threads=threads, prefix_cache=False, backend=runtime.backend, precision=runtime.precision
+    )
     out = []
     for page in pages:
         for question in questions:
@@ -230,10 +277,19 @@ def _answer_all(bundle: Path, pages: Sequence[Page], questions: Sequence[str], m
     return out
 
 
-def compare_generators(bundle_a: Path, bundle_b: Path, pages: Sequence[Page], questions: Sequence[str] = (DEFAULT_QUESTION,),
-                       *, max_new_tokens: int = 32, max_pixels: int | None = None, threads: int | None = None,
-                       progress: Progress = lambda _: None, runtime_a: Runtime = Runtime(),
-                       runtime_b: Runtime = Runtime()) -> GeneratorDrift:
+def compare_generators(
+    bundle_a: Path,
+    bundle_b: Path,
+    pages: Sequence[Page],
+    questions: Sequence[str] = (DEFAULT_QUESTION,),
+    *,
+    max_new_tokens: int = 32,
+    max_pixels: int | None = None,
+    threads: int | None = None,
+    progress: Progress = lambda _: None,
+    runtime_a: Runtime = Runtime(),
+    runtime_b: Runtime = Runtime(),
+) -> GeneratorDrift:
     """Greedy answers of both bundles to every question about every page, compared token by token."""
     if not questions:
         raise InputError("no questions to compare")
@@ -246,5 +302,7 @@ def compare_generators(bundle_a: Path, bundle_b: Path, pages: Sequence[Page], qu
         first = next((i + 1 for i, (x, y) in enumerate(pairs) if x != y), None)
         if first is None and len(ids_a) != len(ids_b):  # one stopped earlier
             first = len(pairs) + 1
-        drift.answers.append(AnswerDrift(label, question, len(ids_a), sum(x == y for x, y in pairs), first, text_a, text_b))
+        drift.answers.append(
+            AnswerDrift(label, question, len(ids_a), sum(x == y for x, y in pairs), first, text_a, text_b)
+        )
     return drift

@@ -13,9 +13,9 @@ import importlib.util
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MIN_PYTHON = (3, 11)
@@ -29,7 +29,12 @@ REQUIRED_MODULES = (
     ("pymupdf", "PDF rendering", "pymupdf"),
     ("tokenizers", "tokenization", "tokenizers"),
 )
-INSTALL_MODULES = (("huggingface_hub", "downloads"), ("torch", "export"), ("transformers", "export"), ("onnx", "export"))
+INSTALL_MODULES = (
+    ("huggingface_hub", "downloads"),
+    ("torch", "export"),
+    ("transformers", "export"),
+    ("onnx", "export"),
+)
 
 
 @dataclass
@@ -68,7 +73,12 @@ def check_onnxruntime() -> Check:
     detail = f"{ort.__version__}, providers: {', '.join(providers)}"
     device = (os.environ.get("COLRAG_DEVICE") or "auto").lower()
     if device == "cuda" and "CUDAExecutionProvider" not in providers:
-        return Check("onnxruntime", WARN, detail + "; COLRAG_DEVICE=cuda but there is no CUDA provider (the CPU is used)", "pip install onnxruntime-gpu, or unset COLRAG_DEVICE")
+        return Check(
+            "onnxruntime",
+            WARN,
+            detail + "; COLRAG_DEVICE=cuda but there is no CUDA provider (the CPU is used)",
+            "pip install onnxruntime-gpu, or unset COLRAG_DEVICE",
+        )
     return Check("onnxruntime", OK, detail)
 
 
@@ -80,7 +90,12 @@ def check_backend(backend: str | None = None, precision: str | None = None) -> C
     try:
         graphs = describe(backend, precision)
     except ColragError as exc:
-        return Check("backend", FAIL, str(exc), "use --backend/--precision (COLRAG_BACKEND/COLRAG_PRECISION) values this machine has")
+        return Check(
+            "backend",
+            FAIL,
+            str(exc),
+            "use --backend/--precision (COLRAG_BACKEND/COLRAG_PRECISION) values this machine has",
+        )
     detail = f"{requested_backend(backend)}: " + "; ".join(f"{g} on {where}" for g, where in graphs.items())
     if not openvino_installed():
         return Check("backend", OK, f"{detail} (OpenVINO not installed: {OPENVINO_HINT} runs the vision graphs faster)")
@@ -170,9 +185,15 @@ def check_bundle(part: str, bundle: Path, *, full: bool) -> Check:
     source = manifest.get("source") or "?"
     if manifest.get("revision"):
         source += f"@{str(manifest['revision'])[:12]}"
-    quant = (manifest.get("quantization") or {}).get("scheme") if isinstance(manifest.get("quantization"), dict) else None
+    quant = (
+        (manifest.get("quantization") or {}).get("scheme") if isinstance(manifest.get("quantization"), dict) else None
+    )
     how = "checksums verified" if full else "files present (--full re-hashes them)"
-    return Check(part, OK, f"{bundle}: {source}, {len(manifest['files'])} files, {size / GB:.2f} GB{', ' + quant if quant else ''}; {how}")
+    return Check(
+        part,
+        OK,
+        f"{bundle}: {source}, {len(manifest['files'])} files, {size / GB:.2f} GB{', ' + quant if quant else ''}; {how}",
+    )
 
 
 def _check_shared_vision(bundle: Path, manifest: dict) -> None:
@@ -201,7 +222,12 @@ def check_index(path: Path, retriever_manifest: dict | None, *, full: bool) -> C
             stats = index.stats()
             report = index.check(vectors=full)
     except sqlite3.DatabaseError as exc:  # a damaged catalog file
-        return Check("index", FAIL, f"{path}: the catalog cannot be read ({_first_line(exc)})", f"rebuild it: colrag index DIR --index {path}")
+        return Check(
+            "index",
+            FAIL,
+            f"{path}: the catalog cannot be read ({_first_line(exc)})",
+            f"rebuild it: colrag index DIR --index {path}",
+        )
     except ColragError as exc:
         if not (path / "manifest.json").is_file():
             return Check("index", FAIL, str(exc), "give --index the name or folder of an existing index")
@@ -209,19 +235,31 @@ def check_index(path: Path, retriever_manifest: dict | None, *, full: bool) -> C
     detail = f"{path}: {stats['documents']} documents, {stats['pages']} pages, {stats['bytes_on_disk'] / 1e6:.1f} MB"
     if not report.ok:
         more = f" (+{len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
-        return Check("index", FAIL, f"{detail}; damaged: {report.problems[0]}{more}", f"rebuild it: colrag index DIR --index {path}")
+        return Check(
+            "index",
+            FAIL,
+            f"{detail}; damaged: {report.problems[0]}{more}",
+            f"rebuild it: colrag index DIR --index {path}",
+        )
     if retriever_manifest is not None:
         from .bundle import bundle_id
 
         built = (index.manifest.get("retriever") or {}).get("bundle_id")
         if built and built != bundle_id(retriever_manifest):
             return Check(
-                "index", FAIL, f"{detail}; built with another retriever bundle ({built}) than the installed one",
+                "index",
+                FAIL,
+                f"{detail}; built with another retriever bundle ({built}) than the installed one",
                 "re-index into a new index (colrag index DIR --index NEW), or reinstall the retriever it was built with",
             )
     failed = stats.get("failed_documents", 0) + stats.get("failed_pages", 0)
     if failed:
-        return Check("index", WARN, f"{detail}; {stats['failed_documents']} documents and {stats['failed_pages']} pages failed", "colrag status shows them")
+        return Check(
+            "index",
+            WARN,
+            f"{detail}; {stats['failed_documents']} documents and {stats['failed_pages']} pages failed",
+            "colrag status shows them",
+        )
     if stats["pages"] == 0:
         return Check("index", WARN, f"{detail}: empty", "colrag index DIR")
     return Check("index", OK, detail + ("; vectors checked" if full else ""))
@@ -233,7 +271,9 @@ def check_disk(home: Path) -> Check:
     free = free_bytes(home)
     detail = f"{free / GB:.1f} GB free for {home}"
     if free < LOW_DISK_BYTES:
-        return Check("disk", WARN, detail, "free some space: indexing stores ~0.2 MB a page, installing models needs ~28 GB")
+        return Check(
+            "disk", WARN, detail, "free some space: indexing stores ~0.2 MB a page, installing models needs ~28 GB"
+        )
     return Check("disk", OK, detail)
 
 
@@ -246,25 +286,41 @@ def _guard(name: str, fn: Callable[[], Check]) -> Check:
     try:
         return fn()
     except Exception as exc:  # a doctor must not die of the disease it looks for
-        return Check(name, FAIL, f"the check itself failed: {exc.__class__.__name__}: {_first_line(exc)}", "run with COLRAG_DEBUG=1 and report it")
+        return Check(
+            name,
+            FAIL,
+            f"the check itself failed: {exc.__class__.__name__}: {_first_line(exc)}",
+            "run with COLRAG_DEBUG=1 and report it",
+        )
 
 
-def run_checks(*, models_dir: str | os.PathLike | None = None, index: str | os.PathLike | None = None, full: bool = False,
-               backend: str | None = None, precision: str | None = None) -> list[Check]:
+def run_checks(
+    *,
+    models_dir: str | os.PathLike | None = None,
+    index: str | os.PathLike | None = None,
+    full: bool = False,
+    backend: str | None = None,
+    precision: str | None = None,
+) -> list[Check]:
     """Every check, in the order a user would fix them."""
     from .bundle import load_manifest
     from .errors import ColragError
     from .paths import colrag_home, generator_dir, index_dir, retriever_dir
 
-    checks = [_guard("python", check_python), _guard("onnxruntime", check_onnxruntime),
-              _guard("backend", lambda: check_backend(backend, precision))]
+    checks = [
+        _guard("python", check_python),
+        _guard("onnxruntime", check_onnxruntime),
+        _guard("backend", lambda: check_backend(backend, precision)),
+    ]
     checks += [_guard(m, functools.partial(check_module, m, p, k)) for m, p, k in REQUIRED_MODULES]
     checks.append(_guard("faiss", check_faiss))
     home = colrag_home()
     checks.append(Check("home", OK, f"{home} (set COLRAG_HOME to move it)"))
     rdir, gdir = retriever_dir(None, models_dir), generator_dir(None, models_dir)
-    bundles = [_guard("retriever", lambda: check_bundle("retriever", rdir, full=full)),
-               _guard("generator", lambda: check_bundle("generator", gdir, full=full))]
+    bundles = [
+        _guard("retriever", lambda: check_bundle("retriever", rdir, full=full)),
+        _guard("generator", lambda: check_bundle("generator", gdir, full=full)),
+    ]
     checks += bundles
     checks.append(_guard("extras", lambda: check_extras(all(c.status == OK for c in bundles))))
     try:

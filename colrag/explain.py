@@ -53,7 +53,9 @@ COLORMAP = np.array(
 )
 
 
-def merged_grid(image_size: tuple[int, int], *, min_pixels: int, max_pixels: int, factor: int = IMAGE_FACTOR) -> tuple[int, int]:
+def merged_grid(
+    image_size: tuple[int, int], *, min_pixels: int, max_pixels: int, factor: int = IMAGE_FACTOR
+) -> tuple[int, int]:
     """(h, w) of the merged-token grid the retriever sees for an image of `image_size` = (width, height)."""
     from .preprocess import smart_resize
 
@@ -109,7 +111,9 @@ def _colorize(v: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(v, pos, COLORMAP[:, 1 + c]) for c in range(3)], axis=-1).astype(np.float32)
 
 
-def render_heatmap(page_image, smap: np.ndarray, out_path: str | os.PathLike, *, alpha: float = 0.6, legend: bool = False) -> Path:
+def render_heatmap(
+    page_image, smap: np.ndarray, out_path: str | os.PathLike, *, alpha: float = 0.6, legend: bool = False
+) -> Path:
     """Write a PNG: the page in light grayscale under a colour overlay of `smap`; returns its path.
 
     Each map cell covers its patch of the page (the grid spans the whole page, as the
@@ -157,7 +161,16 @@ def _with_legend(image, top: float, ImageDraw):
     return canvas
 
 
-def explain_page(retriever, query: str, page_image, page_vectors: np.ndarray, out_path: str | os.PathLike, *, mode: str = DEFAULT_MODE, legend: bool = True) -> Path:
+def explain_page(
+    retriever,
+    query: str,
+    page_image,
+    page_vectors: np.ndarray,
+    out_path: str | os.PathLike,
+    *,
+    mode: str = DEFAULT_MODE,
+    legend: bool = True,
+) -> Path:
     """One call for `search --explain` / `ask --show`: the heatmap PNG of `query` on a stored page.
 
     `page_image` must be the page as it was embedded (same render options, same size);

@@ -35,12 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from .backends import as_numpy, open_session, runs_on
 from .bundle import bundle_file, bundle_id, load_verified_manifest
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_PROMPT_TOKENS, SYSTEM_PROMPT
 from .errors import BundleError, InputError
 from .image_features import ImageFeatures
 from .prefix_cache import Prefix, PrefixCache, prefix_key
-from .backends import as_numpy, open_session, runs_on
 from .sampling import Sampler, SamplingParams
 
 
@@ -101,16 +101,29 @@ def _as_list(images) -> list:
 
 
 class Generator:
-    def __init__(self, bundle_dir: Path, manifest: dict, vision, decoder, embed_table: np.ndarray, tokenizer, image_config,
-                 prefix_cache: PrefixCache | None = None, prefill=None, *,
-                 vision_factory: Callable[[], Any] | None = None):
+    def __init__(
+        self,
+        bundle_dir: Path,
+        manifest: dict,
+        vision,
+        decoder,
+        embed_table: np.ndarray,
+        tokenizer,
+        image_config,
+        prefix_cache: PrefixCache | None = None,
+        prefill=None,
+        *,
+        vision_factory: Callable[[], Any] | None = None,
+    ):
         self.bundle_dir = bundle_dir
         self.prefix_cache = prefix_cache
         self.manifest = manifest
         self._vision_session = vision  # or None: created by vision_factory on the first image that needs it
         self._vision_factory = vision_factory
         self._decoder = decoder  # decode steps
-        self._prefill = prefill if prefill is not None else decoder  # the prompt (the same session unless chosen otherwise)
+        self._prefill = (
+            prefill if prefill is not None else decoder
+        )  # the prompt (the same session unless chosen otherwise)
         self._embed_table = embed_table  # (vocab, hidden), memory-mapped
         self.tokenizer = tokenizer
         self.image_config = image_config
@@ -128,7 +141,9 @@ class Generator:
         self.spatial_merge_size = int(manifest.get("spatial_merge_size", 2))
         self.max_prompt_tokens = MAX_PROMPT_TOKENS  # see constants.py for why this limit
         self._past_names = [f"past_{kv}_{i}" for i in range(self.num_layers) for kv in ("key", "value")]
-        self._output_names = ["logits"] + [f"present_{kv}_{i}" for i in range(self.num_layers) for kv in ("key", "value")]
+        self._output_names = ["logits"] + [
+            f"present_{kv}_{i}" for i in range(self.num_layers) for kv in ("key", "value")
+        ]
 
     @property
     def runtimes(self) -> dict[str, str]:
@@ -138,9 +153,16 @@ class Generator:
 
     # -- loading -------------------------------------------------------------------
     @classmethod
-    def load(cls, bundle_dir: str | os.PathLike, *, threads: int | None = None, device: str | None = None,
-             prefix_cache: PrefixCache | None | bool = True, backend: str | None = None,
-             precision: str | None = None) -> "Generator":
+    def load(
+        cls,
+        bundle_dir: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        device: str | None = None,
+        prefix_cache: PrefixCache | bool | None = True,
+        backend: str | None = None,
+        precision: str | None = None,
+    ) -> Generator:
         """prefix_cache: True (default) keeps recent pages' prompt k/v in memory, so a second
         question on the same image skips the vision tower and most of the prefill; pass a
         PrefixCache (e.g. with a folder, to keep them across processes) or False for none.
@@ -153,11 +175,15 @@ class Generator:
         manifest = load_verified_manifest(bundle_dir, "generator")  # sha256 on first load, then stamps
         graphs = manifest["graphs"]
         try:
-            table = np.load(bundle_file(bundle_dir, manifest, graphs["embed_tokens"]), mmap_mode="r", allow_pickle=False)
+            table = np.load(
+                bundle_file(bundle_dir, manifest, graphs["embed_tokens"]), mmap_mode="r", allow_pickle=False
+            )
         except ValueError as exc:
             raise BundleError(f"{bundle_dir}: unreadable embedding table: {exc}") from exc
         if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
-            raise BundleError(f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})")
+            raise BundleError(
+                f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})"
+            )
         opts: dict[str, Any] = dict(backend=backend, precision=precision, threads=threads, device=device)
         vision_path = cls._vision_graph(bundle_dir, manifest)  # checked now, loaded when an image needs it
         shared = manifest.get("shared_vision") if "vision" not in graphs else None
@@ -171,8 +197,18 @@ class Generator:
         image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
         if prefix_cache is True:
             prefix_cache = PrefixCache()
-        return cls(bundle_dir, manifest, None, decoder, table, tokenizer, image_config, prefix_cache or None, prefill=prefill,
-                   vision_factory=lambda: open_session(vision_path, graph="vision", cache_key=vision_key, **opts))
+        return cls(
+            bundle_dir,
+            manifest,
+            None,
+            decoder,
+            table,
+            tokenizer,
+            image_config,
+            prefix_cache or None,
+            prefill=prefill,
+            vision_factory=lambda: open_session(vision_path, graph="vision", cache_key=vision_key, **opts),
+        )
 
     @property
     def _vision(self):
@@ -211,7 +247,9 @@ class Generator:
         name = shared["graph"]
         info = other_manifest["files"].get(name)
         if info is None or info.get("sha256") != shared.get("sha256"):
-            raise BundleError(f"{bundle_dir}: the shared vision graph {other / name} is not the one exported with; re-export the generator")
+            raise BundleError(
+                f"{bundle_dir}: the shared vision graph {other / name} is not the one exported with; re-export the generator"
+            )
         return bundle_file(other, other_manifest, name)
 
     # -- inputs ----------------------------------------------------------------------
@@ -260,9 +298,16 @@ class Generator:
     ) -> Generation:
         """Answer `prompt` about `images` (PIL images or paths; none for text only)."""
         result = Generation()
-        for _ in self._tokens(prompt, images, result, max_new_tokens=max_new_tokens, max_pixels=max_pixels, system=system,
-                              params=SamplingParams(temperature, top_p, top_k, repetition_penalty, seed),
-                              min_new_tokens=min_new_tokens):
+        for _ in self._tokens(
+            prompt,
+            images,
+            result,
+            max_new_tokens=max_new_tokens,
+            max_pixels=max_pixels,
+            system=system,
+            params=SamplingParams(temperature, top_p, top_k, repetition_penalty, seed),
+            min_new_tokens=min_new_tokens,
+        ):
             pass
         result.text = self._decode_text(result.token_ids)
         return result
@@ -292,9 +337,16 @@ class Generator:
         result = result if result is not None else Generation()
         decoder = IncrementalDecoder(self.tokenizer)
         pieces: list[str] = []
-        for token in self._tokens(prompt, images, result, max_new_tokens=max_new_tokens, max_pixels=max_pixels, system=system,
-                                  params=SamplingParams(temperature, top_p, top_k, repetition_penalty, seed),
-                                  min_new_tokens=min_new_tokens):
+        for token in self._tokens(
+            prompt,
+            images,
+            result,
+            max_new_tokens=max_new_tokens,
+            max_pixels=max_pixels,
+            system=system,
+            params=SamplingParams(temperature, top_p, top_k, repetition_penalty, seed),
+            min_new_tokens=min_new_tokens,
+        ):
             if token in self.eos_ids:
                 continue
             piece = decoder.add(token)
@@ -354,7 +406,11 @@ class Generator:
             )  # (n_image_tokens, H)
             result.vision_s = time.perf_counter() - start
         position_ids, rope_deltas = get_rope_index(
-            ids, grids, np.ones_like(ids), spatial_merge_size=self.spatial_merge_size, image_token_id=self.image_token_id
+            ids,
+            grids,
+            np.ones_like(ids),
+            spatial_merge_size=self.spatial_merge_size,
+            image_token_id=self.image_token_id,
         )  # (3, 1, S), (1, 1)
         result.n_prompt_tokens = int(ids.shape[1])
         result.n_image_tokens = int(slots.sum())
@@ -396,14 +452,25 @@ class Generator:
         outs = session.run({**feeds, **dict(zip(self._past_names, past))}, self._output_names)
         return as_numpy(outs[0]), list(outs[1:])  # logits (1, 1, V) on the host; present k/v as they are
 
-    def _tokens(self, prompt, images, result: Generation, *, max_new_tokens: int, max_pixels, system: str,
-                params: SamplingParams, min_new_tokens: int) -> Iterator[int]:
+    def _tokens(
+        self,
+        prompt,
+        images,
+        result: Generation,
+        *,
+        max_new_tokens: int,
+        max_pixels,
+        system: str,
+        params: SamplingParams,
+        min_new_tokens: int,
+    ) -> Iterator[int]:
         """Run prefill then decode; yield each new token id as soon as it is chosen."""
         if max_new_tokens < 1:
             raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
         images = _as_list(images)
         prompt_ids, embeds, position_ids, rope_delta, past, (key, n_prefix) = self._prefill_inputs(
-            prompt, images, result, max_pixels, system)
+            prompt, images, result, max_pixels, system
+        )
         sampler = Sampler(params, self.eos_ids, min_new_tokens)
         seen = list(prompt_ids)  # the repetition penalty covers the prompt too, as in transformers
 
@@ -411,7 +478,11 @@ class Generator:
         if past is None:
             past = [np.zeros((1, self.num_kv_heads, 0, self.head_dim), dtype=np.float32)] * len(self._past_names)
         n_past = len(prompt_ids)
-        feeds = {"inputs_embeds": embeds, "position_ids": position_ids, "attention_mask": np.ones((1, n_past), dtype=np.int64)}
+        feeds = {
+            "inputs_embeds": embeds,
+            "position_ids": position_ids,
+            "attention_mask": np.ones((1, n_past), dtype=np.int64),
+        }
         logits, past = self._decoder_step(feeds, past, self._prefill)  # (1, 1, V), 2L × (1, kv, S, hd)
         token = sampler(logits[0, -1], seen, 0)
         result.prefill_s = time.perf_counter() - start

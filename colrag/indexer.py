@@ -76,11 +76,17 @@ class IndexReport:
 
     def as_dict(self) -> dict:
         return {
-            "files": self.files, "indexed_files": self.indexed_files, "skipped_files": self.skipped_files,
-            "removed_files": self.removed_files, "kept_files": self.kept_files,
+            "files": self.files,
+            "indexed_files": self.indexed_files,
+            "skipped_files": self.skipped_files,
+            "removed_files": self.removed_files,
+            "kept_files": self.kept_files,
             "unreadable_folders": [{"folder": f, "reason": r} for f, r in self.unreadable_folders],
-            "pages": self.pages, "seconds": round(self.seconds, 3),
-            "failures": [{"file": f.path, "page": f.page, "reason": f.reason, "previous": f.previous} for f in self.failures],
+            "pages": self.pages,
+            "seconds": round(self.seconds, 3),
+            "failures": [
+                {"file": f.path, "page": f.page, "reason": f.reason, "previous": f.previous} for f in self.failures
+            ],
             "warnings": [{"file": f.path, "page": f.page, "reason": f.reason} for f in self.warnings],
         }
 
@@ -168,10 +174,20 @@ class Indexer:
                 continue
             current, indexing = self.index.lookup(key)
             unchanged = current is not None and (current.size, current.mtime_ns) == (st.st_size, st.st_mtime_ns)
-            if current is not None and unchanged and current.status == "failed" and indexing is None and not self._retry(current):
+            if (
+                current is not None
+                and unchanged
+                and current.status == "failed"
+                and indexing is None
+                and not self._retry(current)
+            ):
                 report.failures.append(Failure(key, None, current.error or "failed", previous=True))
                 continue
-            fresh = current is not None and current.status == "done" and not (self.retry_failed and self._has_page_errors(current))
+            fresh = (
+                current is not None
+                and current.status == "done"
+                and not (self.retry_failed and self._has_page_errors(current))
+            )
             if fresh and indexing is None and unchanged:
                 self._skip(current, report)
                 continue
@@ -254,7 +270,9 @@ class Indexer:
     def _features_arg(self, feats: list) -> list | None:
         return feats if self._with_features else None
 
-    def _one_page(self, doc, number: int, key: str, pages: list, errors: list, report: IndexReport, feats: list) -> bool:
+    def _one_page(
+        self, doc, number: int, key: str, pages: list, errors: list, report: IndexReport, feats: list
+    ) -> bool:
         """Render and embed one page into `pages` (its vision-tower output into `feats`), or record why not in `errors`."""
         try:
             rendered = render_page(doc, number - 1, self.render)

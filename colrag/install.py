@@ -69,7 +69,9 @@ GENERATOR = ModelSpec(
     repo_id="Qwen/Qwen2-VL-2B-Instruct",
     revision="main",  # TODO: pin a commit sha
     download_bytes=int(4.5 * GB),
-    bundle_bytes=int(9.8 * GB),  # fp32: decoder with its own lm_head 6.2 GB + embedding table 0.9 GB + vision 2.7 GB (none when shared)
+    bundle_bytes=int(
+        9.8 * GB
+    ),  # fp32: decoder with its own lm_head 6.2 GB + embedding table 0.9 GB + vision 2.7 GB (none when shared)
 )
 SPECS = {spec.part: spec for spec in (RETRIEVER, GENERATOR)}
 
@@ -158,7 +160,9 @@ def check_resources(
     bundle_need = int(sum(s.bundle_bytes for s in specs) * DISK_MARGIN)
     download_need = 0
     if cache_dir is not None:
-        download_need = int(sum(max(0, s.download_bytes - cached_bytes(cache_dir, s.repo_id)) for s in downloads) * DISK_MARGIN)
+        download_need = int(
+            sum(max(0, s.download_bytes - cached_bytes(cache_dir, s.repo_id)) for s in downloads) * DISK_MARGIN
+        )
     needs: dict[Path, int] = {}
     devices: dict[Path, int] = {}
     for folder, need in ((models_dir, bundle_need), (cache_dir, download_need)):
@@ -188,7 +192,9 @@ def check_resources(
     if ram is None:
         warnings.append("could not tell this machine's memory; exporting a 2B model needs about 14 GB")
     elif ram < ram_need:
-        problems.append(f"not enough memory: exporting needs about {ram_need / GB:.0f} GB of RAM, this machine has {ram / GB:.1f} GB")
+        problems.append(
+            f"not enough memory: exporting needs about {ram_need / GB:.0f} GB of RAM, this machine has {ram / GB:.1f} GB"
+        )
     return ResourceCheck(problems, warnings)
 
 
@@ -247,7 +253,9 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
     where = f"{spec.repo_id} (revision {spec.revision})"
     alternative = LOCAL_CHECKPOINTS_HINT
     offline = hub_offline()
-    _log(f"{spec.part}: {'looking up' if offline else 'downloading'} {where} {'in' if offline else 'into'} {cache_dir or hub_cache_dir()}")
+    _log(
+        f"{spec.part}: {'looking up' if offline else 'downloading'} {where} {'in' if offline else 'into'} {cache_dir or hub_cache_dir()}"
+    )
     try:
         path = snapshot_download(
             spec.repo_id,
@@ -267,7 +275,9 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
             f"check your connection (or HF_ENDPOINT / proxy settings) and run again — finished files are kept — {alternative}"
         ) from exc
     except GatedRepoError as exc:
-        raise ColragError(f"{spec.repo_id} is gated: accept its terms on the Hub and log in (hf auth login), {alternative}") from exc
+        raise ColragError(
+            f"{spec.repo_id} is gated: accept its terms on the Hub and log in (hf auth login), {alternative}"
+        ) from exc
     except RevisionNotFoundError as exc:
         raise ColragError(f"{spec.repo_id} has no revision {spec.revision!r} on the Hub: {_first_line(exc)}") from exc
     except RepositoryNotFoundError as exc:
@@ -278,7 +288,9 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
         raise ColragError(f"downloading {where} failed: {_first_line(exc)}; run again to resume") from exc
     except Exception as exc:  # httpx errors (proxy, protocol) are not OSErrors
         if exc.__class__.__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
-            raise ColragError(f"downloading {where} failed: {exc.__class__.__name__}: {_first_line(exc)}; run again to resume") from exc
+            raise ColragError(
+                f"downloading {where} failed: {exc.__class__.__name__}: {_first_line(exc)}; run again to resume"
+            ) from exc
         raise
     path = Path(path)
     verify_snapshot(path)
@@ -358,7 +370,14 @@ def _check_checkpoint_dir(path: Path, part: str) -> Path:
 
 
 def _export(
-    part: str, src: Path, target: Path, *, quantize: str, share_vision_with: Path | None, replace: bool, verbose: bool = False
+    part: str,
+    src: Path,
+    target: Path,
+    *,
+    quantize: str,
+    share_vision_with: Path | None,
+    replace: bool,
+    verbose: bool = False,
 ) -> dict:
     """Export into `target`; `replace` lets the exporter replace a bundle of this kind there (nothing else)."""
     if part == "retriever":
@@ -368,8 +387,12 @@ def _export(
     try:
         from .export.generator import export_generator
     except ImportError as exc:
-        raise ColragError(f"this colrag cannot export the generator yet ({_first_line(exc)}); install with --only retriever") from exc
-    return export_generator(src, target, share_vision_with=share_vision_with, quantize=quantize, force=replace, verbose=verbose)
+        raise ColragError(
+            f"this colrag cannot export the generator yet ({_first_line(exc)}); install with --only retriever"
+        ) from exc
+    return export_generator(
+        src, target, share_vision_with=share_vision_with, quantize=quantize, force=replace, verbose=verbose
+    )
 
 
 @contextlib.contextmanager
@@ -467,11 +490,18 @@ def install(
         if part == "retriever":
             generator = _healthy(models_dir / "generator", "generator")
             if generator is not None and generator.get("shared_vision") and "generator" not in todo:
-                _log("warning: the installed generator shares this retriever's vision graph: reinstall it too (--reinstall --only generator)")
+                _log(
+                    "warning: the installed generator shares this retriever's vision graph: reinstall it too (--reinstall --only generator)"
+                )
         _log(f"{part}: exporting {checkpoints[part]} to {target} (quantize: {quantize})")
         with contextlib.redirect_stdout(sys.stderr):  # torch.onnx prints its progress: keep stdout for results
             manifest = _export(
-                part, checkpoints[part], target, quantize=quantize, share_vision_with=share, replace=replaces[part],
+                part,
+                checkpoints[part],
+                target,
+                quantize=quantize,
+                share_vision_with=share,
+                replace=replaces[part],
                 verbose=verbose,
             )
         results[part] = _result(part, target, "installed", manifest)

@@ -94,8 +94,12 @@ def _warn(message: str) -> None:
 
 
 class PrefixCache:
-    def __init__(self, memory_bytes: int = DEFAULT_MEMORY_BYTES, folder: str | os.PathLike | None = None,
-                 disk_bytes: int = DEFAULT_DISK_BYTES):
+    def __init__(
+        self,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        folder: str | os.PathLike | None = None,
+        disk_bytes: int = DEFAULT_DISK_BYTES,
+    ):
         self.memory_bytes = int(memory_bytes)
         self.folder = Path(folder).expanduser() if folder else None
         self.disk_bytes = int(disk_bytes)
@@ -160,8 +164,10 @@ class PrefixCache:
             path.unlink(missing_ok=True)  # damaged or foreign: a miss, and not kept
             return None
         if stored != prefix_checksum(key, ids, past):
-            _warn(f"prefix cache file {path.name} fails its checksum (altered or damaged): "
-                  "ignored, the page is recomputed")
+            _warn(
+                f"prefix cache file {path.name} fails its checksum (altered or damaged): "
+                "ignored, the page is recomputed"
+            )
             path.unlink(missing_ok=True)
             return None
         os.utime(path)  # least recently used goes first
@@ -175,8 +181,11 @@ class PrefixCache:
             try:
                 with os.fdopen(fd, "wb") as f:
                     arrays: dict[str, Any] = {f"past_{i}": a for i, a in enumerate(prefix.past)}
-                    arrays.update(format=np.int64(FORMAT), checksum=np.str_(prefix_checksum(key, prefix.ids, prefix.past)),
-                                  ids=prefix.ids)
+                    arrays.update(
+                        format=np.int64(FORMAT),
+                        checksum=np.str_(prefix_checksum(key, prefix.ids, prefix.past)),
+                        ids=prefix.ids,
+                    )
                     np.savez(f, **arrays)
                 os.replace(tmp, self._path(key))
             except BaseException:

@@ -42,12 +42,16 @@ from .errors import InputError
 MAX_ASPECT_RATIO = 200
 
 
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280
+) -> tuple[int, int]:
     """Target (height, width): multiples of `factor`, area within the caps, aspect kept."""
     if min(height, width) <= 0:
         raise InputError(f"image has no pixels ({width}x{height})")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise InputError(f"image aspect ratio {max(height, width) / min(height, width):.0f}:1 is too extreme (the limit is {MAX_ASPECT_RATIO}:1)")
+        raise InputError(
+            f"image aspect ratio {max(height, width) / min(height, width):.0f}:1 is too extreme (the limit is {MAX_ASPECT_RATIO}:1)"
+        )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -72,7 +76,7 @@ class ImageProcessorConfig:
     max_pixels: int = GENERATOR_MAX_PIXELS
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "ImageProcessorConfig":
+    def from_json(cls, path: str | os.PathLike) -> ImageProcessorConfig:
         """Read a `preprocessor_config.json` (old min/max_pixels keys or the newer `size` dict)."""
         path = Path(path)
         if not path.is_file():
@@ -190,7 +194,9 @@ def _reduction(width: int, height: int, target_pixels: int | None) -> int:
     return max(1, int(math.sqrt(width * height / target_pixels) / 2))
 
 
-def preprocess_image(image, config: ImageProcessorConfig | None = None, *, min_pixels: int | None = None, max_pixels: int | None = None) -> PreprocessedImage:
+def preprocess_image(
+    image, config: ImageProcessorConfig | None = None, *, min_pixels: int | None = None, max_pixels: int | None = None
+) -> PreprocessedImage:
     """One PIL image → pixel_values (gh*gw, 1176) float32, grid_thw (1, gh, gw), n_tokens gh*gw/4."""
     cfg = config or ImageProcessorConfig()
     from PIL import Image

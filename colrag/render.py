@@ -26,8 +26,16 @@ PDF_SUFFIX = ".pdf"
 # (tests/test_kinds.py indexes one of each). A folder is searched for these; a file of
 # another kind given by name is refused, by name, in the report. (WebP: pymupdf cannot open it.)
 DOCUMENT_KINDS = {
-    ".pdf": "PDF", ".xps": "XPS", ".oxps": "XPS", ".epub": "EPUB", ".cbz": "CBZ",
-    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
+    ".pdf": "PDF",
+    ".xps": "XPS",
+    ".oxps": "XPS",
+    ".epub": "EPUB",
+    ".cbz": "CBZ",
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
 }
 DOCUMENT_SUFFIXES = tuple(DOCUMENT_KINDS)
 KINDS_TEXT = "PDF, XPS, EPUB and CBZ documents and PNG, JPEG and TIFF images"
@@ -175,7 +183,9 @@ def render_page(doc, index: int, opts: RenderOptions = RenderOptions()) -> Rende
     return RenderedPage(number=index + 1, image=image, warnings=_warnings(pymupdf))
 
 
-def iter_pages(doc, opts: RenderOptions = RenderOptions(), start: int = 0) -> Iterator[RenderedPage | tuple[int, Exception]]:
+def iter_pages(
+    doc, opts: RenderOptions = RenderOptions(), start: int = 0
+) -> Iterator[RenderedPage | tuple[int, Exception]]:
     """Render pages one at a time; a page that fails yields (page_number, exception)."""
     for i in range(start, doc.page_count):
         try:

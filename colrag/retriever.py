@@ -20,19 +20,29 @@ from typing import Any
 
 import numpy as np
 
+from .backends import as_numpy, open_session
 from .bundle import bundle_file, bundle_id, load_embedding_table, load_verified_manifest
 from .constants import IMAGE_PAD_ID, MAX_QUERY_TOKENS, PAD_ID
 from .errors import BundleError, InputError
 from .image_features import ImageFeatures
 from .preprocess import ImageProcessorConfig, preprocess_image, vision_rot_pos_ids
 from .rope import get_rope_index
-from .backends import as_numpy, open_session
 from .tokenization import Tokenizer, pad_left, retriever_page_ids, retriever_query_ids
 
 
 class Retriever:
-    def __init__(self, bundle_dir: Path, manifest: dict, vision, text, embed_table: np.ndarray, tokenizer: Tokenizer,
-                 image_config: ImageProcessorConfig, *, vision_factory: Callable[[], Any] | None = None):
+    def __init__(
+        self,
+        bundle_dir: Path,
+        manifest: dict,
+        vision,
+        text,
+        embed_table: np.ndarray,
+        tokenizer: Tokenizer,
+        image_config: ImageProcessorConfig,
+        *,
+        vision_factory: Callable[[], Any] | None = None,
+    ):
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self._vision_session = vision  # None until the first page: answering a question needs only the text graph
@@ -58,22 +68,40 @@ class Retriever:
         return {name: f"{s.backend} {s.precision}" for name, s in (("vision", self._vision), ("text", self._text))}
 
     @classmethod
-    def load(cls, bundle_dir: str | os.PathLike, *, threads: int | None = None, device: str | None = None,
-             backend: str | None = None, precision: str | None = None) -> "Retriever":
+    def load(
+        cls,
+        bundle_dir: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        device: str | None = None,
+        backend: str | None = None,
+        precision: str | None = None,
+    ) -> Retriever:
         """backend: auto | onnxruntime | openvino, precision: auto | f32 | bf16 (None: COLRAG_BACKEND /
         COLRAG_PRECISION, else auto; colrag.backends says what auto picks per graph)."""
         bundle_dir = Path(bundle_dir).expanduser()
         manifest = load_verified_manifest(bundle_dir, "retriever")  # sha256 on first load, then stamps
         graphs = manifest["graphs"]
         table = load_embedding_table(bundle_dir, manifest)
-        opts: dict[str, Any] = dict(backend=backend, precision=precision, threads=threads, device=device,
-                                    cache_key=bundle_id(manifest))
-        vision_path = bundle_file(bundle_dir, manifest, graphs["vision"])  # a bundle without it fails now, not at the first page
+        opts: dict[str, Any] = dict(
+            backend=backend, precision=precision, threads=threads, device=device, cache_key=bundle_id(manifest)
+        )
+        vision_path = bundle_file(
+            bundle_dir, manifest, graphs["vision"]
+        )  # a bundle without it fails now, not at the first page
         text = open_session(bundle_file(bundle_dir, manifest, graphs["text"]), graph="text", **opts)
         tokenizer = Tokenizer.from_dir(bundle_dir)
         image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
-        return cls(bundle_dir, manifest, None, text, table, tokenizer, image_config,
-                   vision_factory=lambda: open_session(vision_path, graph="vision", **opts))
+        return cls(
+            bundle_dir,
+            manifest,
+            None,
+            text,
+            table,
+            tokenizer,
+            image_config,
+            vision_factory=lambda: open_session(vision_path, graph="vision", **opts),
+        )
 
     @property
     def _vision(self):
@@ -137,7 +165,9 @@ class Retriever:
             out += self._embed_sequences(seqs, [], None)
         return out
 
-    def _embed_sequences(self, seqs: list[list[int]], image_embeds: list[np.ndarray], grids: np.ndarray | None) -> list[np.ndarray]:
+    def _embed_sequences(
+        self, seqs: list[list[int]], image_embeds: list[np.ndarray], grids: np.ndarray | None
+    ) -> list[np.ndarray]:
         """Left-pad token sequences, splice in image features, run the LM; strip padding."""
         ids, mask = pad_left(seqs, PAD_ID)  # (B, S) each
         embeds = np.asarray(self._embed_table[ids.reshape(-1)], dtype=np.float32).reshape(*ids.shape, -1)  # (B, S, H)
@@ -149,7 +179,11 @@ class Retriever:
             embeds[slots] = feats
         position_ids, _ = get_rope_index(ids, grids, mask, image_token_id=self._image_token_id)  # (3, B, S)
         (vectors,) = self._text.run(
-            {"inputs_embeds": embeds, "position_ids": position_ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+            {
+                "inputs_embeds": embeds,
+                "position_ids": position_ids.astype(np.int64),
+                "attention_mask": mask.astype(np.int64),
+            }
         )  # (B, S, dim)
         vectors = as_numpy(vectors)
         return [np.ascontiguousarray(vectors[b][mask[b].astype(bool)], dtype=np.float32) for b in range(len(seqs))]

@@ -13,7 +13,14 @@ import numpy as np
 from .constants import IMAGE_PAD_ID, MERGE_SIZE
 
 
-def get_rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, spatial_merge_size: int = MERGE_SIZE, image_token_id: int = IMAGE_PAD_ID):
+def get_rope_index(
+    input_ids,
+    image_grid_thw=None,
+    attention_mask=None,
+    *,
+    spatial_merge_size: int = MERGE_SIZE,
+    image_token_id: int = IMAGE_PAD_ID,
+):
     """position_ids (3, B, S) int64 and rope_deltas (B, 1) int64.
 
     rope_deltas[b] = max position + 1 - number of real tokens: a decode step at

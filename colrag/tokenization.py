@@ -29,7 +29,7 @@ class Tokenizer:
         self._tok = tokenizer
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike) -> "Tokenizer":
+    def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         file = Path(path) / "tokenizer.json"
@@ -99,7 +99,9 @@ def expand_image_pads(ids: Sequence[int], image_token_counts: Sequence[int]) -> 
     """Replace the k-th <|image_pad|> id by image_token_counts[k] copies of it."""
     slots = [i for i, t in enumerate(ids) if t == IMAGE_PAD_ID]
     if len(slots) != len(image_token_counts):
-        raise InputError(f"the prompt has {len(slots)} image slots for {len(image_token_counts)} images (is there an image token in the text?)")
+        raise InputError(
+            f"the prompt has {len(slots)} image slots for {len(image_token_counts)} images (is there an image token in the text?)"
+        )
     out: list[int] = []
     prev = 0
     for slot, count in zip(slots, image_token_counts):
@@ -120,13 +122,17 @@ def retriever_page_ids(tokenizer: Tokenizer, n_image_tokens: int, prompt: str = 
     return expand_image_pads(tokenizer.encode(prompt), [n_image_tokens])
 
 
-def retriever_query_ids(tokenizer: Tokenizer, query: str, prefix: str = RETRIEVER_QUERY_PREFIX, suffix: str = RETRIEVER_QUERY_SUFFIX) -> list[int]:
+def retriever_query_ids(
+    tokenizer: Tokenizer, query: str, prefix: str = RETRIEVER_QUERY_PREFIX, suffix: str = RETRIEVER_QUERY_SUFFIX
+) -> list[int]:
     """ColQwen2's query: "Query: " + q + "<|endoftext|>" * 10 + "\n" (as ColQwen2Processor.process_queries)."""
     _check_user_text(query)
     return tokenizer.encode(prefix + query + suffix)
 
 
-def chat_prompt_ids(tokenizer: Tokenizer, question: str, image_token_counts: Sequence[int], system: str = SYSTEM_PROMPT) -> list[int]:
+def chat_prompt_ids(
+    tokenizer: Tokenizer, question: str, image_token_counts: Sequence[int], system: str = SYSTEM_PROMPT
+) -> list[int]:
     """The Qwen2-VL-Instruct chat prompt: system turn, user turn with the images first, assistant header.
 
     The text is tokenised in one piece with one <|image_pad|> per image (so whitespace and

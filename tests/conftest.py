@@ -6,6 +6,9 @@ import pytest
 
 from tests.tiny_models import PDF_DIR, SHARED, TOKENIZER_DIR
 
+# The tiny generator checkpoints and bundles, shared by every test module that names them.
+pytest_plugins = ["tests.generator_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _own_colrag_home(tmp_path, monkeypatch):

@@ -88,6 +88,7 @@ def tiny_generator_bundle(tiny_qwen2vl_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen2vl_shared_checkpoint(tiny_colqwen2_checkpoint, tmp_path_factory):
     """A generator checkpoint whose vision tower has exactly the tiny retriever's weights."""
+
     def build():
         import torch
         from transformers import ColQwen2ForRetrieval

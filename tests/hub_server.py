@@ -77,7 +77,7 @@ class HubServer:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         handler = type("Handler", (_Handler,), {"hub": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -91,7 +91,7 @@ class HubServer:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -106,7 +106,11 @@ class HubServer:
     def downloaded(self, repo_id: str) -> set[str]:
         """Paths of `repo_id` fetched with GET."""
         prefix = f"/{repo_id}/resolve/"
-        return {path[len(prefix) :].split("/", 1)[1] for m, path, _ in self.requests if m == "GET" and path.startswith(prefix)}
+        return {
+            path[len(prefix) :].split("/", 1)[1]
+            for m, path, _ in self.requests
+            if m == "GET" and path.startswith(prefix)
+        }
 
     # -- routing ----------------------------------------------------------------------
     def resolve_revision(self, repo: _Repo, rev: str) -> bool:
@@ -128,7 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # -- helpers --------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *, head: bool = False) -> None:
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *, head: bool = False
+    ) -> None:
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -143,7 +149,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, code: str, message: str, *, head: bool = False) -> None:
         body = json.dumps({"error": message}).encode()
-        self._send(status, body, {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message}, head=head)
+        self._send(
+            status,
+            body,
+            {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message},
+            head=head,
+        )
 
     # -- verbs ----------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -167,10 +178,19 @@ class _Handler(BaseHTTPRequestHandler):
             if not hub.resolve_revision(repo, rev):
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head=head)
             if kind == "revision":
-                return self._json(200, {
-                    "id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.sha, "private": False, "gated": False,
-                    "disabled": False, "tags": [], "siblings": [{"rfilename": p} for p in sorted(repo.files)],
-                })
+                return self._json(
+                    200,
+                    {
+                        "id": repo.repo_id,
+                        "modelId": repo.repo_id,
+                        "sha": repo.sha,
+                        "private": False,
+                        "gated": False,
+                        "disabled": False,
+                        "tags": [],
+                        "siblings": [{"rfilename": p} for p in sorted(repo.files)],
+                    },
+                )
             return self._json(200, repo.tree())  # one page: no Link header
         repo, rest = hub.find_repo(path.lstrip("/"))
         if repo is None:

@@ -54,7 +54,12 @@ class FakeRetriever:
         out = []
         for text in texts:
             words = ["Query:", *text.split()] + ["<pad>"] * 4
-            vecs = [np.random.default_rng(int.from_bytes(hashlib.sha256(f"{self.seed}/{w}".encode()).digest()[:8], "little")).standard_normal(self.dim) for w in words]
+            vecs = [
+                np.random.default_rng(
+                    int.from_bytes(hashlib.sha256(f"{self.seed}/{w}".encode()).digest()[:8], "little")
+                ).standard_normal(self.dim)
+                for w in words
+            ]
             out.append(_unit(np.stack(vecs).astype(np.float32)))
         return out
 
@@ -112,9 +117,7 @@ class LineProgress:
 
 def main(argv: list[str]) -> int:
     from colrag.indexer import Indexer
-    from colrag.store import Index, RetrieverInfo
-
-    from colrag.store import coarse
+    from colrag.store import Index, RetrieverInfo, coarse
 
     slow = 0.0
     if "--slow" in argv:

@@ -12,7 +12,6 @@ pytest.importorskip("transformers")
 
 from typer.testing import CliRunner
 
-from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: F401
 from tests.test_ask_cli import SMALL, cli, tiny_index  # noqa: F401
 
 

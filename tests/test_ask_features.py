@@ -20,13 +20,6 @@ pytest.importorskip("transformers")
 
 from typer.testing import CliRunner
 
-from tests.generator_fixtures import (  # noqa: F401
-    tiny_generator_bundle,
-    tiny_qwen2vl_checkpoint,
-    tiny_qwen2vl_shared_checkpoint,
-    tiny_shared_generator_bundle,
-)
-
 PDFS = ["01_chart_paper_tracemonkey.pdf", "03_chart_usda_ag_energy_roundup.pdf", "12_rotated90_nics_table.pdf"]
 QUESTIONS = ["What does the chart show?", "この表の合計はいくつですか?"]
 
@@ -212,7 +205,9 @@ def test_damaged_features_fall_back_are_reported_and_repaired(
     assert "repair:" in run.stderr and file.name in run.stderr
     status = CliRunner().invoke(cli, ["status", "--index", str(index), "--json", "--check"])
     stats = json.loads(status.stdout)
-    assert stats["index"]["pages_with_features"] == stats["index"]["pages"] == 16 and stats["check"]["ok"], stats["check"]
+    assert stats["index"]["pages_with_features"] == stats["index"]["pages"] == 16 and stats["check"]["ok"], stats[
+        "check"
+    ]
     got, err = _ask(cli, index, tiny_retriever_bundle, tiny_shared_generator_bundle, QUESTIONS[0])
     assert got == {**want, "timings": got["timings"]} and "note:" not in err
 

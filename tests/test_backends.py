@@ -17,21 +17,23 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import colrag  # noqa: E402
-from colrag import backends  # noqa: E402
-from colrag.compare import row_cosines  # noqa: E402
-from colrag.errors import ColragError  # noqa: E402
-from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: E402,F401
-from tests.test_retriever import synthetic_page  # noqa: E402
+import colrag
+from colrag import backends
+from colrag.compare import row_cosines
+from colrag.errors import ColragError
+from tests.test_retriever import synthetic_page
 
 F32_TOL = 1e-4
 BF16_MIN_COSINE = 0.998
 QUERIES = ["What does the chart show?", "total revenue by year", "このページの内容は？"]
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'colrag[openvino]')")
+needs_openvino = pytest.mark.skipif(
+    not HAS_OPENVINO, reason="openvino is not installed (pip install 'colrag[openvino]')"
+)
 
 
 # -- choice rules (no OpenVINO needed) ----------------------------------------------------
+
 
 def test_explicit_backend_applies_to_every_graph():
     assert {backends.graph_backend(g, "onnxruntime") for g in backends.GRAPHS} == {"onnxruntime"}
@@ -86,8 +88,11 @@ def test_onnxruntime_session_names_shapes_and_numpy_outputs(tiny_retriever_bundl
     assert (s.backend, s.precision) == ("onnxruntime", "f32")
     assert list(s.inputs) == ["inputs_embeds", "position_ids", "attention_mask"] and len(s.inputs["position_ids"]) == 3
     hidden = s.inputs["inputs_embeds"][-1]
-    feeds = {"inputs_embeds": np.zeros((1, 4, hidden), np.float32), "position_ids": np.tile(np.arange(4), (3, 1, 1)),
-             "attention_mask": np.ones((1, 4), np.int64)}
+    feeds = {
+        "inputs_embeds": np.zeros((1, 4, hidden), np.float32),
+        "position_ids": np.tile(np.arange(4), (3, 1, 1)),
+        "attention_mask": np.ones((1, 4), np.int64),
+    }
     (out,) = s.run(feeds)
     assert isinstance(out, np.ndarray) and out.shape[:2] == (1, 4) and out.shape[2] == 128
 
@@ -142,7 +147,8 @@ def test_openvino_f32_greedy_tokens_equal_onnxruntime(tiny_generator_bundle, siz
     images = [synthetic_image(w, h, s) for w, h, s in sizes]
     question = "Describe the image." if images else "Write a haiku about the sea."
     want = colrag.Generator.load(tiny_generator_bundle, backend="onnxruntime", prefix_cache=False).generate(
-        question, images=images, max_new_tokens=16, min_new_tokens=16)
+        question, images=images, max_new_tokens=16, min_new_tokens=16
+    )
     g = colrag.Generator.load(tiny_generator_bundle, backend="openvino", precision="f32")
     assert g.runtimes == {"vision": "openvino f32", "prefill": "openvino f32", "decode": "openvino f32"}
     assert g._prefill is g._decoder  # one session when both run on the same backend
@@ -160,7 +166,8 @@ def test_prefill_on_openvino_then_decode_on_onnxruntime_gives_the_same_tokens(ti
 
     images = [synthetic_image(300, 200, 2)]
     want = colrag.Generator.load(tiny_generator_bundle, backend="onnxruntime", prefix_cache=False).generate(
-        "Describe the image.", images=images, max_new_tokens=16, min_new_tokens=16)
+        "Describe the image.", images=images, max_new_tokens=16, min_new_tokens=16
+    )
     monkeypatch.setattr(backends, "AUTO_OPENVINO_GRAPHS", frozenset({"vision", "prefill"}))
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512f"}))
     g = colrag.Generator.load(tiny_generator_bundle, backend="auto", precision="f32", prefix_cache=False)
@@ -203,7 +210,9 @@ def test_compiled_models_are_cached_per_precision(tiny_retriever_bundle, tmp_pat
     assert len(list((root / "f32-t1").glob("*.blob"))) == 1  # text: the vision graph loads at the first page
     first._vision  # noqa: B018
     assert len(list((root / "f32-t1").glob("*.blob"))) == 2  # vision and text
-    again = colrag.Retriever.load(tiny_retriever_bundle, backend="openvino", precision="f32", threads=1)  # from the cache
+    again = colrag.Retriever.load(
+        tiny_retriever_bundle, backend="openvino", precision="f32", threads=1
+    )  # from the cache
     q1, q2 = first.embed_queries(QUERIES[:1])[0], again.embed_queries(QUERIES[:1])[0]
     assert np.array_equal(q1, q2)
     if backends.cpu_has_bf16():  # another precision never reuses the f32 blobs

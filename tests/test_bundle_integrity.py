@@ -15,7 +15,6 @@ import pytest
 import colrag
 from colrag.bundle import MANIFEST, load_manifest, write_manifest
 from colrag.errors import BundleError
-from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: F401
 from tests.index_helpers import make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +91,14 @@ def test_unwritable_stamp_folder_only_costs_speed(bundle_copy, monkeypatch, tmp_
 def _colrag(*args, home: Path):
     env = {**os.environ, "COLRAG_HOME": str(home)}
     env.pop("COLRAG_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "colrag", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "colrag", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_index_refuses_a_retriever_whose_verified_identity_differs(tiny_retriever_bundle, tmp_path):

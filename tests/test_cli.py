@@ -71,7 +71,9 @@ def test_os_errors_are_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", [["models", "install"], ["models", "export", "retriever"], ["models", "export", "generator"]])
+@pytest.mark.parametrize(
+    "command", [["models", "install"], ["models", "export", "retriever"], ["models", "export", "generator"]]
+)
 def test_one_quantize_default_stated_in_help(command):
     import os
 
@@ -99,7 +101,9 @@ def test_export_defaults_to_int8(kind, monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["models", "export", kind, str(tmp_path), "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     assert seen["quantize"] == "int8"
-    result = CliRunner().invoke(app, ["models", "export", kind, str(tmp_path), "--out", str(tmp_path / "b"), "--quantize", "none"])
+    result = CliRunner().invoke(
+        app, ["models", "export", kind, str(tmp_path), "--out", str(tmp_path / "b"), "--quantize", "none"]
+    )
     assert result.exit_code == 0 and seen["quantize"] == "none"
 
 

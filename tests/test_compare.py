@@ -9,10 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: E402,F401
-from tests.generator_fixtures import tiny_qwen2vl_shared_checkpoint, tiny_shared_generator_bundle  # noqa: E402,F401
-from tests.test_cli import colrag  # noqa: E402
-from tests.test_generator import synthetic_image  # noqa: E402
+from tests.test_cli import colrag
+from tests.test_generator import synthetic_image
 
 
 def compare(*args) -> dict:
@@ -67,7 +65,9 @@ def test_a_swap_of_near_tied_pages_is_reported_with_its_gap(monkeypatch):
 
 
 def test_a_retriever_compared_with_itself_does_not_drift(pdf_dir, tiny_retriever_bundle):
-    drift = compare(tiny_retriever_bundle, tiny_retriever_bundle, pdf_dir / "01_chart_paper_tracemonkey.pdf", "--pages", 2)
+    drift = compare(
+        tiny_retriever_bundle, tiny_retriever_bundle, pdf_dir / "01_chart_paper_tracemonkey.pdf", "--pages", 2
+    )
     assert drift["queries"] == 6  # the default queries
     assert drift["page_cosine_min"] > 1 - 1e-6 and drift["query_cosine_min"] > 1 - 1e-6
     assert drift["top1_agreement"] == 1.0 and drift["top_k_overlap"] == 1.0
@@ -83,7 +83,9 @@ def test_generator_answers_compared_token_by_token(tmp_path, tiny_generator_bund
     assert answer["first_difference"] is None and answer["equal_positions"] == answer["tokens"] >= 1
 
     # A generator with other weights: the comparison must see the answers part.
-    other = compare(tiny_generator_bundle, tiny_shared_generator_bundle, image, "--max-new-tokens", 8, "-q", "Describe it.")
+    other = compare(
+        tiny_generator_bundle, tiny_shared_generator_bundle, image, "--max-new-tokens", 8, "-q", "Describe it."
+    )
     answer = other["answers"][0]
     assert other["identical"] == 0 and answer["first_difference"] is not None
     assert answer["answer_a"] != answer["answer_b"] and other["token_agreement"] < 1.0

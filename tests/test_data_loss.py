@@ -44,7 +44,12 @@ def colrag(*args: object, stdin=None, env_extra: dict[str, str] | None = None) -
     env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "colrag", *map(str, args)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
         stdin=stdin if stdin is not None else subprocess.DEVNULL,
     )
 
@@ -65,13 +70,22 @@ def test_install_refuses_a_user_folder_at_the_bundle_path(tiny_colqwen2_checkpoi
     """The issue's reproduction: `models install --only retriever --retriever-from CKPT --models-dir mdir`."""
     mine = user_files(tmp_path / "mdir" / "retriever", USER_PROJECT)
     r = colrag(
-        "models", "install", "--only", "retriever", "--retriever-from", tiny_colqwen2_checkpoint, "--models-dir", tmp_path / "mdir",
+        "models",
+        "install",
+        "--only",
+        "retriever",
+        "--retriever-from",
+        tiny_colqwen2_checkpoint,
+        "--models-dir",
+        tmp_path / "mdir",
         env_extra={MIN_FREE_ENV: "0", MIN_RAM_ENV: "0"},
     )
     assert r.returncode != 0 and "not a colrag bundle" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert_untouched(mine)
     with pytest.raises(ColragError, match="not a colrag bundle"):
-        install(tmp_path / "mdir", only="retriever", retriever_from=tiny_colqwen2_checkpoint, reinstall=True, force=True)
+        install(
+            tmp_path / "mdir", only="retriever", retriever_from=tiny_colqwen2_checkpoint, reinstall=True, force=True
+        )
     assert_untouched(mine)
     assert sorted(p.name for p in (tmp_path / "mdir").iterdir()) == ["retriever"]  # no work folder left either
 
@@ -84,7 +98,9 @@ def test_export_refuses_anything_but_a_bundle_of_its_kind_even_with_force(tiny_c
     with pytest.raises(ColragError, match="not a colrag bundle"):
         export_retriever(tiny_colqwen2_checkpoint, tmp_path / "project", force=True)
     assert_untouched(mine)
-    generator = user_files(tmp_path / "gen", {"manifest.json": json.dumps({"format": 1, "kind": "generator", "files": {}}).encode()})
+    generator = user_files(
+        tmp_path / "gen", {"manifest.json": json.dumps({"format": 1, "kind": "generator", "files": {}}).encode()}
+    )
     with pytest.raises(ColragError, match="a colrag generator bundle"):
         export_retriever(tiny_colqwen2_checkpoint, tmp_path / "gen", force=True)
     assert_untouched(generator)
@@ -138,7 +154,9 @@ def test_check_target_and_replace_with(tmp_path, monkeypatch):
     (out / "mine.txt").write_bytes(b"mine")
     with pytest.raises(ColragError, match="not a colrag bundle"):
         common.replace_with(work, out, "retriever", force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "old.onnx"] and (out / "mine.txt").read_bytes() == b"mine"
+    assert (
+        sorted(p.name for p in out.iterdir()) == ["mine.txt", "old.onnx"] and (out / "mine.txt").read_bytes() == b"mine"
+    )
 
 
 def test_new_work_dir_cleans_only_dead_work_folders_of_its_own(tmp_path):
@@ -195,7 +213,9 @@ def test_an_unreadable_folder_keeps_its_documents(corpus, tmp_path, monkeypatch)
     report = run_indexer(tmp_path / "ix", [corpus])
     assert report.removed_files == 0 and report.kept_files == 1
     assert report.unreadable_folders == [(str(corpus / "sub"), "Permission denied")]
-    assert report.as_dict()["kept_files"] == 1 and report.as_dict()["unreadable_folders"][0]["folder"] == str(corpus / "sub")
+    assert report.as_dict()["kept_files"] == 1 and report.as_dict()["unreadable_folders"][0]["folder"] == str(
+        corpus / "sub"
+    )
     assert indexed(tmp_path / "ix") == {"a.pdf", "sub/b.pdf", "share/c.pdf", "gone/d.pdf"}
     for p, data in segments_before.items():
         assert p.read_bytes()[: len(data)] == data

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from colrag.cli import _register_commands, app
 from colrag.doctor import FAIL, OK, WARN, run_checks
-from tests.generator_fixtures import tiny_qwen2vl_shared_checkpoint, tiny_shared_generator_bundle  # noqa: F401
 from tests.index_helpers import FakeRetriever, make_pdf
 
 

@@ -32,7 +32,9 @@ def test_map_has_the_grid_shape():
 def test_merged_grid_follows_smart_resize():
     for size in ((1275, 1650), (1650, 1275), (300, 200), (4000, 500)):
         h, w = merged_grid(size, min_pixels=RETRIEVER_MIN_PIXELS, max_pixels=RETRIEVER_MAX_PIXELS)
-        rh, rw = smart_resize(size[1], size[0], factor=28, min_pixels=RETRIEVER_MIN_PIXELS, max_pixels=RETRIEVER_MAX_PIXELS)
+        rh, rw = smart_resize(
+            size[1], size[0], factor=28, min_pixels=RETRIEVER_MIN_PIXELS, max_pixels=RETRIEVER_MAX_PIXELS
+        )
         assert (h, w) == (rh // 28, rw // 28) and h * w * 28 * 28 <= RETRIEVER_MAX_PIXELS
 
 

@@ -21,12 +21,6 @@ from PIL import Image, ImageDraw  # noqa: E402
 import colrag  # noqa: E402
 from colrag.bundle import load_manifest, verify_bundle  # noqa: E402
 from colrag.errors import BundleError, InputError  # noqa: E402
-from tests.generator_fixtures import (  # noqa: E402,F401
-    tiny_generator_bundle,
-    tiny_qwen2vl_checkpoint,
-    tiny_qwen2vl_shared_checkpoint,
-    tiny_shared_generator_bundle,
-)
 
 N_NEW = 24
 IMAGE_PAD = "<|image_pad|>"
@@ -38,8 +32,10 @@ def synthetic_image(width: int, height: int, seed: int) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for _ in range(8):
         x0, y0 = int(rng.integers(0, width - 8)), int(rng.integers(0, height - 8))
-        draw.rectangle([x0, y0, x0 + int(rng.integers(4, width // 2)), y0 + int(rng.integers(4, height // 2))],
-                       fill=tuple(int(c) for c in rng.integers(0, 200, 3)))
+        draw.rectangle(
+            [x0, y0, x0 + int(rng.integers(4, width // 2)), y0 + int(rng.integers(4, height // 2))],
+            fill=tuple(int(c) for c in rng.integers(0, 200, 3)),
+        )
     return img
 
 
@@ -57,7 +53,10 @@ class Reference:
     def inputs(self, question: str, images=()):
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
         text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": content}],
+            chat_template=self.chat_template,
+            tokenize=False,
+            add_generation_prompt=True,
         )
         kwargs = {}
         if images:
@@ -75,10 +74,18 @@ class Reference:
         ids, kwargs = self.inputs(question, images)
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                do_sample=False, temperature=None, top_p=None, top_k=None, **kwargs, **gen_kwargs,
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                **kwargs,
+                **gen_kwargs,
             )
-        return ids[0].tolist(), out[0, ids.shape[1]:].tolist()
+        return ids[0].tolist(), out[0, ids.shape[1] :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +100,34 @@ def generator(tiny_generator_bundle):
 
 # -- the bundle ----------------------------------------------------------------------
 
+
 def test_bundle_manifest(tiny_generator_bundle):
     m = verify_bundle(tiny_generator_bundle, "generator")
     assert m["kind"] == "generator"
-    for name in ("vision.onnx", "decoder.onnx", "embed_tokens.npy", "tokenizer.json", "generation_config.json", "preprocessor_config.json"):
+    for name in (
+        "vision.onnx",
+        "decoder.onnx",
+        "embed_tokens.npy",
+        "tokenizer.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+    ):
         assert name in m["files"]
-    assert (m["hidden_size"], m["num_layers"], m["num_kv_heads"], m["head_dim"], m["vocab_size"]) == (64, 2, 2, 16, 151936)
+    assert (m["hidden_size"], m["num_layers"], m["num_kv_heads"], m["head_dim"], m["vocab_size"]) == (
+        64,
+        2,
+        2,
+        16,
+        151936,
+    )
     assert m["eos_token_ids"] == [151645, 151643]
     assert m["max_pixels"] == colrag.constants.GENERATOR_MAX_PIXELS
     assert len(m["vision_hash"]) == 64
-    assert set(m["export_checks"]) >= {"vision_export_grid_max_abs_diff", "vision_check_grid_max_abs_diff", "decoder_prefill_decode_max_abs_diff"}
+    assert set(m["export_checks"]) >= {
+        "vision_export_grid_max_abs_diff",
+        "vision_check_grid_max_abs_diff",
+        "decoder_prefill_decode_max_abs_diff",
+    }
 
 
 def test_decoder_graph_has_its_own_lm_head_and_no_embedding_table(tiny_generator_bundle):
@@ -167,7 +192,11 @@ def test_lower_max_pixels_means_fewer_image_tokens(generator):
 
 # -- sampling -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("temperature,top_k,top_p,penalty", [(0.7, 0, 1.0, 1.0), (1.0, 50, 1.0, 1.0), (1.3, 0, 0.9, 1.2), (0.5, 20, 0.8, 1.1)])
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p,penalty",
+    [(0.7, 0, 1.0, 1.0), (1.0, 50, 1.0, 1.0), (1.3, 0, 0.9, 1.2), (0.5, 20, 0.8, 1.1)],
+)
 def test_logits_processing_equals_transformers(temperature, top_k, top_p, penalty):
     from transformers.generation.logits_process import (
         RepetitionPenaltyLogitsProcessor,
@@ -215,6 +244,7 @@ def test_bad_sampling_options_are_input_errors(generator):
 
 # -- streaming and stopping -----------------------------------------------------------
 
+
 class ForcedSampler:
     """Stands in for colrag.sampling.Sampler: emits a fixed token sequence."""
 
@@ -255,7 +285,9 @@ def test_generation_stops_on_eos(generator, monkeypatch):
 def test_stream_equals_generate(generator):
     img = synthetic_image(200, 120, 8)
     out = generator.generate("What is shown?", images=[img], max_new_tokens=12)
-    assert generator.generate("What is shown?", images=img, max_new_tokens=12).token_ids == out.token_ids  # one image, not a list
+    assert (
+        generator.generate("What is shown?", images=img, max_new_tokens=12).token_ids == out.token_ids
+    )  # one image, not a list
     result = colrag.generator.Generation()
     pieces = list(generator.stream("What is shown?", images=[img], max_new_tokens=12, result=result))
     assert result.token_ids == out.token_ids
@@ -263,6 +295,7 @@ def test_stream_equals_generate(generator):
 
 
 # -- errors --------------------------------------------------------------------------
+
 
 def test_missing_bundle_is_a_bundle_error(tmp_path):
     with pytest.raises(BundleError):
@@ -285,7 +318,10 @@ def test_unreadable_image_is_an_input_error(generator, tmp_path):
 
 # -- sharing the retriever's vision tower ------------------------------------------------
 
-def test_shared_vision_tower_is_reused(tiny_shared_generator_bundle, tiny_retriever_bundle, tiny_qwen2vl_shared_checkpoint):
+
+def test_shared_vision_tower_is_reused(
+    tiny_shared_generator_bundle, tiny_retriever_bundle, tiny_qwen2vl_shared_checkpoint
+):
     m = load_manifest(tiny_shared_generator_bundle, "generator")
     assert "vision" not in m["graphs"]
     assert not any(name.startswith("vision") for name in m["files"])  # no second copy
@@ -297,7 +333,10 @@ def test_shared_vision_tower_is_reused(tiny_shared_generator_bundle, tiny_retrie
     images = [synthetic_image(260, 180, 9)]
     _, ref_tokens = ref.generate("Describe the image.", images)
     assert len(set(ref_tokens)) >= 8
-    assert gen.generate("Describe the image.", images=images, max_new_tokens=N_NEW, min_new_tokens=N_NEW).token_ids == ref_tokens
+    assert (
+        gen.generate("Describe the image.", images=images, max_new_tokens=N_NEW, min_new_tokens=N_NEW).token_ids
+        == ref_tokens
+    )
 
 
 def test_shared_vision_with_a_different_tower_exports_a_copy(tiny_qwen2vl_checkpoint, tiny_retriever_bundle, tmp_path):
@@ -356,7 +395,9 @@ def test_tied_embeddings_export(tmp_path):
 
     ref = Reference(ckpt)
     _, ref_tokens = ref.generate("Hello, who are you?", ())
-    out = colrag.Generator.load(bundle, threads=1).generate("Hello, who are you?", max_new_tokens=N_NEW, min_new_tokens=N_NEW)
+    out = colrag.Generator.load(bundle, threads=1).generate(
+        "Hello, who are you?", max_new_tokens=N_NEW, min_new_tokens=N_NEW
+    )
     assert out.token_ids == ref_tokens
 
 
@@ -373,7 +414,9 @@ def test_int8_export_records_drift_and_generates(tiny_qwen2vl_checkpoint, tmp_pa
     drift = dec["decoder_prefill_decode"]
     assert drift["mean_cosine_vs_fp32"] > 0.99 and 0 <= drift["top1_agreement_vs_fp32"] <= 1
     assert q["graphs"]["vision"]["quantized_matmuls"] > 0
-    out = colrag.Generator.load(bundle, threads=1).generate("Describe.", images=[synthetic_image(120, 90, 1)], max_new_tokens=4)
+    out = colrag.Generator.load(bundle, threads=1).generate(
+        "Describe.", images=[synthetic_image(120, 90, 1)], max_new_tokens=4
+    )
     assert len(out.token_ids) == 4
 
 
@@ -390,5 +433,7 @@ def test_dynamic_vision_scheme_generator(tiny_qwen2vl_checkpoint, tmp_path):
     assert graphs["vision"]["vision_check_grid"]["min_cosine_vs_fp32"] >= 0.99
     vision_ops = {n.op_type for n in onnx.load(bundle / "vision.onnx", load_external_data=False).graph.node}
     assert "MatMulInteger" in vision_ops and "MatMulNBits" not in vision_ops
-    out = colrag.Generator.load(bundle, threads=1).generate("Describe.", images=[synthetic_image(120, 90, 1)], max_new_tokens=4)
+    out = colrag.Generator.load(bundle, threads=1).generate(
+        "Describe.", images=[synthetic_image(120, 90, 1)], max_new_tokens=4
+    )
     assert len(out.token_ids) == 4

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from colrag.errors import InputError
-from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: F401
 from tests.index_helpers import FakeRetriever, make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _colrag(*args, home: Path, env_extra: dict | None = None):
     env = {**os.environ, "COLRAG_HOME": str(home), **(env_extra or {})}
     env.pop("COLRAG_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "colrag", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "colrag", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _one_line(text: str) -> bool:
@@ -44,7 +49,9 @@ def _png_1bit(path: Path, width: int, height: int, *, full_data: bool) -> Path:
     """A black-and-white PNG: with full_data its pixels are all there (compressing to a few KB)."""
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, greyscale
     raw = (b"\0" + b"\0" * ((width + 7) // 8)) * (height if full_data else 1)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 9)) + _chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 9)) + _chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -69,10 +76,23 @@ def test_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
 
 
 MALFORMED = [
-    b"P6\n", b"P6\n10 10\n", b"P6\n10 10\n255\n", b"P6\n-1 10\n255\n", b"P6\n10 10\n0\n", b"P6\n10 10\n70000\n",
-    b"P6\nx 10\n255\n", b"P6\n10\xff 10\n255\n", b"P5\n99999999 99999999\n255\n", b"P1\n3 3\n1 0 2\n",
-    b"P2\n2 2\n255\n1 2 x 4\n", b"P3\n1 1\n255\n256 0 0\n", b"P6\n#" + b"a" * 5000, b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
-    b"GIF89a\x01", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"not an image at all",
+    b"P6\n",
+    b"P6\n10 10\n",
+    b"P6\n10 10\n255\n",
+    b"P6\n-1 10\n255\n",
+    b"P6\n10 10\n0\n",
+    b"P6\n10 10\n70000\n",
+    b"P6\nx 10\n255\n",
+    b"P6\n10\xff 10\n255\n",
+    b"P5\n99999999 99999999\n255\n",
+    b"P1\n3 3\n1 0 2\n",
+    b"P2\n2 2\n255\n1 2 x 4\n",
+    b"P3\n1 1\n255\n256 0 0\n",
+    b"P6\n#" + b"a" * 5000,
+    b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
+    b"GIF89a\x01",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    b"not an image at all",
 ]
 
 
@@ -138,7 +158,9 @@ def test_long_prompt_is_refused_with_the_limit(tiny_generator_bundle):
     assert gen.max_prompt_tokens == MAX_PROMPT_TOKENS == 8192
     gen.max_prompt_tokens = 300
     image = Image.new("RGB", (224, 224), "white")  # 64 image tokens
-    with pytest.raises(InputError, match=r"the prompt is \d+ tokens long .*64 for 1 image\(s\)\); the limit is 300 tokens"):
+    with pytest.raises(
+        InputError, match=r"the prompt is \d+ tokens long .*64 for 1 image\(s\)\); the limit is 300 tokens"
+    ):
         gen.generate("why " * 280, images=[image], max_new_tokens=2)
     assert gen.generate("why " * 100, images=[image], max_new_tokens=2).n_prompt_tokens <= 300
 
@@ -217,6 +239,10 @@ def test_search_results_cannot_be_forged_by_a_file_name(tiny_retriever_bundle, t
     assert r.returncode == 0, r.stderr
     r = _colrag("search", "report", "--index", ix, "--retriever", tiny_retriever_bundle, "--top-k", "5", home=home)
     lines = r.stdout.splitlines()
-    assert r.returncode == 0 and len(lines) == 2 and all("a\\n1\\t0.9999\\tforged.pdf\\tpage 1.pdf\tpage" in line for line in lines), r.stdout
+    assert (
+        r.returncode == 0
+        and len(lines) == 2
+        and all("a\\n1\\t0.9999\\tforged.pdf\\tpage 1.pdf\tpage" in line for line in lines)
+    ), r.stdout
     r = _colrag("search", "report", "--index", ix, "--retriever", tiny_retriever_bundle, "--json", home=home)
     assert {h["file"] for h in json.loads(r.stdout)["results"]} == {str(docs / name)}

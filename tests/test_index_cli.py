@@ -22,8 +22,12 @@ from tests.index_helpers import SHARED_PDFS, FakeRetriever, make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = [
-    "14_encrypted_user_password.pdf", "15_corrupt_flate_stream.pdf", "17_zero_pages_valid.pdf",
-    "18_zero_bytes.pdf", "21_tiny_pages_3x3pt.pdf", "12_rotated90_nics_table.pdf",
+    "14_encrypted_user_password.pdf",
+    "15_corrupt_flate_stream.pdf",
+    "17_zero_pages_valid.pdf",
+    "18_zero_bytes.pdf",
+    "21_tiny_pages_3x3pt.pdf",
+    "12_rotated90_nics_table.pdf",
 ]
 
 
@@ -121,7 +125,11 @@ def start_slow_indexer(index_path: Path, docs: Path, slow: float) -> subprocess.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "tests.index_helpers", str(index_path), str(docs), "--slow", str(slow)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -200,7 +208,14 @@ def test_second_writer_refused_while_first_runs_and_search_works(tmp_path):
 def colrag(*args, env_extra=None, timeout=600):
     env = {**os.environ, "COLRAG_DEBUG": "", **(env_extra or {})}
     env.pop("COLRAG_DEBUG")
-    return subprocess.run([sys.executable, "-m", "colrag", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "colrag", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_messages_without_a_bundle(tmp_path):
@@ -258,7 +273,9 @@ def test_cli_end_to_end_with_tiny_retriever(tmp_path, real_bundle):
     assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("1\t")
     r = colrag("status", "--index", ix, "--json")
     status = json.loads(r.stdout)
-    assert status["index"]["documents"] == 1 and status["index"]["pages"] == 2 and status["index"]["failed_documents"] == 3
+    assert (
+        status["index"]["documents"] == 1 and status["index"]["pages"] == 2 and status["index"]["failed_documents"] == 3
+    )
 
 
 def test_cli_refuses_an_index_of_another_retriever(tmp_path, real_bundle):
@@ -277,7 +294,19 @@ def test_search_explain_writes_readable_heatmaps(tmp_path, real_bundle):
     ix = tmp_path / "ix"
     assert colrag("index", docs, "--index", ix, "--retriever", real_bundle).returncode == 0
     out = tmp_path / "maps"
-    r = colrag("search", "quarterly report", "--index", ix, "--retriever", real_bundle, "--top-k", "2", "--explain", "--out", out)
+    r = colrag(
+        "search",
+        "quarterly report",
+        "--index",
+        ix,
+        "--retriever",
+        real_bundle,
+        "--top-k",
+        "2",
+        "--explain",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     paths = [line.split(": ", 1)[1] for line in r.stderr.splitlines() if line.startswith("heatmap for result")]
     assert len(paths) == 2 and all(Path(p).parent == out for p in paths)
@@ -329,7 +358,10 @@ def test_status_wording(tmp_path, real_bundle):
     with Index.open_writer(ix, None) as index:
         index.begin_document(str(docs / "later.pdf"), 1, 1, "0" * 64, 3)
     r = colrag("status", "--index", ix, "--retriever", real_bundle)
-    assert "1 being indexed (the next `colrag index` of its folder finishes it)" in r.stdout and "interrupted" not in r.stdout
+    assert (
+        "1 being indexed (the next `colrag index` of its folder finishes it)" in r.stdout
+        and "interrupted" not in r.stdout
+    )
 
 
 def test_known_failures_are_skipped_and_keep_exit_0(tmp_path, real_bundle):
@@ -354,7 +386,10 @@ def test_known_failures_are_skipped_and_keep_exit_0(tmp_path, real_bundle):
     # --retry-failed tries both again (they still fail: exit 1)
     r = colrag("index", docs, *args, "--retry-failed", "--json")
     retried = json.loads(r.stdout)
-    assert r.returncode == 1 and sorted(Path(f["file"]).name for f in retried["failures"]) == ["empty.pdf", "garbage.pdf"]
+    assert r.returncode == 1 and sorted(Path(f["file"]).name for f in retried["failures"]) == [
+        "empty.pdf",
+        "garbage.pdf",
+    ]
     assert retried["known_failures"] == []
 
 
@@ -375,8 +410,22 @@ def test_ctrl_c_says_interrupted_once_and_never_done(tmp_path, real_bundle):
     make_pdf(docs / "long.pdf", 40, "long")
     env = {k: v for k, v in os.environ.items() if k != "COLRAG_DEBUG"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "colrag", "index", str(docs), "--index", str(tmp_path / "ix"), "--retriever", str(real_bundle)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "colrag",
+            "index",
+            str(docs),
+            "--index",
+            str(tmp_path / "ix"),
+            "--retriever",
+            str(real_bundle),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         for line in proc.stderr:

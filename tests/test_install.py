@@ -26,25 +26,30 @@ from colrag.install import (
     install,
     verify_snapshot,
 )
-from tests.generator_fixtures import tiny_qwen2vl_shared_checkpoint  # noqa: F401
 from tests.hub_server import HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRA_FILES = {"README.md": b"# a model card\n", "pytorch_model.bin": b"\0" * 4096, ".gitattributes": b"*.bin filter=lfs\n"}
+EXTRA_FILES = {
+    "README.md": b"# a model card\n",
+    "pytorch_model.bin": b"\0" * 4096,
+    ".gitattributes": b"*.bin filter=lfs\n",
+}
 
 
 def _env(tmp: Path, hub_url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "COLRAG_", "HUGGING_FACE", "TRANSFORMERS_"))}
-    env.update({
-        "HF_HOME": str(tmp / "hf"),
-        "COLRAG_HOME": str(tmp / "home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        # the real models need ~28 GB of disk and 14 GB of RAM; the tiny ones do not
-        MIN_FREE_ENV: "0",
-        MIN_RAM_ENV: "0",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "HF_HOME": str(tmp / "hf"),
+            "COLRAG_HOME": str(tmp / "home"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            # the real models need ~28 GB of disk and 14 GB of RAM; the tiny ones do not
+            MIN_FREE_ENV: "0",
+            MIN_RAM_ENV: "0",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     if hub_url:
         env["HF_ENDPOINT"] = hub_url
     env.update(extra)
@@ -52,7 +57,9 @@ def _env(tmp: Path, hub_url: str | None = None, **extra: str) -> dict[str, str]:
 
 
 def _colrag(env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "colrag", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "colrag", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -174,7 +181,9 @@ def test_insufficient_disk_is_refused_before_downloading(tmp_path):
     assert len(errors) == 1 and "not enough free disk" in errors[0] and "--force" in errors[0], run.stderr
 
 
-def test_retriever_from_a_folder_and_generator_from_the_hub(tiny_colqwen2_checkpoint, tiny_qwen2vl_shared_checkpoint, tmp_path):
+def test_retriever_from_a_folder_and_generator_from_the_hub(
+    tiny_colqwen2_checkpoint, tiny_qwen2vl_shared_checkpoint, tmp_path
+):
     """Both parts: the retriever from a local checkpoint, the generator downloaded; its vision tower is shared."""
     with HubServer({GENERATOR.repo_id: _repo_files(tiny_qwen2vl_shared_checkpoint)}) as hub:
         env = _env(tmp_path, hub.url)
@@ -205,14 +214,20 @@ def test_check_resources_refuses_small_disk_and_memory(tmp_path, monkeypatch):
     monkeypatch.delenv(MIN_FREE_ENV, raising=False)
     monkeypatch.delenv(MIN_RAM_ENV, raising=False)
     specs = [RETRIEVER, GENERATOR]
-    plenty = check_resources(specs, specs, tmp_path / "models", tmp_path / "cache", free=lambda p: 10**13, memory=lambda: 64 * 10**9)
+    plenty = check_resources(
+        specs, specs, tmp_path / "models", tmp_path / "cache", free=lambda p: 10**13, memory=lambda: 64 * 10**9
+    )
     assert plenty.problems == []
-    small = check_resources(specs, specs, tmp_path / "models", tmp_path / "cache", free=lambda p: 10**9, memory=lambda: 8 * 10**9)
+    small = check_resources(
+        specs, specs, tmp_path / "models", tmp_path / "cache", free=lambda p: 10**9, memory=lambda: 8 * 10**9
+    )
     assert any("not enough free disk" in p for p in small.problems)
     assert any("not enough memory" in p for p in small.problems)
     # models dir and cache on one filesystem: their needs add up
     need = sum(s.bundle_bytes + s.download_bytes for s in specs)
-    tight = check_resources(specs, specs, tmp_path / "models", tmp_path / "cache", free=lambda p: need, memory=lambda: 64 * 10**9)
+    tight = check_resources(
+        specs, specs, tmp_path / "models", tmp_path / "cache", free=lambda p: need, memory=lambda: 64 * 10**9
+    )
     assert tight.problems and "on the filesystem of" in tight.problems[0]
 
 
@@ -223,7 +238,9 @@ def test_check_resources_counts_cached_downloads(tmp_path, monkeypatch):
     with open(blobs / "x", "wb") as f:
         f.truncate(RETRIEVER.download_bytes)  # sparse: the whole download is already cached
     free = int(RETRIEVER.bundle_bytes * 1.1) + 10**6
-    ok = check_resources([RETRIEVER], [RETRIEVER], tmp_path / "models", tmp_path / "cache", free=lambda p: free, memory=lambda: None)
+    ok = check_resources(
+        [RETRIEVER], [RETRIEVER], tmp_path / "models", tmp_path / "cache", free=lambda p: free, memory=lambda: None
+    )
     assert ok.problems == [] and ok.warnings  # memory unknown: a warning, not a refusal
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: F401
 from tests.index_helpers import SHARED_PDFS, make_pdf
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "JSON.md"

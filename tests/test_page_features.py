@@ -17,12 +17,6 @@ pytest.importorskip("transformers")
 import colrag
 from colrag.errors import InputError
 from colrag.image_features import ImageFeatures
-from tests.generator_fixtures import (  # noqa: F401
-    tiny_generator_bundle,
-    tiny_qwen2vl_checkpoint,
-    tiny_qwen2vl_shared_checkpoint,
-    tiny_shared_generator_bundle,
-)
 from tests.test_generator import synthetic_image
 
 N_NEW = 16

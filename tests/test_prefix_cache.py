@@ -13,7 +13,6 @@ from typer.testing import CliRunner  # noqa: E402
 
 import colrag  # noqa: E402
 from colrag.prefix_cache import Prefix, PrefixCache  # noqa: E402
-from tests.generator_fixtures import tiny_generator_bundle, tiny_qwen2vl_checkpoint  # noqa: E402,F401
 from tests.test_generator import N_NEW, Reference, synthetic_image  # noqa: E402
 
 
@@ -78,7 +77,9 @@ def test_disk_cache_serves_another_process_and_survives_damage(tiny_generator_bu
 
 
 def _prefix(n_tokens: int, value: float = 0.0) -> Prefix:
-    return Prefix(np.arange(n_tokens, dtype=np.int64), [np.full((1, 2, n_tokens, 16), value, np.float32) for _ in range(4)])
+    return Prefix(
+        np.arange(n_tokens, dtype=np.int64), [np.full((1, 2, n_tokens, 16), value, np.float32) for _ in range(4)]
+    )
 
 
 def test_cache_bounds_and_checks(tmp_path):
@@ -95,7 +96,9 @@ def test_cache_bounds_and_checks(tmp_path):
     hit = fresh.get("k3", np.arange(100), shape)
     assert hit is not None and float(hit.past[0][0, 0, 0, 0]) == 3.0
     assert fresh.get("k3", np.arange(1, 101), shape) is None  # other ids under the same key: refused
-    assert PrefixCache(folder=tmp_path).get("k3", np.arange(100), (6, 2, 16)) is None  # other model shape: refused, dropped
+    assert (
+        PrefixCache(folder=tmp_path).get("k3", np.arange(100), (6, 2, 16)) is None
+    )  # other model shape: refused, dropped
     assert not (tmp_path / "k3.npz").exists()
     assert fresh.get("missing", np.arange(3), shape) is None
 
@@ -130,7 +133,9 @@ def test_ask_follow_ups_use_the_cache(tiny_generator_bundle, tmp_path, monkeypat
     for q in ("What is shown?", "Why?", "Where?"):  # -i keeps the conversation in the prompt
         answers.append(want.generate(conversation.prompt(q), images=[img], max_new_tokens=6).text)
         conversation.add(q, answers[-1])
-    session = CliRunner().invoke(app, [*base, "-i", "What is shown?"], input="Why?\n\nWhere?\n")  # an empty line is skipped
+    session = CliRunner().invoke(
+        app, [*base, "-i", "What is shown?"], input="Why?\n\nWhere?\n"
+    )  # an empty line is skipped
     assert session.exit_code == 0, session.output  # the end of input (Ctrl-D) leaves
     assert session.stdout == "".join(a + "\n" for a in answers)
     assert session.stderr.count("page prefix from cache") == 3  # the page was already cached by the first run
@@ -210,7 +215,8 @@ def test_altered_kv_never_changes_the_answer(tiny_generator_bundle, tmp_path, ca
     folder = tmp_path / "prefixes"
     images = [synthetic_image(220, 160, 33)]
     colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=PrefixCache(folder=folder)).generate(
-        "Describe the image.", images=images, max_new_tokens=2)
+        "Describe the image.", images=images, max_new_tokens=2
+    )
     (stored,) = list(folder.glob("*.npz"))
     with np.load(stored, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}

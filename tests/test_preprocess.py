@@ -56,7 +56,9 @@ CASES = {
 def test_pixel_values_equal_transformers(case, cap):
     transformers = pytest.importorskip("transformers")
     image = CASES[case]()
-    ref = transformers.Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=CAPS[cap])(images=[image], return_tensors="np")
+    ref = transformers.Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=CAPS[cap])(
+        images=[image], return_tensors="np"
+    )
     got = preprocess_image(image, ImageProcessorConfig(), min_pixels=MIN_PIXELS, max_pixels=CAPS[cap])
     assert got.grid_thw.tolist() == ref["image_grid_thw"][0].tolist()
     assert got.pixel_values.shape == ref["pixel_values"].shape and got.pixel_values.dtype == np.float32
@@ -101,7 +103,11 @@ def header_only_png(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
@@ -117,7 +123,13 @@ def test_modes_are_converted_like_transformers():
     from transformers.image_transforms import convert_to_rgb
 
     base = transparent(64, 48, seed=9)
-    for image in [base, base.convert("LA"), base.convert("RGB").convert("CMYK"), base.convert("L"), base.convert("RGB").convert("P")]:
+    for image in [
+        base,
+        base.convert("LA"),
+        base.convert("RGB").convert("CMYK"),
+        base.convert("L"),
+        base.convert("RGB").convert("P"),
+    ]:
         assert (np.asarray(to_rgb(image)) == convert_to_rgb(image, return_numpy=True)).all(), image.mode
     del transformers
 

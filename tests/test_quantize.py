@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-import colrag  # noqa: E402
-from colrag.compare import row_cosines as cosines  # noqa: E402
-from tests.test_retriever import synthetic_page  # noqa: E402
+import colrag
+from colrag.compare import row_cosines as cosines
+from tests.test_retriever import synthetic_page
 
 
 @pytest.fixture
@@ -40,7 +40,9 @@ def test_int8_embeddings_close_to_fp32(int8_bundle, tiny_retriever_bundle):
     assert (s32.argmax(1) == s8.argmax(1)).all()  # top-1 page agrees for every query
 
 
-def test_dynamic_vision_scheme_quantizes_the_vision_tower_per_tensor(tiny_colqwen2_checkpoint, tiny_retriever_bundle, tmp_path):
+def test_dynamic_vision_scheme_quantizes_the_vision_tower_per_tensor(
+    tiny_colqwen2_checkpoint, tiny_retriever_bundle, tmp_path
+):
     import onnx
 
     from colrag.bundle import verify_bundle
@@ -53,7 +55,10 @@ def test_dynamic_vision_scheme_quantizes_the_vision_tower_per_tensor(tiny_colqwe
     assert graphs["vision"]["method"].startswith("dynamic") and graphs["vision"]["quantized_matmuls"] > 0
     assert graphs["vision"]["min_cosine_vs_fp32"] >= 0.99
     assert graphs["text"]["block_size"] == 128  # the language model stays block-wise
-    ops = {name: {n.op_type for n in onnx.load(bundle / f"{name}.onnx", load_external_data=False).graph.node} for name in ("vision", "text")}
+    ops = {
+        name: {n.op_type for n in onnx.load(bundle / f"{name}.onnx", load_external_data=False).graph.node}
+        for name in ("vision", "text")
+    }
     assert "MatMulInteger" in ops["vision"] and "MatMulNBits" not in ops["vision"]
     assert "MatMulNBits" in ops["text"] and "MatMulInteger" not in ops["text"]
 
@@ -70,13 +75,19 @@ def _one_matmul_graph(path, k=256, n=64):
 
     w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32) * 0.05
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
         [numpy_helper.from_array(w, "w")],
     )
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path),
-                    save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+        str(path),
+        save_as_external_data=True,
+        location=path.name + ".data",
+        size_threshold=0,
+    )
     return w
 
 

@@ -16,7 +16,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tests.generator_fixtures import tiny_qwen2vl_checkpoint  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +29,9 @@ OWN = re.compile(
 def _run(code_or_args: list[str], home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLRAG_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("COLRAG_DEBUG", None)
-    return subprocess.run([sys.executable, *code_or_args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, *code_or_args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def _foreign(stderr: str) -> list[str]:
@@ -38,8 +39,21 @@ def _foreign(stderr: str) -> list[str]:
 
 
 def test_install_prints_only_colrags_progress(tiny_colqwen2_checkpoint, tmp_path):
-    r = _run(["-m", "colrag", "models", "install", "--only", "retriever", "--retriever-from", str(tiny_colqwen2_checkpoint),
-              "--models-dir", str(tmp_path / "models")], tmp_path / "home")
+    r = _run(
+        [
+            "-m",
+            "colrag",
+            "models",
+            "install",
+            "--only",
+            "retriever",
+            "--retriever-from",
+            str(tiny_colqwen2_checkpoint),
+            "--models-dir",
+            str(tmp_path / "models"),
+        ],
+        tmp_path / "home",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert _foreign(r.stderr) == [], r.stderr[-3000:]
     assert "exporting the vision tower" in r.stderr and r.stdout.startswith("installed\tretriever")
@@ -61,8 +75,20 @@ def test_export_after_the_quantizer_import_stays_quiet(tiny_qwen2vl_checkpoint, 
 
 
 def test_verbose_lets_the_libraries_talk(tiny_colqwen2_checkpoint, tmp_path):
-    r = _run(["-m", "colrag", "models", "export", "retriever", str(tiny_colqwen2_checkpoint), "--out", str(tmp_path / "r"),
-              "--verbose"], tmp_path / "home")
+    r = _run(
+        [
+            "-m",
+            "colrag",
+            "models",
+            "export",
+            "retriever",
+            str(tiny_colqwen2_checkpoint),
+            "--out",
+            str(tmp_path / "r"),
+            "--verbose",
+        ],
+        tmp_path / "home",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[torch.onnx]" in r.stderr  # torch's own progress, on stderr (stdout holds the bundle path only)
     assert r.stdout.strip() == str(tmp_path / "r")
@@ -78,7 +104,9 @@ def test_quiet_export_filters_foreign_warnings_and_restores_logging():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with quiet_export():
-            warnings.warn_explicit("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, "copyreg.py", 105, module="copyreg")
+            warnings.warn_explicit(
+                "`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, "copyreg.py", 105, module="copyreg"
+            )
             logging.basicConfig(level=logging.INFO)  # what the quantizer import does: a no-op here
             logging.getLogger("onnxscript").info("a rewrite rule applied")
         warnings.warn("colrag's own warning", UserWarning, stacklevel=1)

@@ -46,4 +46,3 @@ def test_without_ray_the_error_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RayUnavailable, match=r"pip install 'colrag\[ray\]'"):
         RayPages(tmp_path)
-

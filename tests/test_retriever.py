@@ -141,7 +141,9 @@ def test_maxsim_matches_score_retrieval(retriever, reference):
     pages = retriever.embed_images([synthetic_page(400, 560, seed=s) for s in range(3)])
     queries = retriever.embed_queries(["first question", "a much longer second question about charts"])
     got = colrag.maxsim(queries, pages)
-    want = processor.score_retrieval([torch.from_numpy(q) for q in queries], [torch.from_numpy(p) for p in pages]).numpy()
+    want = processor.score_retrieval(
+        [torch.from_numpy(q) for q in queries], [torch.from_numpy(p) for p in pages]
+    ).numpy()
     assert got.shape == (2, 3)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     assert (got.argsort(axis=1) == want.argsort(axis=1)).all()

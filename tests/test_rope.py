@@ -14,8 +14,9 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def reference_model():
-    from tests.tiny_models import tiny_qwen2vl_config
     from transformers import Qwen2VLModel
+
+    from tests.tiny_models import tiny_qwen2vl_config
 
     return Qwen2VLModel(tiny_qwen2vl_config()).eval()
 

@@ -122,9 +122,8 @@ def test_empty_index_and_bad_arguments(tmp_path):
     with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
         with pytest.raises(IndexStoreError, match="colrag index DIR"):
             Searcher(index, retriever).search("anything")
-    with Index.open(tmp_path / "ix") as index:
-        with pytest.raises(InputError):
-            Searcher(index, retriever).search("   ")
+    with Index.open(tmp_path / "ix") as index, pytest.raises(InputError):
+        Searcher(index, retriever).search("   ")
 
 
 def test_indexer_keeps_the_page_lists_current(tmp_path, monkeypatch):

@@ -139,7 +139,11 @@ def test_uncommitted_versions_are_ignored_then_deleted(tmp_path):
         add_doc(index, "/a.pdf", 2)
     folder = tmp_path / "ix" / SEGMENTS_DIR
     (committed,) = folder.iterdir()
-    leftovers = [folder / "seg-000001-v000099.faiss", folder / ".seg-000001-v000100.faiss.tmp", folder / "seg-000002-v000001.faiss"]
+    leftovers = [
+        folder / "seg-000001-v000099.faiss",
+        folder / ".seg-000001-v000100.faiss.tmp",
+        folder / "seg-000002-v000001.faiss",
+    ]
     for f in leftovers:  # what a writer killed between writing a version and committing it leaves behind
         f.write_bytes(b"\0" * 512)
     with Index.open(tmp_path / "ix") as reader:
@@ -198,7 +202,9 @@ def test_remove_and_failure_rows(tmp_path):
 
 def add_clustered(index: Index, path: str, n_pages: int, seed: int, tokens: int = 60) -> int:
     doc = index.begin_document(path, 1, 1, f"sha-{path}-{seed}", n_pages)
-    index.add_pages(doc, [(i + 1, 10, 10, clustered_rows(tokens, seed=seed * 1000 + i, n_dirs=32)) for i in range(n_pages)])
+    index.add_pages(
+        doc, [(i + 1, 10, 10, clustered_rows(tokens, seed=seed * 1000 + i, n_dirs=32)) for i in range(n_pages)]
+    )
     index.finish_document(doc)
     return doc
 
@@ -292,8 +298,20 @@ def test_kill_9_while_writing_with_centroids_then_resume(tmp_path):
     make_pdf(docs / "a.pdf", 4, "a")
     make_pdf(docs / "b.pdf", 6, "b")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "tests.index_helpers", str(tmp_path / "ix"), str(docs), "--slow", "0.2", "--codebook-rows", "60"]
-    proc = subprocess.Popen(cmd, cwd=env["PYTHONPATH"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.index_helpers",
+        str(tmp_path / "ix"),
+        str(docs),
+        "--slow",
+        "0.2",
+        "--codebook-rows",
+        "60",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=env["PYTHONPATH"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -319,7 +337,9 @@ def test_kill_9_while_writing_with_centroids_then_resume(tmp_path):
         assert len(snap.pages) == 10
         quantizer, sets = index.coarse_quantizer(snap), page_sets(index)
         for page in snap.pages:
-            np.testing.assert_array_equal(sets[page.id], np.unique(coarse.assign(quantizer, index.page_vectors(snap, page))))
+            np.testing.assert_array_equal(
+                sets[page.id], np.unique(coarse.assign(quantizer, index.page_vectors(snap, page)))
+            )
 
 
 def test_willneed_advises_page_aligned_spans(monkeypatch):

@@ -112,7 +112,15 @@ def tree(folder: Path) -> dict[str, bytes | None]:
 
 def colrag(*args: object) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "COLRAG_DEBUG"}
-    return subprocess.run([sys.executable, "-m", "colrag", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "colrag", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
@@ -127,8 +135,13 @@ def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
 
 def schema_of(file: Path) -> list[tuple]:
     with closing(sqlite3.connect(file)) as c:
-        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name")]
-        return [(t, c.execute(f"PRAGMA index_info('{t}')").fetchall() or c.execute(f"PRAGMA table_info('{t}')").fetchall()) for t in tables]
+        tables = [
+            r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name")
+        ]
+        return [
+            (t, c.execute(f"PRAGMA index_info('{t}')").fetchall() or c.execute(f"PRAGMA table_info('{t}')").fetchall())
+            for t in tables
+        ]
 
 
 def test_a_new_catalog_gets_every_migration_and_equals_the_schema_before_migrations(tmp_path):
@@ -295,7 +308,9 @@ def test_search_and_status_work_on_a_read_only_folder(public_tmp, monkeypatch):
         assert reader.check().ok
         hits = Searcher(reader, retriever).search("page one", 3)
         assert len(hits) == 3
-        assert len(Searcher(reader, retriever, exact_all_pages=0, candidates=8).search("page one", 3)) == 3  # page lists in memory
+        assert (
+            len(Searcher(reader, retriever, exact_all_pages=0, candidates=8).search("page one", 3)) == 3
+        )  # page lists in memory
     assert tree(ix) == before
 
 
@@ -348,7 +363,14 @@ def test_an_interrupted_creation_can_be_retried(tmp_path):
 def test_a_symlinked_sub_folder_is_refused_and_its_files_kept(tmp_path, sub):
     ix = make_index(tmp_path / "ix")
     elsewhere = tmp_path / "thesis"
-    mine = user_files(elsewhere, {"thesis.tex": b"\\documentclass{article}\n", "data.csv": b"a,b\n1,2\n", "seg-000009-v000001.faiss": b"x" * 256})
+    mine = user_files(
+        elsewhere,
+        {
+            "thesis.tex": b"\\documentclass{article}\n",
+            "data.csv": b"a,b\n1,2\n",
+            "seg-000009-v000001.faiss": b"x" * 256,
+        },
+    )
     if sub == SEGMENTS_DIR:
         for f in (ix / sub).iterdir():  # the user moved the vectors elsewhere and linked the folder
             shutil.copy(f, elsewhere / f.name)
@@ -366,14 +388,27 @@ def test_repair_deletes_only_names_colrag_writes(tmp_path, monkeypatch):
     ix = make_index(tmp_path / "ix", n_docs=30)
     with Index.open_writer(ix, INFO) as index:
         index.writer.refresh_lists(force=True)
-    mine = user_files(ix, {
-        "vectors/embeddings.npy": b"mine", "vectors/seg-1.faiss": b"mine", "vectors/notes.faiss": b"mine",
-        "vectors/seg-000001-v000001.faiss.bak": b"mine", "ann/notes.txt": b"mine", "ann/g1.pages.npy.orig": b"mine",
-    })
-    leftovers = user_files(ix, {
-        "vectors/seg-000077-v000001.faiss": b"\0" * 256, "vectors/.seg-000001-v000099.faiss.tmp": b"\0" * 4,
-        "vectors/lists-g000000001.faiss": b"old", "vectors/seg-000003.i8": b"\0" * 256, "ann/g0.pages.npy": b"old",
-    })
+    mine = user_files(
+        ix,
+        {
+            "vectors/embeddings.npy": b"mine",
+            "vectors/seg-1.faiss": b"mine",
+            "vectors/notes.faiss": b"mine",
+            "vectors/seg-000001-v000001.faiss.bak": b"mine",
+            "ann/notes.txt": b"mine",
+            "ann/g1.pages.npy.orig": b"mine",
+        },
+    )
+    leftovers = user_files(
+        ix,
+        {
+            "vectors/seg-000077-v000001.faiss": b"\0" * 256,
+            "vectors/.seg-000001-v000099.faiss.tmp": b"\0" * 4,
+            "vectors/lists-g000000001.faiss": b"old",
+            "vectors/seg-000003.i8": b"\0" * 256,
+            "ann/g0.pages.npy": b"old",
+        },
+    )
     with Index.open_writer(ix, INFO) as index:
         doc = index.begin_document("/docs/new.pdf", 1, 1, "sha-new", 1)
         index.add_pages(doc, [(1, 10, 20, unit_rows(5, 999))])
@@ -440,9 +475,18 @@ def test_a_vector_file_name_from_the_catalog_meta_is_validated(tmp_path, key):
 @pytest.mark.parametrize(
     "change",
     [
-        {"retriever": "x"}, {"retriever": {"name": "x"}}, {"retriever": {"bundle_id": 7}}, {"dim": "x"}, {"dim": None},
-        {"dim": -1}, {"max_pixels": "big"}, {"render": None}, {"render": {"dpi": 300}}, {"render": {"max_side": "4096"}},
-        {"schema_version": "2"}, {"format": None},
+        {"retriever": "x"},
+        {"retriever": {"name": "x"}},
+        {"retriever": {"bundle_id": 7}},
+        {"dim": "x"},
+        {"dim": None},
+        {"dim": -1},
+        {"max_pixels": "big"},
+        {"render": None},
+        {"render": {"dpi": 300}},
+        {"render": {"max_side": "4096"}},
+        {"schema_version": "2"},
+        {"format": None},
     ],
 )
 def test_a_damaged_index_manifest_is_one_line(tmp_path, change):

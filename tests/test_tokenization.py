@@ -8,7 +8,14 @@ import pytest
 
 from colrag.constants import IM_START_ID, IMAGE_PAD_ID, RETRIEVER_PAGE_PROMPT, RETRIEVER_QUERY_PREFIX
 from colrag.errors import BundleError, InputError
-from colrag.tokenization import IncrementalDecoder, Tokenizer, chat_prompt_ids, pad_left, retriever_page_ids, retriever_query_ids
+from colrag.tokenization import (
+    IncrementalDecoder,
+    Tokenizer,
+    chat_prompt_ids,
+    pad_left,
+    retriever_page_ids,
+    retriever_query_ids,
+)
 
 TEXTS = [
     "What was the revenue in 2023?",

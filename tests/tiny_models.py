@@ -22,12 +22,27 @@ def tiny_qwen2vl_config(**overrides):
     from transformers import Qwen2VLConfig
 
     text = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=VOCAB, max_position_embeddings=32768, tie_word_embeddings=False,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
     )
-    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    vision = dict(
+        depth=2,
+        embed_dim=32,
+        hidden_size=64,
+        num_heads=4,
+        mlp_ratio=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_channels=3,
+    )
     text.update(overrides.pop("text", {}))
     vision.update(overrides.pop("vision", {}))
     return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **overrides)
@@ -41,7 +56,11 @@ def randomize_(model, seed: int) -> None:
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if "norm" in name or "ln_q" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen) if name.endswith("weight") else 0.1 * torch.randn(p.shape, generator=gen))
+                p.copy_(
+                    1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+                    if name.endswith("weight")
+                    else 0.1 * torch.randn(p.shape, generator=gen)
+                )
             else:
                 p.copy_(INIT_STD * torch.randn(p.shape, generator=gen))
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import colrag  # noqa: E402
-from colrag.indexer import Indexer  # noqa: E402
-from colrag.render import RenderOptions, open_pdf, render_page  # noqa: E402
-from colrag.store import Index, RetrieverInfo  # noqa: E402
-from colrag.store import features as pf  # noqa: E402
+import colrag
+from colrag.indexer import Indexer
+from colrag.render import RenderOptions, open_pdf, render_page
+from colrag.store import Index, RetrieverInfo
+from colrag.store import features as pf
 
 ret_b, gen_b, *pdfs = sys.argv[1:]
 r = colrag.Retriever.load(ret_b, threads=1)
@@ -44,4 +44,6 @@ with tempfile.TemporaryDirectory() as tmp:
             tokens["index"].append(a.n_image_tokens)
             tokens["full"].append(b.n_image_tokens)
 print(f"{same}/{total} pages: identical 16-token greedy answers at the index's budget and at the generator's")
-print(f"image tokens per page: index budget mean {sum(tokens['index']) / total:.0f}, generator budget mean {sum(tokens['full']) / total:.0f}")
+print(
+    f"image tokens per page: index budget mean {sum(tokens['index']) / total:.0f}, generator budget mean {sum(tokens['full']) / total:.0f}"
+)

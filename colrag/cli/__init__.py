@@ -25,16 +25,22 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 BACKEND_OPTION = typer.Option(
-    None, "--backend", envvar="COLRAG_BACKEND",
+    None,
+    "--backend",
+    envvar="COLRAG_BACKEND",
     help="Where the model graphs run: auto, onnxruntime or openvino (pip install 'colrag\\[openvino]') \\[default: auto: "
-         "OpenVINO for the graphs it runs faster on this kind of CPU, when installed; onnxruntime otherwise].",
+    "OpenVINO for the graphs it runs faster on this kind of CPU, when installed; onnxruntime otherwise].",
 )
 PRECISION_OPTION = typer.Option(
-    None, "--precision", envvar="COLRAG_PRECISION",
+    None,
+    "--precision",
+    envvar="COLRAG_PRECISION",
     help="Compute precision of OpenVINO graphs: auto, f32 or bf16 \\[default: auto: bf16 where the CPU has it]. "
-         "onnxruntime always computes in f32.",
+    "onnxruntime always computes in f32.",
 )
-models_app = typer.Typer(help="Export, install, list and verify model bundles.", no_args_is_help=True, rich_markup_mode="rich")
+models_app = typer.Typer(
+    help="Export, install, list and verify model bundles.", no_args_is_help=True, rich_markup_mode="rich"
+)
 app.add_typer(models_app, name="models")
 
 
@@ -46,7 +52,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """colrag: local question answering over PDF page images."""
 
@@ -80,7 +88,9 @@ def main() -> None:
         if os.environ.get("COLRAG_DEBUG"):
             raise
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        typer.echo(f"error: {printable(exc.strerror or exc)}{printable(where)} (COLRAG_DEBUG=1 shows the traceback)", err=True)
+        typer.echo(
+            f"error: {printable(exc.strerror or exc)}{printable(where)} (COLRAG_DEBUG=1 shows the traceback)", err=True
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -22,7 +21,9 @@ from .models_cmd import QUANTIZE_OPTION, Quantize, export_app
 from .output import printable
 
 MODELS_DIR_OPTION = typer.Option(
-    None, "--models-dir", envvar="COLRAG_MODELS",
+    None,
+    "--models-dir",
+    envvar="COLRAG_MODELS",
     help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].",
 )
 
@@ -30,28 +31,40 @@ MODELS_DIR_OPTION = typer.Option(
 @export_app.command("generator")
 def export_generator_cmd(
     src: Path = typer.Argument(..., help="Qwen2-VL checkpoint folder (e.g. a download of Qwen/Qwen2-VL-2B-Instruct)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder to write \\[default: <models-dir>/generator]."),
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
-    share_vision_with: Optional[Path] = typer.Option(
-        None, "--share-vision-with",
+    out: Path | None = typer.Option(None, "--out", help="Bundle folder to write \\[default: <models-dir>/generator]."),
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    share_vision_with: Path | None = typer.Option(
+        None,
+        "--share-vision-with",
         help="A retriever bundle folder: when its vision tower has the same weights, reference its vision graph instead of storing a copy.",
     ),
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
     quantize: Quantize = QUANTIZE_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
-    verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
+    ),
 ) -> None:
     """Export a Qwen2-VL generator checkpoint: vision + decoder (KV cache) graphs, embedding table, tokenizer, manifest."""
     from ..export.generator import export_generator
     from ..paths import generator_dir
 
     target = out or generator_dir(None, models_dir)
-    export_generator(src, target, share_vision_with=share_vision_with, opset=opset, quantize=Quantize(quantize).value,
-                     force=force, verbose=verbose)
+    export_generator(
+        src,
+        target,
+        share_vision_with=share_vision_with,
+        opset=opset,
+        quantize=Quantize(quantize).value,
+        force=force,
+        verbose=verbose,
+    )
     typer.echo(str(target))
 
 
-def _show(images, names: list[str], out: Optional[Path]) -> None:
+def _show(images, names: list[str], out: Path | None) -> None:
     """The page images given to the model, as PNGs in --out (default $COLRAG_HOME/out, README: where data lives)."""
     from ..paths import output_dir
 
@@ -66,58 +79,116 @@ def _show(images, names: list[str], out: Optional[Path]) -> None:
 @app.command("ask")
 def ask_cmd(
     question: str = typer.Argument(..., help="The question."),
-    image: Optional[list[Path]] = typer.Option(
-        None, "--image", help="Ask about this image file instead of the index (repeat for several images).",
+    image: list[Path] | None = typer.Option(
+        None,
+        "--image",
+        help="Ask about this image file instead of the index (repeat for several images).",
     ),
-    top_k: int = typer.Option(1, "--top-k", "-k", min=1, help="Give the model the top K retrieved pages as images (pages, as in `colrag search`)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the answer, its sources and timings as JSON once done (no streaming; docs/JSON.md)."),
-    show: bool = typer.Option(False, "--show", help="Write the page image(s) given to the model as PNG (in --out) and print their paths on stderr."),
-    out: Optional[Path] = typer.Option(
-        None, "--out", metavar="DIR", file_okay=False,
+    top_k: int = typer.Option(
+        1,
+        "--top-k",
+        "-k",
+        min=1,
+        help="Give the model the top K retrieved pages as images (pages, as in `colrag search`).",
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the answer, its sources and timings as JSON once done (no streaming; docs/JSON.md).",
+    ),
+    show: bool = typer.Option(
+        False,
+        "--show",
+        help="Write the page image(s) given to the model as PNG (in --out) and print their paths on stderr.",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        metavar="DIR",
+        file_okay=False,
         help="Folder for the --show PNGs \\[default: $COLRAG_HOME/out; a file of the same name is replaced].",
     ),
-    index: Optional[str] = typer.Option(
-        None, "--index", envvar="COLRAG_INDEX",
+    index: str | None = typer.Option(
+        None,
+        "--index",
+        envvar="COLRAG_INDEX",
         help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
     ),
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
-    retriever: Optional[Path] = typer.Option(None, "--retriever", help="Retriever bundle folder \\[default: <models-dir>/retriever]."),
-    generator: Optional[Path] = typer.Option(None, "--generator", help="Generator bundle folder \\[default: <models-dir>/generator]."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Stop after this many new tokens (as in `colrag models compare`)."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (default); > 0 samples."),
-    sample_top_p: float = typer.Option(1.0, "--sample-top-p", min=0.0, max=1.0, help="Sampling: nucleus mass (with --temperature > 0)."),
-    sample_top_k: int = typer.Option(0, "--sample-top-k", min=0, help="Sampling: draw among the k most likely tokens; 0 = off (with --temperature > 0)."),
-    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.0, help="> 1 discourages repeating any token already in the prompt or answer."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed, for reproducible sampling."),
-    max_pixels: Optional[int] = typer.Option(
-        None, "--max-pixels", min=4 * 28 * 28,
-        help="Pixels per page/image for the generator \\[default: for indexed pages the index's own budget (768*28*28, "
-             "which lets `ask` use the stored page features); for --image the bundle's, 1280*28*28].",
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    retriever: Path | None = typer.Option(
+        None, "--retriever", help="Retriever bundle folder \\[default: <models-dir>/retriever]."
     ),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, callback=check_threads_option, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
-    backend: Optional[str] = BACKEND_OPTION,
-    precision: Optional[str] = PRECISION_OPTION,
-    password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted indexed PDFs."),
-    stats: bool = typer.Option(False, "--stats", help="Print timings (load, retrieve, vision, prefill, first token, decode) and where the page features came from on stderr."),
+    generator: Path | None = typer.Option(
+        None, "--generator", help="Generator bundle folder \\[default: <models-dir>/generator]."
+    ),
+    max_new_tokens: int = typer.Option(
+        256, "--max-new-tokens", min=1, help="Stop after this many new tokens (as in `colrag models compare`)."
+    ),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (default); > 0 samples."),
+    sample_top_p: float = typer.Option(
+        1.0, "--sample-top-p", min=0.0, max=1.0, help="Sampling: nucleus mass (with --temperature > 0)."
+    ),
+    sample_top_k: int = typer.Option(
+        0,
+        "--sample-top-k",
+        min=0,
+        help="Sampling: draw among the k most likely tokens; 0 = off (with --temperature > 0).",
+    ),
+    repetition_penalty: float = typer.Option(
+        1.0,
+        "--repetition-penalty",
+        min=0.0,
+        help="> 1 discourages repeating any token already in the prompt or answer.",
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed, for reproducible sampling."),
+    max_pixels: int | None = typer.Option(
+        None,
+        "--max-pixels",
+        min=4 * 28 * 28,
+        help="Pixels per page/image for the generator \\[default: for indexed pages the index's own budget (768*28*28, "
+        "which lets `ask` use the stored page features); for --image the bundle's, 1280*28*28].",
+    ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        callback=check_threads_option,
+        help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores].",
+    ),
+    backend: str | None = BACKEND_OPTION,
+    precision: str | None = PRECISION_OPTION,
+    password: str | None = typer.Option(
+        None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted indexed PDFs."
+    ),
+    stats: bool = typer.Option(
+        False,
+        "--stats",
+        help="Print timings (load, retrieve, vision, prefill, first token, decode) and where the page features came from on stderr.",
+    ),
     page_features: bool = typer.Option(
-        True, "--page-features/--no-page-features",
+        True,
+        "--page-features/--no-page-features",
         help="Use the page features the index stored (no rendering, no vision tower) when the generator has the index's "
-             "vision tower; --no-page-features renders the page(s) and computes them.",
+        "vision tower; --no-page-features renders the page(s) and computes them.",
     ),
     cache: bool = typer.Option(
-        True, "--cache/--no-cache",
+        True,
+        "--cache/--no-cache",
         help="Keep what the model computed for the page(s) (bounded, under $COLRAG_HOME/cache/prefixes) so the next "
-             "question on the same page skips the vision tower and the page's prefill.",
+        "question on the same page skips the vision tower and the page's prefill.",
     ),
     use_server: bool = typer.Option(
-        True, "--server/--no-server",
+        True,
+        "--server/--no-server",
         help="Use a running `colrag serve` (models already loaded) when it has the same bundles \\[default: when running].",
     ),
     interactive: bool = typer.Option(
-        False, "--interactive", "-i",
+        False,
+        "--interactive",
+        "-i",
         help="After the answer, ask follow-up questions about the same page(s), with line editing and history where the "
-             "platform has readline; the conversation stays in the prompt (\"and in 2021?\" works). /new starts a new "
-             "conversation, /pages shows the sources, Ctrl-C stops the current answer, Ctrl-D (or /quit) leaves.",
+        'platform has readline; the conversation stays in the prompt ("and in 2021?" works). /new starts a new '
+        "conversation, /pages shows the sources, Ctrl-C stops the current answer, Ctrl-D (or /quit) leaves.",
     ),
 ) -> None:
     """Answer a question from the indexed pages (or about --image files), citing the pages used."""
@@ -126,18 +197,50 @@ def ask_cmd(
 
     if interactive and as_json:
         raise InputError("--interactive streams answers as text; it cannot be combined with --json")
-    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=sample_top_p, top_k=sample_top_k,
-                   repetition_penalty=repetition_penalty, seed=seed)
+    options = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=sample_top_p,
+        top_k=sample_top_k,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
     images = [str(p.resolve()) for p in image] if image else None
     if use_server and cache and not (interactive or show):
-        answer = _ask_server(question, top_k, images, index, models_dir, retriever, generator, threads, page_features,
-                             max_pixels, password, options, as_json, backend, precision)
+        answer = _ask_server(
+            question,
+            top_k,
+            images,
+            index,
+            models_dir,
+            retriever,
+            generator,
+            threads,
+            page_features,
+            max_pixels,
+            password,
+            options,
+            as_json,
+            backend,
+            precision,
+        )
         if answer is not None:
             _print_answer(answer, as_json, image, streamed=True, stats=stats, question=question)
             return
-    asker = Asker.open(models_dir=models_dir, index=index, retriever=retriever, generator=generator, threads=threads,
-                       cache=cache, page_features=page_features, max_pixels=max_pixels, password=password,
-                       keep_retriever=False, backend=backend, precision=precision)
+    asker = Asker.open(
+        models_dir=models_dir,
+        index=index,
+        retriever=retriever,
+        generator=generator,
+        threads=threads,
+        cache=cache,
+        page_features=page_features,
+        max_pixels=max_pixels,
+        password=password,
+        keep_retriever=False,
+        backend=backend,
+        precision=precision,
+    )
     prepared = asker.prepare(question, pages=top_k, images=images)
     for note in prepared.notes:
         typer.echo(f"note: {note}", err=True)
@@ -170,8 +273,11 @@ def _chat(asker, prepared, question: str, first, options: dict, stats: bool) -> 
             pass
     conversation = Conversation()
     conversation.add(question, first.text)
-    typer.echo("follow-up questions about the same page(s): /new starts over, /pages shows the sources, "
-               "Ctrl-C stops an answer, Ctrl-D or /quit leaves", err=True)
+    typer.echo(
+        "follow-up questions about the same page(s): /new starts over, /pages shows the sources, "
+        "Ctrl-C stops an answer, Ctrl-D or /quit leaves",
+        err=True,
+    )
     while True:
         try:
             line = input("> " if tty else "").strip()
@@ -205,16 +311,40 @@ def _chat(asker, prepared, question: str, first, options: dict, stats: bool) -> 
             _print_stats(answer)
 
 
-def _ask_server(question, pages, images, index, models_dir, retriever, generator, threads, page_features, max_pixels,
-                password, options, as_json, backend, precision):
+def _ask_server(
+    question,
+    pages,
+    images,
+    index,
+    models_dir,
+    retriever,
+    generator,
+    threads,
+    page_features,
+    max_pixels,
+    password,
+    options,
+    as_json,
+    backend,
+    precision,
+):
     """The answer from a running `colrag serve` (streamed to stdout unless --json), or None to answer here."""
     from ..paths import generator_dir, index_dir, retriever_dir
     from ..serve import answer_from_dict, ask_server
 
-    request = {"question": question, "pages": pages, "images": images, "index": str(index_dir(index).resolve()),
-               "page_features": page_features, "max_pixels": max_pixels, "password": password, "options": options}
-    events = ask_server(request, retriever_dir(retriever, models_dir), generator_dir(generator, models_dir), threads,
-                        backend, precision)
+    request = {
+        "question": question,
+        "pages": pages,
+        "images": images,
+        "index": str(index_dir(index).resolve()),
+        "page_features": page_features,
+        "max_pixels": max_pixels,
+        "password": password,
+        "options": options,
+    }
+    events = ask_server(
+        request, retriever_dir(retriever, models_dir), generator_dir(generator, models_dir), threads, backend, precision
+    )
     if events is None:
         return None
     for event in events:
@@ -237,8 +367,18 @@ def _print_answer(answer, as_json: bool, image, *, streamed: bool, stats: bool, 
         from ..jsonout import document, dumps, hit
 
         sources = [{**hit(s.file, s.page, s.score), "features": s.features} for s in answer.sources]
-        typer.echo(dumps(document("ask", question=question, answer=answer.text.strip(), sources=sources,
-                                  images=[str(p) for p in image] if image else [], timings=answer.timings.as_dict())))
+        typer.echo(
+            dumps(
+                document(
+                    "ask",
+                    question=question,
+                    answer=answer.text.strip(),
+                    sources=sources,
+                    images=[str(p) for p in image] if image else [],
+                    timings=answer.timings.as_dict(),
+                )
+            )
+        )
     else:
         sys.stdout.write("\n")
         _print_sources(answer.sources)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,14 +14,18 @@ from .output import printable
 
 @app.command("doctor")
 def doctor_cmd(
-    index: Optional[str] = typer.Option(
-        None, "--index", envvar="COLRAG_INDEX",
+    index: str | None = typer.Option(
+        None,
+        "--index",
+        envvar="COLRAG_INDEX",
         help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
     ),
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
-    full: bool = typer.Option(False, "--full", help="Also re-hash every bundle file (sha256) and read every index vector: slower."),
-    backend: Optional[str] = BACKEND_OPTION,
-    precision: Optional[str] = PRECISION_OPTION,
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    full: bool = typer.Option(
+        False, "--full", help="Also re-hash every bundle file (sha256) and read every index vector: slower."
+    ),
+    backend: str | None = BACKEND_OPTION,
+    precision: str | None = PRECISION_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
 ) -> None:
     """Check Python, the libraries, the model bundles, the index and free disk: ok / warn / FAIL, each with a fix."""

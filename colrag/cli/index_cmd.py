@@ -8,9 +8,9 @@ nothing to index.
 
 from __future__ import annotations
 
-import sys  # noqa: F401  (remove_cmd asks on a terminal)
+import json
+import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,17 +19,25 @@ from .output import printable
 from .progress import ProgressLine, loading
 
 INDEX_OPTION = typer.Option(
-    None, "--index", envvar="COLRAG_INDEX",
+    None,
+    "--index",
+    envvar="COLRAG_INDEX",
     help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
 )
 MODELS_DIR_OPTION = typer.Option(
-    None, "--models-dir", envvar="COLRAG_MODELS",
+    None,
+    "--models-dir",
+    envvar="COLRAG_MODELS",
     help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].",
 )
 RETRIEVER_OPTION = typer.Option(
-    None, "--retriever", help="Retriever bundle folder to use \\[default: <models-dir>/retriever].",
+    None,
+    "--retriever",
+    help="Retriever bundle folder to use \\[default: <models-dir>/retriever].",
 )
-def check_threads_option(value: Optional[int]) -> Optional[int]:
+
+
+def check_threads_option(value: int | None) -> int | None:
     """--threads is checked as it is parsed: one line above a few threads per core (colrag.runtime.check_threads)."""
     from ..runtime import check_threads
 
@@ -37,13 +45,21 @@ def check_threads_option(value: Optional[int]) -> Optional[int]:
 
 
 THREADS_OPTION = typer.Option(
-    None, "--threads", min=1, callback=check_threads_option,
+    None,
+    "--threads",
+    min=1,
+    callback=check_threads_option,
     help="CPU threads for onnxruntime, FAISS and the rerank \\[default: OMP_NUM_THREADS, else all cores]; results do not depend on it.",
 )
 
 
-def _load_retriever(retriever: Optional[Path], models_dir: Optional[Path], threads: Optional[int],
-                    backend: Optional[str] = None, precision: Optional[str] = None):
+def _load_retriever(
+    retriever: Path | None,
+    models_dir: Path | None,
+    threads: int | None,
+    backend: str | None = None,
+    precision: str | None = None,
+):
     from ..bundle import MANIFEST
     from ..errors import BundleError
     from ..paths import retriever_dir
@@ -82,27 +98,32 @@ def _human_bytes(n: int) -> str:
 @app.command("index")
 def index_cmd(
     paths: list[Path] = typer.Argument(
-        ..., help="Files and folders (searched recursively for PDF, XPS, EPUB, CBZ, PNG, JPEG and TIFF files).",
+        ...,
+        help="Files and folders (searched recursively for PDF, XPS, EPUB, CBZ, PNG, JPEG and TIFF files).",
     ),
-    index: Optional[str] = INDEX_OPTION,
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
-    retriever: Optional[Path] = RETRIEVER_OPTION,
-    threads: Optional[int] = THREADS_OPTION,
-    backend: Optional[str] = BACKEND_OPTION,
-    precision: Optional[str] = PRECISION_OPTION,
-    password: Optional[str] = typer.Option(
-        None, "--password", envvar="COLRAG_PDF_PASSWORD",
+    index: str | None = INDEX_OPTION,
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    retriever: Path | None = RETRIEVER_OPTION,
+    threads: int | None = THREADS_OPTION,
+    backend: str | None = BACKEND_OPTION,
+    precision: str | None = PRECISION_OPTION,
+    password: str | None = typer.Option(
+        None,
+        "--password",
+        envvar="COLRAG_PDF_PASSWORD",
         help="Password for encrypted PDFs (tried on every encrypted file; the env var keeps it out of `ps`).",
     ),
     retry_failed: bool = typer.Option(
-        False, "--retry-failed",
+        False,
+        "--retry-failed",
         help="Try again the files and pages that failed in an earlier run (they are skipped while unchanged).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the run's report as JSON on stdout (docs/JSON.md)."),
     page_features: bool = typer.Option(
-        True, "--page-features/--no-page-features",
+        True,
+        "--page-features/--no-page-features",
         help="Also keep each page's vision-tower output (~2.4 MB per page at float16) so that `colrag ask` answers "
-             "an indexed page without rendering it or running the vision tower again.",
+        "an indexed page without rendering it or running the vision tower again.",
     ),
 ) -> None:
     """Render, embed and store every page of the given files. Incremental: unchanged files are
@@ -140,7 +161,10 @@ def index_cmd(
             raise typer.Exit(130) from None
         stats = idx.stats()
     for w in report.warnings:
-        typer.echo(f"warning: {printable(w.where)} rendered with errors, content may be missing: {printable(w.reason)}", err=True)
+        typer.echo(
+            f"warning: {printable(w.where)} rendered with errors, content may be missing: {printable(w.reason)}",
+            err=True,
+        )
     for folder, reason in report.unreadable_folders:
         typer.echo(f"warning: cannot read folder {printable(folder)}: {reason}", err=True)
     if report.kept_files:
@@ -155,24 +179,39 @@ def index_cmd(
     for f in report.new_failures:
         typer.echo(f"failed: {printable(f)}", err=True)
     if known and not as_json:
-        typer.echo(f"{plural(len(known), 'file or page', 'files or pages')} skipped that failed before "
-                   "(unchanged since): --retry-failed tries them again", err=True)
+        typer.echo(
+            f"{plural(len(known), 'file or page', 'files or pages')} skipped that failed before "
+            "(unchanged since): --retry-failed tries them again",
+            err=True,
+        )
     if as_json:
         from ..jsonout import document, dumps, failure
 
-        typer.echo(dumps(document(
-            "index",
-            index={"path": str(target), "documents": stats["documents"], "pages": stats["pages"]},
-            run={"files": report.files, "indexed_files": report.indexed_files, "unchanged_files": report.skipped_files,
-                 "removed_files": report.removed_files, "kept_files": report.kept_files,
-                 "unreadable_folders": [{"folder": f, "reason": r} for f, r in report.unreadable_folders],
-                 "pages": report.pages, "seconds": round(report.seconds, 3)},
-            failures=[failure(f.path, f.page, f.reason) for f in report.new_failures],
-            known_failures=[failure(f.path, f.page, f.reason) for f in known],
-            warnings=[failure(w.path, w.page, w.reason) for w in report.warnings],
-        )))
+        typer.echo(
+            dumps(
+                document(
+                    "index",
+                    index={"path": str(target), "documents": stats["documents"], "pages": stats["pages"]},
+                    run={
+                        "files": report.files,
+                        "indexed_files": report.indexed_files,
+                        "unchanged_files": report.skipped_files,
+                        "removed_files": report.removed_files,
+                        "kept_files": report.kept_files,
+                        "unreadable_folders": [{"folder": f, "reason": r} for f, r in report.unreadable_folders],
+                        "pages": report.pages,
+                        "seconds": round(report.seconds, 3),
+                    },
+                    failures=[failure(f.path, f.page, f.reason) for f in report.new_failures],
+                    known_failures=[failure(f.path, f.page, f.reason) for f in known],
+                    warnings=[failure(w.path, w.page, w.reason) for w in report.warnings],
+                )
+            )
+        )
     else:
-        failed = f"{len(report.new_failures)} failed" + (f" ({len(known)} more failed before, skipped)" if known else "")
+        failed = f"{len(report.new_failures)} failed" + (
+            f" ({len(known)} more failed before, skipped)" if known else ""
+        )
         typer.echo(
             f"{plural(report.pages, 'page')} from {plural(report.indexed_files, 'file')} indexed, "
             f"{report.skipped_files} unchanged, {report.removed_files} removed, "
@@ -189,18 +228,30 @@ def search_cmd(
     query: str = typer.Argument(..., help="The question or keywords."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Number of pages to return."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (docs/JSON.md)."),
-    index: Optional[str] = INDEX_OPTION,
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
-    retriever: Optional[Path] = RETRIEVER_OPTION,
-    threads: Optional[int] = THREADS_OPTION,
-    backend: Optional[str] = BACKEND_OPTION,
-    precision: Optional[str] = PRECISION_OPTION,
-    explain: bool = typer.Option(False, "--explain", help="Also write, for each result, a PNG of the page with a heatmap of the image patches that matched the query (late-interaction similarity map); paths go to stderr."),
-    out: Optional[Path] = typer.Option(
-        None, "--out", metavar="DIR", file_okay=False,
+    index: str | None = INDEX_OPTION,
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    retriever: Path | None = RETRIEVER_OPTION,
+    threads: int | None = THREADS_OPTION,
+    backend: str | None = BACKEND_OPTION,
+    precision: str | None = PRECISION_OPTION,
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help="Also write, for each result, a PNG of the page with a heatmap of the image patches that matched the query (late-interaction similarity map); paths go to stderr.",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        metavar="DIR",
+        file_okay=False,
         help="Folder for the --explain PNGs \\[default: $COLRAG_HOME/out; a file of the same name is replaced].",
     ),
-    password: Optional[str] = typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted PDFs (for --explain, which re-renders pages)."),
+    password: str | None = typer.Option(
+        None,
+        "--password",
+        envvar="COLRAG_PDF_PASSWORD",
+        help="Password of encrypted PDFs (for --explain, which re-renders pages).",
+    ),
 ) -> None:
     """Rank the indexed pages for a query by late-interaction (MaxSim) score."""
     from ..api import open_index
@@ -227,14 +278,22 @@ def search_cmd(
     if as_json:
         from ..jsonout import document, dumps, hit
 
-        typer.echo(dumps(document("search", query=query, index={"path": str(target)},
-                                  results=[hit(h.file, h.page, h.score) for h in hits])))
+        typer.echo(
+            dumps(
+                document(
+                    "search",
+                    query=query,
+                    index={"path": str(target)},
+                    results=[hit(h.file, h.page, h.score) for h in hits],
+                )
+            )
+        )
         return
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank}\t{h.score:.4f}\t{printable(h.file)}\tpage {h.page}")
 
 
-def _explain_hits(idx, model, query: str, hits, out: Optional[Path], password: Optional[str]) -> None:
+def _explain_hits(idx, model, query: str, hits, out: Path | None, password: str | None) -> None:
     """A heatmap PNG per hit. A file that cannot be re-rendered (moved, deleted, changed) costs
     only its own heatmaps: the others are drawn, and the file is named once with the fix."""
     import os
@@ -248,7 +307,9 @@ def _explain_hits(idx, model, query: str, hits, out: Optional[Path], password: O
         if h.file in unusable:
             continue
         try:
-            path = _explain_hit(idx, model, query, h, folder / f"explain-{rank}-{Path(h.file).stem}-p{h.page}.png", password)
+            path = _explain_hit(
+                idx, model, query, h, folder / f"explain-{rank}-{Path(h.file).stem}-p{h.page}.png", password
+            )
         except ColragError as exc:
             unusable[h.file] = str(exc)
             continue
@@ -261,10 +322,12 @@ def _explain_hits(idx, model, query: str, hits, out: Optional[Path], password: O
                 err=True,
             )
         else:
-            typer.echo(f"warning: no heatmap for {printable(file)}: {reason} (re-index it with `colrag index`)", err=True)
+            typer.echo(
+                f"warning: no heatmap for {printable(file)}: {reason} (re-index it with `colrag index`)", err=True
+            )
 
 
-def _explain_hit(idx, model, query: str, hit, out: Path, password: Optional[str]) -> Path:
+def _explain_hit(idx, model, query: str, hit, out: Path, password: str | None) -> Path:
     """Re-render the hit's page exactly as it was indexed and draw its similarity map."""
     from ..errors import IndexStoreError
     from ..explain import explain_page
@@ -280,7 +343,7 @@ def _explain_hit(idx, model, query: str, hit, out: Path, password: Optional[str]
     return explain_page(model, query, image, idx.page_vectors(snap, record), out)
 
 
-def _bundle_in_use(built: dict, retriever: Optional[Path], models_dir: Optional[Path]) -> tuple[Optional[str], str]:
+def _bundle_in_use(built: dict, retriever: Path | None, models_dir: Path | None) -> tuple[str | None, str]:
     """(path of the retriever bundle that search would use, if it is the one that built the index; a line saying so)."""
     from ..bundle import bundle_id, load_manifest
     from ..errors import BundleError
@@ -292,20 +355,27 @@ def _bundle_in_use(built: dict, retriever: Optional[Path], models_dir: Optional[
     try:
         installed = bundle_id(load_manifest(bundle, "retriever"))
     except BundleError:
-        return None, f"bundle {short} ({origin}); no usable retriever bundle at {bundle}: install or pass the one that built it"
+        return (
+            None,
+            f"bundle {short} ({origin}); no usable retriever bundle at {bundle}: install or pass the one that built it",
+        )
     if installed == built.get("bundle_id"):
         return str(bundle), f"{bundle} (bundle {short}, {origin})"
-    return None, (f"bundle {short} ({origin}); the retriever at {bundle} is another bundle ({installed[:12]}): "
-                  "search and ask need the one that built the index")
+    return None, (
+        f"bundle {short} ({origin}); the retriever at {bundle} is another bundle ({installed[:12]}): "
+        "search and ask need the one that built the index"
+    )
 
 
 @app.command("status")
 def status_cmd(
-    index: Optional[str] = INDEX_OPTION,
+    index: str | None = INDEX_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON (docs/JSON.md)."),
-    check: bool = typer.Option(False, "--check", help="Also verify catalog <-> vectors consistency (reads every vector)."),
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
-    retriever: Optional[Path] = RETRIEVER_OPTION,
+    check: bool = typer.Option(
+        False, "--check", help="Also verify catalog <-> vectors consistency (reads every vector)."
+    ),
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    retriever: Path | None = RETRIEVER_OPTION,
 ) -> None:
     """Show what an index holds: documents, pages, failures, size on disk, and which retriever bundle built it."""
     from ..paths import index_dir
@@ -320,7 +390,9 @@ def status_cmd(
     with Index.open(target) as idx:
         stats = idx.stats()
         stats["page_failures"] = [
-            {"file": path, "page": page, "reason": msg} for path, page, kind, msg in idx.page_errors() if kind == "error"
+            {"file": path, "page": page, "reason": msg}
+            for path, page, kind, msg in idx.page_errors()
+            if kind == "error"
         ]
         report = idx.check() if check else None
     if report is not None:
@@ -329,12 +401,29 @@ def status_cmd(
     if as_json:
         from ..jsonout import document, dumps, failure
 
-        counts = ("documents", "pages", "failed_documents", "failed_pages", "tokens", "bytes_on_disk", "vector_bytes",
-                  "dead_vector_bytes", "centroids", "generation", "pages_with_features", "feature_bytes",
-                  "feature_bytes_per_page", "features")
+        counts = (
+            "documents",
+            "pages",
+            "failed_documents",
+            "failed_pages",
+            "tokens",
+            "bytes_on_disk",
+            "vector_bytes",
+            "dead_vector_bytes",
+            "centroids",
+            "generation",
+            "pages_with_features",
+            "feature_bytes",
+            "feature_bytes_per_page",
+            "features",
+        )
         doc = document(
             "status",
-            index={"path": stats["index"], **{k: stats[k] for k in counts}, "documents_indexing": stats["documents_in_progress"]},
+            index={
+                "path": stats["index"],
+                **{k: stats[k] for k in counts},
+                "documents_indexing": stats["documents_in_progress"],
+            },
             retriever={**stats["retriever"], "path": bundle_path},
             failures=[failure(f["path"], None, f["error"]) for f in stats["failed"]]
             + [failure(f["file"], f["page"], f["reason"]) for f in stats["page_failures"]],
@@ -347,7 +436,9 @@ def status_cmd(
         typer.echo(f"retriever  {printable(bundle_line)}")
         docs = [f"{stats['documents']} indexed", f"{stats['failed_documents']} failed"]
         if stats["documents_in_progress"]:
-            docs.append(f"{stats['documents_in_progress']} being indexed (the next `colrag index` of its folder finishes it)")
+            docs.append(
+                f"{stats['documents_in_progress']} being indexed (the next `colrag index` of its folder finishes it)"
+            )
         typer.echo(f"documents  {', '.join(docs)}")
         typer.echo(f"pages      {stats['pages']} indexed, {stats['failed_pages']} failed")
         typer.echo(
@@ -379,9 +470,11 @@ REMOVE_WITHOUT_ASKING = 5  # more documents than this (or every document) needs 
 @app.command("remove")
 def remove_cmd(
     paths: list[Path] = typer.Argument(..., help="Files, or folders (every indexed file under them), to forget."),
-    index: Optional[str] = INDEX_OPTION,
+    index: str | None = INDEX_OPTION,
     yes: bool = typer.Option(
-        False, "--yes", "-y",
+        False,
+        "--yes",
+        "-y",
         help=f"Do not ask before removing more than {REMOVE_WITHOUT_ASKING} documents or all of them "
         "(without a terminal, such a removal needs --yes).",
     ),
@@ -420,7 +513,7 @@ def remove_cmd(
 
 @app.command("compact")
 def compact_cmd(
-    index: Optional[str] = INDEX_OPTION,
+    index: str | None = INDEX_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print {vector_bytes_before, vector_bytes_after} as JSON."),
 ) -> None:
     """Reclaim the space of removed and replaced pages' vectors (searches keep working meanwhile)."""
@@ -433,4 +526,6 @@ def compact_cmd(
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        typer.echo(f"vectors: {_human_bytes(result['vector_bytes_before'])} -> {_human_bytes(result['vector_bytes_after'])}")
+        typer.echo(
+            f"vectors: {_human_bytes(result['vector_bytes_before'])} -> {_human_bytes(result['vector_bytes_after'])}"
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -35,19 +34,31 @@ _SOURCES = ", ".join(f"{s.repo_id}@{s.revision} ({s.part})" for s in SPECS.value
     ),
 )
 def install_cmd(
-    only: Optional[Part] = typer.Option(None, "--only", help="Install one part only."),
-    retriever_from: Optional[Path] = typer.Option(
-        None, "--retriever-from", metavar="DIR", help="ColQwen2 checkpoint folder on disk (like vidore/colqwen2-v1.0-hf) instead of a download."
+    only: Part | None = typer.Option(None, "--only", help="Install one part only."),
+    retriever_from: Path | None = typer.Option(
+        None,
+        "--retriever-from",
+        metavar="DIR",
+        help="ColQwen2 checkpoint folder on disk (like vidore/colqwen2-v1.0-hf) instead of a download.",
     ),
-    generator_from: Optional[Path] = typer.Option(
-        None, "--generator-from", metavar="DIR", help="Qwen2-VL checkpoint folder on disk (like Qwen/Qwen2-VL-2B-Instruct) instead of a download."
+    generator_from: Path | None = typer.Option(
+        None,
+        "--generator-from",
+        metavar="DIR",
+        help="Qwen2-VL checkpoint folder on disk (like Qwen/Qwen2-VL-2B-Instruct) instead of a download.",
     ),
     quantize: Quantize = QUANTIZE_OPTION,
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    models_dir: Path | None = MODELS_DIR_OPTION,
     force: bool = typer.Option(False, "--force", help="Go on even when the disk or memory check says it will not fit."),
-    reinstall: bool = typer.Option(False, "--reinstall", help="Replace bundles that are already installed (they are kept otherwise)."),
+    reinstall: bool = typer.Option(
+        False, "--reinstall", help="Replace bundles that are already installed (they are kept otherwise)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
+    ),
 ) -> None:
     from ..install import install
     from ..paths import models_dir as default_models_dir
@@ -67,4 +78,6 @@ def install_cmd(
         return
     for r in results:
         source = f"{r.source}@{r.revision}" if r.revision else str(r.source)
-        typer.echo(f"{r.status}\t{r.part}\t{printable(r.bundle)}\t{printable(source)}\t{r.files} files\t{r.bytes / 1e9:.2f} GB")
+        typer.echo(
+            f"{r.status}\t{r.part}\t{printable(r.bundle)}\t{printable(source)}\t{r.files} files\t{r.bytes / 1e9:.2f} GB"
+        )

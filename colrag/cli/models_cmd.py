@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -23,18 +23,27 @@ export_app = typer.Typer(
 )
 models_app.add_typer(export_app, name="export")
 
-MODELS_DIR_OPTION = typer.Option(None, "--models-dir", envvar="COLRAG_MODELS", help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].")
+MODELS_DIR_OPTION = typer.Option(
+    None,
+    "--models-dir",
+    envvar="COLRAG_MODELS",
+    help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].",
+)
 
 
 @export_app.command("retriever")
 def export_retriever_cmd(
     src: Path = typer.Argument(..., help="ColQwen2 checkpoint folder (e.g. a download of vidore/colqwen2-v1.0-hf)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder to write \\[default: <models-dir>/retriever]."),
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    out: Path | None = typer.Option(None, "--out", help="Bundle folder to write \\[default: <models-dir>/retriever]."),
+    models_dir: Path | None = MODELS_DIR_OPTION,
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
     quantize: Quantize = QUANTIZE_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
-    verbose: bool = typer.Option(False, "--verbose", help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars)."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
+    ),
 ) -> None:
     """Export a ColQwen2 retriever checkpoint: vision + text graphs, embedding table, tokenizer, manifest."""
     from ..export.retriever import export_retriever
@@ -46,13 +55,13 @@ def export_retriever_cmd(
     typer.echo(str(target))
 
 
-def _check_threads(value: Optional[int]) -> Optional[int]:
+def _check_threads(value: int | None) -> int | None:
     from ..runtime import check_threads
 
     return check_threads(value)
 
 
-def _bundles(models_dir: Optional[Path]) -> list[Path]:
+def _bundles(models_dir: Path | None) -> list[Path]:
     from ..paths import models_dir as default_models_dir
 
     root = default_models_dir(models_dir)
@@ -63,7 +72,7 @@ def _bundles(models_dir: Optional[Path]) -> list[Path]:
 
 @models_app.command("list")
 def list_cmd(
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    models_dir: Path | None = MODELS_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show the installed model bundles (a quick check: presence and sizes, not checksums)."""
@@ -75,14 +84,26 @@ def list_cmd(
         try:
             m = load_manifest(path)
             size = sum(f["size"] for f in m["files"].values())
-            rows.append({"path": str(path), "kind": m.get("kind"), "source": m.get("source"), "bytes": size, "ok": True, "error": None})
+            rows.append(
+                {
+                    "path": str(path),
+                    "kind": m.get("kind"),
+                    "source": m.get("source"),
+                    "bytes": size,
+                    "ok": True,
+                    "error": None,
+                }
+            )
         except BundleError as exc:
             rows.append({"path": str(path), "kind": None, "source": None, "bytes": 0, "ok": False, "error": str(exc)})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        typer.echo("no model bundles installed (run `colrag models install`, or `colrag models export retriever SRC`)", err=True)
+        typer.echo(
+            "no model bundles installed (run `colrag models install`, or `colrag models export retriever SRC`)",
+            err=True,
+        )
         return
     for r in rows:
         status = f"{r['bytes'] / 1e9:.2f} GB" if r["ok"] else f"BROKEN: {r['error']}"
@@ -91,8 +112,10 @@ def list_cmd(
 
 @models_app.command("verify")
 def verify_cmd(
-    bundles: Optional[list[Path]] = typer.Argument(None, help="Bundle folders \\[default: every bundle in the models dir]."),
-    models_dir: Optional[Path] = MODELS_DIR_OPTION,
+    bundles: list[Path] | None = typer.Argument(
+        None, help="Bundle folders \\[default: every bundle in the models dir]."
+    ),
+    models_dir: Path | None = MODELS_DIR_OPTION,
 ) -> None:
     """Re-hash every file of each bundle against its manifest (sha256)."""
     from ..bundle import verify_bundle
@@ -118,16 +141,39 @@ def compare_cmd(
     bundle_a: Path = typer.Argument(..., help="Reference bundle (e.g. an fp32 export: `--quantize none`)."),
     bundle_b: Path = typer.Argument(..., help="Bundle to check against it (e.g. the int8 one you use)."),
     inputs: list[Path] = typer.Argument(..., help="Your PDFs, folders of PDFs and/or image files to compare on."),
-    pages: int = typer.Option(4, "--pages", min=1, max=200, help="How many pages to use (taken in turn from each document; images are held in memory, hence the cap)."),
-    query: Optional[list[str]] = typer.Option(None, "--query", "-q", help="Retriever: a query to rank the pages with (repeat) \\[default: six generic report questions]. Generator: the question asked about each page \\[default: 'What does this page show?']."),
+    pages: int = typer.Option(
+        4,
+        "--pages",
+        min=1,
+        max=200,
+        help="How many pages to use (taken in turn from each document; images are held in memory, hence the cap).",
+    ),
+    query: list[str] | None = typer.Option(
+        None,
+        "--query",
+        "-q",
+        help="Retriever: a query to rank the pages with (repeat) \\[default: six generic report questions]. Generator: the question asked about each page \\[default: 'What does this page show?'].",
+    ),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Retriever: the ranking depth whose overlap is reported."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Generator: greedy tokens per answer."),
-    password: Optional[str] = typer.Option(None, "--password", help="Password for encrypted PDFs."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, callback=_check_threads, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."),
-    backend: Optional[str] = BACKEND_OPTION,
-    precision: Optional[str] = PRECISION_OPTION,
-    backend_b: Optional[str] = typer.Option(None, "--backend-b", help="Run BUNDLE_B on this backend instead of --backend (give the same bundle twice to measure a backend's drift)."),
-    precision_b: Optional[str] = typer.Option(None, "--precision-b", help="Run BUNDLE_B at this precision instead of --precision."),
+    password: str | None = typer.Option(None, "--password", help="Password for encrypted PDFs."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        callback=_check_threads,
+        help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores].",
+    ),
+    backend: str | None = BACKEND_OPTION,
+    precision: str | None = PRECISION_OPTION,
+    backend_b: str | None = typer.Option(
+        None,
+        "--backend-b",
+        help="Run BUNDLE_B on this backend instead of --backend (give the same bundle twice to measure a backend's drift).",
+    ),
+    precision_b: str | None = typer.Option(
+        None, "--precision-b", help="Run BUNDLE_B at this precision instead of --precision."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Measure how far BUNDLE_B drifts from BUNDLE_A on your own pages.
@@ -138,7 +184,15 @@ def compare_cmd(
     """
     from dataclasses import asdict
 
-    from ..compare import DEFAULT_QUERIES, DEFAULT_QUESTION, Runtime, bundle_kind, compare_generators, compare_retrievers, sample_pages
+    from ..compare import (
+        DEFAULT_QUERIES,
+        DEFAULT_QUESTION,
+        Runtime,
+        bundle_kind,
+        compare_generators,
+        compare_retrievers,
+        sample_pages,
+    )
     from ..constants import GENERATOR_MAX_PIXELS
     from ..render import DEFAULT_TARGET_PIXELS
 
@@ -152,20 +206,42 @@ def compare_cmd(
     target = DEFAULT_TARGET_PIXELS if kind == "retriever" else GENERATOR_MAX_PIXELS
     sample = sample_pages(inputs, pages, target, password, warn=note)
     if kind == "retriever":
-        drift = compare_retrievers(bundle_a, bundle_b, sample, query or DEFAULT_QUERIES, top_k=top_k, threads=threads, progress=note,
-                                   **runtimes)
+        drift = compare_retrievers(
+            bundle_a,
+            bundle_b,
+            sample,
+            query or DEFAULT_QUERIES,
+            top_k=top_k,
+            threads=threads,
+            progress=note,
+            **runtimes,
+        )
         if as_json:
             typer.echo(json.dumps({"kind": kind, **asdict(drift)}, indent=2))
             return
         typer.echo(f"{drift.pages} pages, {drift.queries} queries")
-        typer.echo(f"page embeddings: cosine mean {drift.page_cosine_mean:.5f}, min {drift.page_cosine_min:.5f} (worst page: {drift.worst_page})")
+        typer.echo(
+            f"page embeddings: cosine mean {drift.page_cosine_mean:.5f}, min {drift.page_cosine_min:.5f} (worst page: {drift.worst_page})"
+        )
         typer.echo(f"query embeddings: cosine mean {drift.query_cosine_mean:.5f}, min {drift.query_cosine_min:.5f}")
-        typer.echo(f"ranking: same best page for {drift.top1_agreement:.0%} of queries, top-{drift.top_k} overlap {drift.top_k_overlap:.0%}")
+        typer.echo(
+            f"ranking: same best page for {drift.top1_agreement:.0%} of queries, top-{drift.top_k} overlap {drift.top_k_overlap:.0%}"
+        )
         for d in drift.disagreements:
-            typer.echo(f"  {d['query']!r}: A ranks {d['page_a']} first, B {d['page_b']}, which trails it by {d['gap']:.2%} in A's scores")
+            typer.echo(
+                f"  {d['query']!r}: A ranks {d['page_a']} first, B {d['page_b']}, which trails it by {d['gap']:.2%} in A's scores"
+            )
         return
-    gen = compare_generators(bundle_a, bundle_b, sample, query or [DEFAULT_QUESTION], max_new_tokens=max_new_tokens,
-                             threads=threads, progress=note, **runtimes)
+    gen = compare_generators(
+        bundle_a,
+        bundle_b,
+        sample,
+        query or [DEFAULT_QUESTION],
+        max_new_tokens=max_new_tokens,
+        threads=threads,
+        progress=note,
+        **runtimes,
+    )
     if as_json:
         typer.echo(json.dumps({"kind": kind, **gen.as_dict()}, indent=2, ensure_ascii=False))
         return
@@ -174,4 +250,6 @@ def compare_cmd(
         typer.echo(f"{a.page}: {a.question!r}: {a.equal_positions}/{a.tokens} tokens equal, {where}")
         if a.first_difference is not None:
             typer.echo(f"  A: {a.answer_a!r}\n  B: {a.answer_b!r}")
-    typer.echo(f"{gen.identical}/{len(gen.answers)} answers identical; {gen.token_agreement:.1%} of token positions agree")
+    typer.echo(
+        f"{gen.identical}/{len(gen.answers)} answers identical; {gen.token_agreement:.1%} of token positions agree"
+    )

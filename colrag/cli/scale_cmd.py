@@ -75,8 +75,13 @@ def qdrant_search(
     if as_json:  # docs/JSON.md, as for a local index
         from ..jsonout import document, dumps, hit
 
-        typer.echo(dumps(document("search", query=query, index={"path": spec},
-                                  results=[hit(h.file, h.page, h.score) for h in hits])))
+        typer.echo(
+            dumps(
+                document(
+                    "search", query=query, index={"path": spec}, results=[hit(h.file, h.page, h.score) for h in hits]
+                )
+            )
+        )
         return
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank}\t{h.score:.4f}\t{printable(h.file)}\tpage {h.page}")
@@ -91,8 +96,16 @@ def qdrant_status(spec: str, as_json: bool) -> None:
         from ..jsonout import document, dumps
 
         counts = {k: stats[k] for k in ("documents", "pages", "bytes_on_disk") if k in stats}
-        typer.echo(dumps(document("status", index={"path": str(stats.get("index", spec)), **counts},
-                                  retriever=stats.get("retriever"), failures=[])))
+        typer.echo(
+            dumps(
+                document(
+                    "status",
+                    index={"path": str(stats.get("index", spec)), **counts},
+                    retriever=stats.get("retriever"),
+                    failures=[],
+                )
+            )
+        )
         return
     r = stats.get("retriever") or {}
     typer.echo(f"index      {stats['index']}")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import ctypes
 import ctypes.util
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -27,8 +27,22 @@ from ..bundle import MANIFEST
 from ..errors import ColragError
 
 # Files of a checkpoint folder that the runtime needs besides the weights.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
-CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json", "chat_template.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+)
+CONFIG_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "generation_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+)
 
 
 # -- quiet by default ------------------------------------------------------------------------
@@ -40,7 +54,13 @@ CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.jso
 # is actionable for a user; colrag's own progress lines say what is happening. `verbose`
 # lets all of it through (to stderr: stdout is for results).
 _FOREIGN_LOGGERS = (
-    "onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export", "onnxruntime", "transformers",
+    "onnxscript",
+    "onnx_ir",
+    "torch.onnx",
+    "torch.export",
+    "torch._export",
+    "onnxruntime",
+    "transformers",
 )
 _FOREIGN_MODULES = r"(torch|transformers|onnxscript|onnx_ir|onnx|copyreg)\b"  # where their warnings are raised
 _torch_progress: TextIO | None = None  # where export_graph sends torch.onnx's stdout chatter; None = stderr
@@ -146,7 +166,9 @@ def read_source_identity(src: Path) -> dict:
     return info
 
 
-def export_graph(module, args: tuple, path: Path, *, input_names, output_names, dynamic_shapes, opset: int = 18) -> float:
+def export_graph(
+    module, args: tuple, path: Path, *, input_names, output_names, dynamic_shapes, opset: int = 18
+) -> float:
     """torch.onnx.export(dynamo=True) with weights in external data; returns seconds taken.
 
     After saving, the weights are released from the in-memory ONNX model: onnxscript's

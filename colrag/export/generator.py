@@ -47,8 +47,8 @@ from .common import (
     copy_checkpoint_files,
     export_graph,
     max_abs_diff,
-    quiet_unless_verbose,
     new_work_dir,
+    quiet_unless_verbose,
     read_source_identity,
     replace_with,
     save_embedding_table,
@@ -135,7 +135,9 @@ def _check(name: str, got, want) -> float:
     diff = max_abs_diff(got, want)
     scale = max(1.0, float(np.abs(np.asarray(want)).max()))
     if not diff <= TOLERANCE * scale:
-        raise ColragError(f"export check failed: {name} differs from torch by {diff:.3g} (tolerance {TOLERANCE * scale:.3g})")
+        raise ColragError(
+            f"export check failed: {name} differs from torch by {diff:.3g} (tolerance {TOLERANCE * scale:.3g})"
+        )
     return diff
 
 
@@ -174,14 +176,18 @@ def export_generator(
         raise ColragError(f"{src} is not a checkpoint folder (no config.json)")
     config = AutoConfig.from_pretrained(src)
     if config.model_type != "qwen2_vl":
-        raise ColragError(f"{src} holds a {config.model_type!r} checkpoint; the generator export needs Qwen2-VL (e.g. Qwen/Qwen2-VL-2B-Instruct)")
+        raise ColragError(
+            f"{src} holds a {config.model_type!r} checkpoint; the generator export needs Qwen2-VL (e.g. Qwen/Qwen2-VL-2B-Instruct)"
+        )
     check_target(out, "generator", force=force)  # refused before anything is loaded or written
     shared = None
     if share_vision_with is not None:
         shared = Path(share_vision_with).expanduser()
         shared_manifest = load_manifest(shared, "retriever")
         if not shared_manifest.get("vision_hash"):
-            raise ColragError(f"{shared}: the retriever bundle records no vision_hash; re-export it to share its vision tower")
+            raise ColragError(
+                f"{shared}: the retriever bundle records no vision_hash; re-export it to share its vision tower"
+            )
 
     started = time.perf_counter()
     work = new_work_dir(out)
@@ -241,9 +247,14 @@ class _Check:
     def run(self, work: Path) -> float:
         """Max abs difference to torch over the steps; raises when over the tolerance."""
         outs, cache_shape = self.outputs(work / self.graph)
-        worst = max(_check(f"{self.label} (step {i + 1})", got, want) for i, (got, (_, want)) in enumerate(zip(outs, self.steps)))
+        worst = max(
+            _check(f"{self.label} (step {i + 1})", got, want)
+            for i, (got, (_, want)) in enumerate(zip(outs, self.steps))
+        )
         if self.cache_shape is not None and cache_shape != self.cache_shape:
-            raise ColragError(f"export check failed: {self.label} cache has shape {cache_shape}, expected {self.cache_shape}")
+            raise ColragError(
+                f"export check failed: {self.label} cache has shape {cache_shape}, expected {self.cache_shape}"
+            )
         return worst
 
     def drift(self, work: Path, quantized: Path) -> dict:
@@ -269,9 +280,13 @@ def _export_vision(visual, work: Path, opset: int) -> list[_Check]:
     auto = torch.export.Dim.AUTO
     pv, rot = _vision_inputs(EXPORT_GRID, seed=0)
     export_graph(
-        tower, (pv, rot), work / "vision.onnx",
-        input_names=["pixel_values", "rot_pos_ids"], output_names=["image_embeds"],
-        dynamic_shapes=({0: auto}, {0: auto}), opset=opset,
+        tower,
+        (pv, rot),
+        work / "vision.onnx",
+        input_names=["pixel_values", "rot_pos_ids"],
+        output_names=["image_embeds"],
+        dynamic_shapes=({0: auto}, {0: auto}),
+        opset=opset,
     )
     checks = []
     for label, grid, seed in (("vision_export_grid", EXPORT_GRID, 0), ("vision_check_grid", CHECK_GRID, 1)):
@@ -306,10 +321,17 @@ def _export_decoder(model, work: Path, opset: int) -> list[_Check]:
     pos = _text_positions(mask)[:, :, p:]
     past = tuple(torch.randn(b, kv_heads, p, head_dim, generator=gen) for _ in range(2 * n_layers))
     export_graph(
-        decoder, (embeds, pos, mask, *past), work / "decoder.onnx",
+        decoder,
+        (embeds, pos, mask, *past),
+        work / "decoder.onnx",
         input_names=["inputs_embeds", "position_ids", "attention_mask", *past_names(n_layers)],
         output_names=["logits", *present_names(n_layers)],
-        dynamic_shapes=({0: auto, 1: auto}, {1: auto, 2: auto}, {0: auto, 1: auto}, tuple({0: auto, 2: auto} for _ in past)),
+        dynamic_shapes=(
+            {0: auto, 1: auto},
+            {1: auto, 2: auto},
+            {0: auto, 1: auto},
+            tuple({0: auto, 2: auto} for _ in past),
+        ),
         opset=opset,
     )
     del decoder, past, embeds
@@ -332,16 +354,30 @@ def _decoder_check(model, n_layers: int, kv_heads: int, head_dim: int) -> _Check
 
     def reference(n: int) -> np.ndarray:
         with torch.no_grad():
-            out = lm(inputs_embeds=embeds[:, :n], position_ids=pos[:, :, :n], attention_mask=mask[:, :n], use_cache=False)
+            out = lm(
+                inputs_embeds=embeds[:, :n], position_ids=pos[:, :, :n], attention_mask=mask[:, :n], use_cache=False
+            )
             return model.lm_head(out.last_hidden_state[:, -1:, :]).numpy()  # (B, 1, vocab)
 
     empty = np.zeros((b, kv_heads, 0, head_dim), dtype=np.float32)
-    prefill = {"inputs_embeds": embeds[:, :s].numpy(), "position_ids": pos[:, :, :s].numpy(), "attention_mask": mask[:, :s].numpy()}
+    prefill = {
+        "inputs_embeds": embeds[:, :s].numpy(),
+        "position_ids": pos[:, :, :s].numpy(),
+        "attention_mask": mask[:, :s].numpy(),
+    }
     prefill.update({name: empty for name in past_names(n_layers)})
-    decode = {"inputs_embeds": embeds[:, s:].numpy(), "position_ids": pos[:, :, s:].numpy(), "attention_mask": mask.numpy()}
+    decode = {
+        "inputs_embeds": embeds[:, s:].numpy(),
+        "position_ids": pos[:, :, s:].numpy(),
+        "attention_mask": mask.numpy(),
+    }
     decode.update({name: f"present:{i}" for i, name in enumerate(past_names(n_layers))})
-    return _Check("decoder_prefill_decode", "decoder.onnx", [(prefill, reference(s)), (decode, reference(s + 1))],
-                  cache_shape=(b, kv_heads, s + 1, head_dim))
+    return _Check(
+        "decoder_prefill_decode",
+        "decoder.onnx",
+        [(prefill, reference(s)), (decode, reference(s + 1))],
+        cache_shape=(b, kv_heads, s + 1, head_dim),
+    )
 
 
 def _quantize_bundle(work: Path, scheme: str, checks: list[_Check]) -> dict:
@@ -433,7 +469,9 @@ def _export_into(model, tokenizer, image_processor, src: Path, out: Path, work: 
         "num_kv_heads": int(text_cfg.num_key_value_heads),
         "head_dim": int(text_cfg.hidden_size // text_cfg.num_attention_heads),
         "vocab_size": int(text_cfg.vocab_size),
-        "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False) or getattr(text_cfg, "tie_word_embeddings", False)),
+        "tie_word_embeddings": bool(
+            getattr(config, "tie_word_embeddings", False) or getattr(text_cfg, "tie_word_embeddings", False)
+        ),
         "eos_token_ids": eos,
         "image_token_id": int(config.image_token_id),
         "spatial_merge_size": int(vis_cfg.spatial_merge_size),

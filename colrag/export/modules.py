@@ -72,8 +72,12 @@ class VisionTower(nn.Module):
         if self.fused_attention and torch.onnx.is_in_onnx_export():
             packed = [t.transpose(0, 1).reshape(1, n, self.embed_dim) for t in (q, k, v)]  # (1, N, embed_dim)
             out = torch.onnx.ops.symbolic(
-                "com.microsoft::MultiHeadAttention", packed, attrs={"num_heads": self.num_heads},
-                dtype=q.dtype, shape=packed[0].shape, version=1,
+                "com.microsoft::MultiHeadAttention",
+                packed,
+                attrs={"num_heads": self.num_heads},
+                dtype=q.dtype,
+                shape=packed[0].shape,
+                version=1,
             )
             return out[0]
         attn = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0))  # (1, heads, N, hd)

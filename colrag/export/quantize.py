@@ -72,9 +72,13 @@ def _gemm_to_matmul(model) -> int:
         w_name = node.input[1] + "_kn"
         model.graph.initializer.append(numpy_helper.from_array(w, w_name))
         mm_out = node.output[0] + "_mm" if len(node.input) > 2 else node.output[0]
-        new_nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=(node.name or "gemm") + "_matmul"))
+        new_nodes.append(
+            helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=(node.name or "gemm") + "_matmul")
+        )
         if len(node.input) > 2 and node.input[2]:
-            new_nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=(node.name or "gemm") + "_bias"))
+            new_nodes.append(
+                helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=(node.name or "gemm") + "_bias")
+            )
         changed += 1
     if changed:
         used = {i for n in new_nodes for i in n.input}
@@ -86,23 +90,27 @@ def _gemm_to_matmul(model) -> int:
     return changed
 
 
-def quantize_graph(src: Path, dst: Path, scheme: str = "int8", accuracy_level: int = 4, *, vision: bool = False) -> dict:
+def quantize_graph(
+    src: Path, dst: Path, scheme: str = "int8", accuracy_level: int = 4, *, vision: bool = False
+) -> dict:
     """Quantize `src` (ONNX with external data) into `dst` (+ dst.data). Returns counts for the manifest.
 
     vision: this is a vision tower graph (some schemes treat it differently).
     """
     if vision and scheme in DYNAMIC_VISION_SCHEMES:
         return _quantize_dynamic(src, dst, scheme)
+    import logging
+
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    import logging
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     bits, block = VISION_WEIGHT_ONLY if vision else QUANT_SCHEMES[scheme]
     model = onnx.load(str(src), load_external_data=True)
     rewritten = _gemm_to_matmul(model)
-    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=accuracy_level, bits=bits, op_types_to_quantize=("MatMul",))
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block, is_symmetric=True, accuracy_level=accuracy_level, bits=bits, op_types_to_quantize=("MatMul",)
+    )
     quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
     qmodel = quantizer.model.model
@@ -111,8 +119,22 @@ def quantize_graph(src: Path, dst: Path, scheme: str = "int8", accuracy_level: i
     gc.collect()
     dst.unlink(missing_ok=True)
     Path(str(dst) + ".data").unlink(missing_ok=True)
-    onnx.save_model(qmodel, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=dst.name + ".data", size_threshold=1024)
-    return {"scheme": scheme, "bits": bits, "block_size": block, "accuracy_level": accuracy_level, "quantized_matmuls": n_quant, "gemm_rewritten": rewritten}
+    onnx.save_model(
+        qmodel,
+        str(dst),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=dst.name + ".data",
+        size_threshold=1024,
+    )
+    return {
+        "scheme": scheme,
+        "bits": bits,
+        "block_size": block,
+        "accuracy_level": accuracy_level,
+        "quantized_matmuls": n_quant,
+        "gemm_rewritten": rewritten,
+    }
 
 
 def _quantize_dynamic(src: Path, dst: Path, scheme: str) -> dict:
@@ -131,13 +153,23 @@ def _quantize_dynamic(src: Path, dst: Path, scheme: str) -> dict:
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic "consider pre-processing" warning on the root logger
     try:
-        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, weight_type=QuantType.QInt8,
-                         use_external_data_format=True)
+        quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+        )
     finally:
         root.setLevel(level)
     if data.exists():
         os.chmod(data, 0o644)  # written 0600; bundles are meant to be shared read-only
     model = onnx.load(str(dst), load_external_data=False)
     n_quant = sum(1 for n in model.graph.node if n.op_type == "MatMulInteger")
-    return {"scheme": scheme, "method": "dynamic: MatMulInteger, int8 weights per channel, activations per tensor",
-            "bits": 8, "quantized_matmuls": n_quant}
+    return {
+        "scheme": scheme,
+        "method": "dynamic: MatMulInteger, int8 weights per channel, activations per tensor",
+        "bits": 8,
+        "quantized_matmuls": n_quant,
+    }

@@ -26,7 +26,6 @@ from ..bundle import write_manifest
 from ..constants import RETRIEVER_MAX_PIXELS, RETRIEVER_MIN_PIXELS
 from ..errors import ColragError
 from . import require_export_deps
-from .quantize import QUANT_SCHEMES, quantize_graph
 from .common import (
     CONFIG_FILES,
     TOKENIZER_FILES,
@@ -34,13 +33,14 @@ from .common import (
     copy_checkpoint_files,
     export_graph,
     max_abs_diff,
-    quiet_unless_verbose,
     new_work_dir,
+    quiet_unless_verbose,
     read_source_identity,
     replace_with,
     save_embedding_table,
     vision_hash,
 )
+from .quantize import QUANT_SCHEMES, quantize_graph
 
 # Grids used to trace the graphs and, different on purpose, to check them.
 EXPORT_GRID = (1, 16, 12)
@@ -85,12 +85,16 @@ def _check(name: str, got, want) -> float:
     diff = max_abs_diff(got, want)
     scale = max(1.0, float(np.abs(np.asarray(want)).max()))
     if not diff <= TOLERANCE * scale:
-        raise ColragError(f"export check failed: {name} differs from torch by {diff:.3g} (tolerance {TOLERANCE * scale:.3g})")
+        raise ColragError(
+            f"export check failed: {name} differs from torch by {diff:.3g} (tolerance {TOLERANCE * scale:.3g})"
+        )
     return diff
 
 
 @quiet_unless_verbose
-def export_retriever(src: str | Path, out: str | Path, *, opset: int = 18, quantize: str = "none", force: bool = False) -> dict:
+def export_retriever(
+    src: str | Path, out: str | Path, *, opset: int = 18, quantize: str = "none", force: bool = False
+) -> dict:
     """Export checkpoint folder `src` to bundle folder `out`; returns the manifest.
 
     verbose=True lets the libraries' own logs, warnings and progress bars through
@@ -114,7 +118,9 @@ def export_retriever(src: str | Path, out: str | Path, *, opset: int = 18, quant
     except (OSError, ValueError) as exc:
         raise ColragError(f"cannot read the checkpoint config in {src}: {str(exc).splitlines()[0]}") from exc
     if config.model_type != "colqwen2":
-        raise ColragError(f"{src} holds a {config.model_type!r} checkpoint; the retriever export needs ColQwen2 (e.g. vidore/colqwen2-v1.0-hf)")
+        raise ColragError(
+            f"{src} holds a {config.model_type!r} checkpoint; the retriever export needs ColQwen2 (e.g. vidore/colqwen2-v1.0-hf)"
+        )
     check_target(out, "retriever", force=force)  # refused before anything is loaded or written
 
     started = time.perf_counter()
@@ -160,9 +166,13 @@ def _export_into(model, processor, src: Path, work: Path, opset: int, ort, torch
     tower = VisionTower(vlm.visual).eval()
     pv, rot = _vision_inputs(EXPORT_GRID, seed=0)
     export_graph(
-        tower, (pv, rot), work / "vision.onnx",
-        input_names=["pixel_values", "rot_pos_ids"], output_names=["image_embeds"],
-        dynamic_shapes=({0: auto}, {0: auto}), opset=opset,
+        tower,
+        (pv, rot),
+        work / "vision.onnx",
+        input_names=["pixel_values", "rot_pos_ids"],
+        output_names=["image_embeds"],
+        dynamic_shapes=({0: auto}, {0: auto}),
+        opset=opset,
     )
     pv, rot = _vision_inputs(CHECK_GRID, seed=1)
     with torch.no_grad():
@@ -178,15 +188,21 @@ def _export_into(model, processor, src: Path, work: Path, opset: int, ort, torch
     head = RetrieverHead(vlm.language_model, model.embedding_proj_layer).eval()
     args = _text_inputs(2, 12, hidden, seed=2)
     export_graph(
-        head, args, work / "text.onnx",
-        input_names=["inputs_embeds", "position_ids", "attention_mask"], output_names=["embeddings"],
-        dynamic_shapes=({0: auto, 1: auto}, {1: auto, 2: auto}, {0: auto, 1: auto}), opset=opset,
+        head,
+        args,
+        work / "text.onnx",
+        input_names=["inputs_embeds", "position_ids", "attention_mask"],
+        output_names=["embeddings"],
+        dynamic_shapes=({0: auto, 1: auto}, {1: auto, 2: auto}, {0: auto, 1: auto}),
+        opset=opset,
     )
     args = _text_inputs(3, 29, hidden, seed=3)
     with torch.no_grad():
         want = head(*args).numpy()
     sess = ort.InferenceSession(str(work / "text.onnx"), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"inputs_embeds": args[0].numpy(), "position_ids": args[1].numpy(), "attention_mask": args[2].numpy()})[0]
+    got = sess.run(
+        None, {"inputs_embeds": args[0].numpy(), "position_ids": args[1].numpy(), "attention_mask": args[2].numpy()}
+    )[0]
     checks["text_max_abs_diff"] = _check("language model", got, want)
     del sess, head
     gc.collect()

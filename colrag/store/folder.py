@@ -76,15 +76,9 @@ def not_creation_leftovers(path: Path) -> list[str]:
         if entry.is_symlink():
             strangers.append(name)
         elif (
-            (name == SEGMENTS_DIR
-            and entry.is_dir()
-            and not any(entry.iterdir()))
-            or (name == LOCK_FILE
-            and entry.is_file()
-            and entry.stat().st_size <= 32)
-            or (name in _CATALOG_FILES
-            and entry.is_file()
-            and _empty_catalog(path / cat.CATALOG_FILE))
+            (name == SEGMENTS_DIR and entry.is_dir() and not any(entry.iterdir()))
+            or (name == LOCK_FILE and entry.is_file() and entry.stat().st_size <= 32)
+            or (name in _CATALOG_FILES and entry.is_file() and _empty_catalog(path / cat.CATALOG_FILE))
         ):
             continue
         else:

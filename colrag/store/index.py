@@ -175,7 +175,9 @@ class Index:
                 if dim and int(manifest["dim"]) != dim:
                     raise IndexStoreError(f"index {path} holds {manifest['dim']}-d vectors, not {dim}-d ones")
             conn = cat.connect(path / cat.CATALOG_FILE)
-            if 2 <= cat.check_version(conn) < cat.FAISS_VERSION or (not fresh and manifest["schema_version"] < SCHEMA_VERSION):
+            if 2 <= cat.check_version(conn) < cat.FAISS_VERSION or (
+                not fresh and manifest["schema_version"] < SCHEMA_VERSION
+            ):
                 manifest = migrate.upgrade(path, conn, manifest)  # files first, then the catalog's migration 3
             cat.migrate(conn)
             from ..bundle import atomic_write_json
@@ -192,9 +194,13 @@ class Index:
             index.writer.repair()
             info = pf.manifest_info(manifest)
             if info is not None:
-                index.repair_notes = pf.repair(conn, path / pf.FEATURES_DIR, info["hidden_size"], info["encoding"], cat.transaction)
+                index.repair_notes = pf.repair(
+                    conn, path / pf.FEATURES_DIR, info["hidden_size"], info["encoding"], cat.transaction
+                )
             if features is not None:
-                index._features = pf.FeatureWriter(path / pf.FEATURES_DIR, features["hidden_size"], features["encoding"])
+                index._features = pf.FeatureWriter(
+                    path / pf.FEATURES_DIR, features["hidden_size"], features["encoding"]
+                )
             return index
         except BaseException:
             if conn is not None:

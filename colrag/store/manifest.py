@@ -39,8 +39,12 @@ class RetrieverInfo:
     @classmethod
     def of(cls, retriever: Any) -> RetrieverInfo:
         return cls(
-            str(retriever.bundle_id), str(retriever.name), int(retriever.dim), int(retriever.max_pixels),
-            getattr(retriever, "vision_hash", None), int(getattr(retriever, "hidden_size", 0) or 0),
+            str(retriever.bundle_id),
+            str(retriever.name),
+            int(retriever.dim),
+            int(retriever.max_pixels),
+            getattr(retriever, "vision_hash", None),
+            int(getattr(retriever, "hidden_size", 0) or 0),
         )
 
 

@@ -125,7 +125,9 @@ class Writer:
                 for (page_no, width, height, _), r, s in zip(pages, rows, sets):
                     placed.append((doc_id, page_no, width, height, seg.append(r), len(r), s))
                 name = seg.write()
-            if feats is not None:  # page features (colrag.store.features): their file first, their rows in the transaction
+            if (
+                feats is not None
+            ):  # page features (colrag.store.features): their file first, their rows in the transaction
                 for (page_no, *_), page_feats in zip(pages, features, strict=True):
                     if page_feats is not None:
                         feats.append(self.conn, doc_id, page_no, page_feats)

@@ -36,8 +36,8 @@ from .connection import CatalogConnection, connect, snapshot, store_error, trans
 from .migrations import (
     BASELINE_VERSION,
     FAISS_VERSION,
-    READER_OPTIONAL,
     MIGRATIONS,
+    READER_OPTIONAL,
     check_schema,
     check_version,
     latest_version,
@@ -50,10 +50,10 @@ CATALOG_FILE = "catalog.sqlite"
 SCHEMA_VERSION = latest_version()
 __all__ = [
     "BASELINE_VERSION",
-    "FAISS_VERSION",
-    "READER_OPTIONAL",
     "CATALOG_FILE",
+    "FAISS_VERSION",
     "MIGRATIONS",
+    "READER_OPTIONAL",
     "SCHEMA_VERSION",
     "CatalogConnection",
     "Document",

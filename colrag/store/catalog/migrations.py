@@ -177,7 +177,9 @@ def _m004_faiss_vectors(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE pages ADD COLUMN centroids BLOB")
     has_segments = conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0]
     if has_segments and not pending_v3:
-        raise IndexStoreError("a schema-2 index must be converted by its writer (colrag.store.migrate), not by the catalog alone")
+        raise IndexStoreError(
+            "a schema-2 index must be converted by its writer (colrag.store.migrate), not by the catalog alone"
+        )
     names: dict[int, str] = pending_v3.get("segments", {})
     conn.executemany("UPDATE segments SET name = ? WHERE id = ?", [(name, sid) for sid, name in names.items()])
     conn.executemany("UPDATE pages SET centroids = ? WHERE id = ?", pending_v3.get("centroids", []))
