@@ -23,6 +23,8 @@ import pytest
 
 from colrag.errors import IndexStoreError, InputError
 from colrag.store import qdrant as qd
+from colrag.store.qdrant import index as qd_index
+from colrag.store.qdrant.server import ServerEngine
 from tests.index_helpers import clustered_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -337,7 +339,7 @@ def test_server_collection_config_and_requests():
     client.upsert("other", [m.PointStruct(id=1, vector=[0.0, 0.0, 0.0, 1.0])])
     with pytest.raises(IndexStoreError, match="not a colrag index"):
         server(client, "other")
-    qd._ServerEngine(client, "", "made")._create_collection(128)  # made beforehand (e.g. with shards, replicas)
+    ServerEngine(client, "", "made")._create_collection(128)  # made beforehand (e.g. with shards, replicas)
     with server(client, "made") as ix:
         ix.add_page("/a.pdf", 1, unit_rows(3, 0))
         ix.commit()
@@ -371,7 +373,7 @@ def test_copy_local_index_into_edge_is_resumable(tmp_path, monkeypatch):
             index.add_pages(doc, [(p, 10, 10, clustered_rows(20, seed=d * 10 + p)) for p in range(1, 5)])
             index.finish_document(doc)
     target = f"qdrant+edge:{tmp_path / 'q'}"
-    monkeypatch.setattr(qd, "COMMIT_BATCH", 5)
+    monkeypatch.setattr(qd_index, "COMMIT_BATCH", 5)
     real_add = qd.QdrantIndex.add_page
     calls = []
 

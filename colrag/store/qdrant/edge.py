@@ -1,0 +1,160 @@
+"""The embedded engine: a Qdrant Edge shard (`qdrant-edge-py`, Qdrant's Rust engine in this
+process, the same storage format as a server) in `<folder>/shard`. One process at a time
+(Qdrant locks its write-ahead log; colrag's write.lock says so first). No background
+optimizer: `optimize()` builds the pooled vectors' HNSW graph when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import IndexStoreError
+from .schema import (
+    EDGE_SHARD_DIR,
+    HNSW_EF,
+    HNSW_EF_CONSTRUCT,
+    HNSW_FULL_SCAN_KB,
+    HNSW_M,
+    MANIFEST_ID,
+    POOLED,
+    TOKENS,
+    _folder_bytes,
+    _import,
+    _Page,
+    _payload_page,
+    _Scored,
+    point_id,
+)
+
+
+class EdgeEngine:
+    def __init__(self, folder: Path):
+        self.qe = _import("qdrant_edge")
+        self.folder = folder
+        self.path = folder / EDGE_SHARD_DIR
+        self.shard: Any = None
+        if self.exists():
+            try:
+                self.shard = self.qe.EdgeShard.load(str(self.path))
+            except Exception as exc:  # the engine raises a bare Exception with its message
+                raise IndexStoreError(f"cannot open the Qdrant Edge shard {self.path}: {exc}") from None
+
+    def exists(self) -> bool:
+        return (self.path / "edge_config.json").is_file()
+
+    def is_empty(self) -> bool:
+        return int(self.shard.count(self.qe.CountRequest(exact=True))) == 0
+
+    def create(self, dim: int) -> None:
+        qe = self.qe
+        if self.shard is not None:  # a shard created by a run that died before writing its manifest
+            self.shard.update(qe.UpdateOperation.create_field_index("file", qe.PayloadSchemaType.Keyword))
+            return
+        tokens = qe.EdgeVectorParams(
+            size=dim,
+            distance=qe.Distance.Dot,
+            multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+            datatype=qe.VectorStorageDatatype.Float16,
+            hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000),
+        )
+        pooled = qe.EdgeVectorParams(
+            size=dim,
+            distance=qe.Distance.Dot,
+            multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+            datatype=qe.VectorStorageDatatype.Float16,
+            hnsw_config=qe.HnswIndexConfig(
+                m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=HNSW_FULL_SCAN_KB
+            ),
+        )
+        self.shard = qe.EdgeShard.create(str(self.path), qe.EdgeConfig(vectors={TOKENS: tokens, POOLED: pooled}))
+        self.shard.update(qe.UpdateOperation.create_field_index("file", qe.PayloadSchemaType.Keyword))
+
+    def get_manifest(self) -> dict[str, Any] | None:
+        recs = self.shard.retrieve([MANIFEST_ID], with_payload=True, with_vector=False)
+        return dict(recs[0].payload) if recs else None
+
+    def put_manifest(self, manifest: dict[str, Any]) -> None:
+        self.shard.update(self.qe.UpdateOperation.upsert_points([self.qe.Point(MANIFEST_ID, {}, manifest)]))
+        self.shard.flush()
+
+    def upsert(self, pages: list[_Page]) -> None:
+        qe = self.qe
+        points = [
+            qe.Point(
+                p.id,
+                {TOKENS: p.vectors, POOLED: p.pooled},
+                {"file": p.file, "page": p.page, "n_tokens": len(p.vectors)},
+            )
+            for p in pages
+        ]
+        self.shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def _file_filter(self, file: str) -> Any:
+        qe = self.qe
+        return qe.Filter(must=[qe.FieldCondition("file", match=qe.MatchValue(file))])
+
+    def delete_file(self, file: str) -> None:
+        self.shard.update(self.qe.UpdateOperation.delete_points_by_filter(self._file_filter(file)))
+
+    def flush(self) -> None:
+        self.shard.flush()
+
+    def optimize(self) -> None:
+        self.shard.optimize()
+
+    def _pages_filter(self) -> Any:
+        qe = self.qe
+        return qe.Filter(must=[qe.FieldCondition("file", is_empty=False)])
+
+    def count_pages(self) -> int:
+        return int(self.shard.count(self.qe.CountRequest(exact=True, filter=self._pages_filter())))
+
+    def scroll_pages(self, file: str | None) -> Iterator[tuple[str, int, int]]:
+        qe = self.qe
+        flt = self._file_filter(file) if file is not None else self._pages_filter()
+        offset = None
+        while True:
+            recs, offset = self.shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=1024, filter=flt, with_payload=["file", "page", "n_tokens"], with_vector=False
+                )
+            )
+            for r in recs:
+                yield _payload_page(r.payload)
+            if offset is None:
+                return
+
+    def vectors_of(self, file: str, page: int) -> np.ndarray | None:
+        recs = self.shard.retrieve([point_id(file, page)], with_payload=False, with_vector=[TOKENS])
+        return np.asarray(recs[0].vector[TOKENS], dtype=np.float32) if recs else None
+
+    def query(self, q: np.ndarray, k: int, exact: bool, candidates: int) -> list[_Scored]:
+        qe = self.qe
+        if exact:
+            req = qe.QueryRequest(
+                limit=k,
+                query=qe.Query.Nearest(q, using=TOKENS),
+                params=qe.SearchParams(exact=True),
+                with_payload=["file", "page"],
+            )
+        else:
+            n = max(candidates, k)
+            pre = qe.Prefetch(
+                limit=n, query=qe.Query.Nearest(q, using=POOLED), params=qe.SearchParams(hnsw_ef=max(HNSW_EF, n))
+            )
+            req = qe.QueryRequest(
+                limit=k, prefetches=[pre], query=qe.Query.Nearest(q, using=TOKENS), with_payload=["file", "page"]
+            )
+        return [_Scored(str(p.payload["file"]), int(p.payload["page"]), float(p.score)) for p in self.shard.query(req)]
+
+    def disk_bytes(self) -> int | None:
+        return _folder_bytes(self.folder)
+
+    def close(self) -> None:
+        if self.shard is not None:
+            self.shard.close()
+            self.shard = None
