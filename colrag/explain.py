@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import atomic_write_bytes
 from .constants import IMAGE_FACTOR, IMAGE_PAD_ID
 from .errors import InputError
+from .fsutil import atomic_write_bytes
 
 MODES = ("contribution", "max")
 DEFAULT_MODE = "contribution"

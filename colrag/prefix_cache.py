@@ -13,7 +13,7 @@ positions and other k/v). A hit is exact by construction.
 
 Two levels, both bounded by bytes: a small in-memory LRU (follow-ups in one process)
 and an optional folder of `.npz` files (follow-ups across `colrag ask` runs). Files are
-written atomically (temp file + rename), read with `allow_pickle=False`, checked
+written atomically (colrag.fsutil: temp file + rename), read with `allow_pickle=False`, checked
 against the request (ids and shapes) and dropped when anything is off: a damaged cache
 is a miss, never a wrong answer. Each file also stores a sha256 of its key, ids and k/v
 bytes; a file whose arrays were altered (valid format, other numbers) fails that check,
@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .fsutil import atomic_write
 
 FORMAT = 2  # 2: grid and settings in the key, a checksum in each file
 DEFAULT_MEMORY_BYTES = 1 << 30  # ~13 pages of 1,300 tokens for Qwen2-VL-2B (75 MB each, fp32)
@@ -177,27 +178,23 @@ class PrefixCache:
         try:
             self._disk().mkdir(parents=True, exist_ok=True)
             self._evict(self.disk_bytes - prefix.nbytes)
-            fd, tmp = tempfile.mkstemp(dir=self._disk(), prefix=".tmp-", suffix=".npz")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    arrays: dict[str, Any] = {f"past_{i}": a for i, a in enumerate(prefix.past)}
-                    arrays.update(
-                        format=np.int64(FORMAT),
-                        checksum=np.str_(prefix_checksum(key, prefix.ids, prefix.past)),
-                        ids=prefix.ids,
-                    )
-                    np.savez(f, **arrays)
-                os.replace(tmp, self._path(key))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            arrays: dict[str, Any] = {f"past_{i}": a for i, a in enumerate(prefix.past)}
+            arrays.update(
+                format=np.int64(FORMAT),
+                checksum=np.str_(prefix_checksum(key, prefix.ids, prefix.past)),
+                ids=prefix.ids,
+            )
+            # not fsynced: a file lost or torn by a crash is a miss (its checksum says so), and the
+            # cache is the user's alone (0600)
+            atomic_write(self._path(key), lambda f: np.savez(f, **arrays), mode=0o600, durable=False)
         except OSError:
             pass  # a cache that cannot be written (disk full, read-only home) only costs speed
 
     def _evict(self, budget: int) -> None:
         """Delete the least recently used files until the folder holds at most `budget` bytes."""
         files = []
-        for path in self._disk().glob("*.npz"):
+        # cache files, and temp files a killed process left (fsutil.atomic_write: .KEY.npz.RANDOM.tmp)
+        for path in [*self._disk().glob("*.npz"), *self._disk().glob(".*.npz.*.tmp")]:
             try:
                 st = path.stat()
             except OSError:

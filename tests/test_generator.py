@@ -351,7 +351,7 @@ def test_shared_vision_with_a_different_tower_exports_a_copy(tiny_qwen2vl_checkp
 def test_shared_vision_mismatch_is_refused(tiny_shared_generator_bundle, tmp_path):
     import shutil
 
-    from colrag.bundle import atomic_write_json
+    from colrag.fsutil import atomic_write_json
 
     gen_copy = tmp_path / "generator"
     shutil.copytree(tiny_shared_generator_bundle, gen_copy)

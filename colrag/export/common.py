@@ -25,6 +25,7 @@ import numpy as np
 
 from ..bundle import MANIFEST
 from ..errors import ColragError
+from ..fsutil import fsync_dir
 
 # Files of a checkpoint folder that the runtime needs besides the weights.
 TOKENIZER_FILES = (
@@ -305,14 +306,14 @@ def replace_with(work: Path, out: Path, kind: str, *, force: bool) -> None:
         out.rmdir()
     if not replacing:
         work.rename(out)
-        return
-    if _exchange(work, out):
+    elif _exchange(work, out):
         shutil.rmtree(work)  # now holds the old bundle
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    out.rename(old)
-    work.rename(out)
-    shutil.rmtree(old)
+    else:
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        work.rename(out)
+        shutil.rmtree(old)
+    fsync_dir(out.parent)  # the rename survives a power loss
 
 
 def _exchange(a: Path, b: Path) -> bool:

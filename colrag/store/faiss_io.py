@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import ctypes
 import mmap as _mmap
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import IndexStoreError
+from ..fsutil import atomic_write, temp_name_pattern
 
 # seg-000001-v000003.faiss (vectors), coarse-000001.faiss (centroids), lists-g000000042.faiss (page lists)
-FAISS_NAME = re.compile(r"^(seg-\d{6}-v\d{6}|coarse-\d{6}|lists-g\d{9})\.faiss$")
-TEMP_NAME = re.compile(r"^\.(seg-\d{6}-v\d{6}|coarse-\d{6}|lists-g\d{9})\.faiss\.tmp$")
+_NAMES = r"seg-\d{6}-v\d{6}|coarse-\d{6}|lists-g\d{9}"
+FAISS_NAME = re.compile(rf"^({_NAMES})\.faiss$")
+# fsutil.atomic_write's temp files (.NAME.faiss.RANDOM.tmp), and those of colrag before it (.NAME.faiss.tmp)
+_TEMP_NAME = temp_name_pattern(rf"(?:{_NAMES})\.faiss").pattern
+TEMP_NAME = re.compile(rf"{_TEMP_NAME}|^\.(?:{_NAMES})\.faiss\.tmp$")
 
 
 def faiss_module() -> Any:
@@ -43,23 +46,10 @@ def check_name(name: str) -> str:
 
 
 def write_index(index: Any, folder: Path, name: str) -> None:
-    """faiss.write_index to a temp file, fsync it, rename it to `name`, fsync the folder."""
+    """faiss.write_index through fsutil.atomic_write (temp + fsync + rename + folder fsync)."""
     faiss = faiss_module()
     check_name(name)
-    tmp = folder / f".{name}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        faiss.write_index(index, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, folder / name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(folder)
+    atomic_write(folder / name, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 
 
 def read_index(folder: Path, name: str, *, mmap: str | None) -> Any:
@@ -76,14 +66,6 @@ def read_index(folder: Path, name: str, *, mmap: str | None) -> Any:
         raise IndexStoreError(
             f"unreadable vector file {path} ({str(exc).splitlines()[0][:120]}): the index is damaged"
         ) from None
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _LIBC: list[Any] = []

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import IndexStoreError
+from ..fsutil import atomic_write_json
 from ..render import RenderOptions
 from . import catalog as cat
 from . import coarse, faiss_io, lists
@@ -180,8 +181,6 @@ class Index:
             ):
                 manifest = migrate.upgrade(path, conn, manifest)  # files first, then the catalog's migration 3
             cat.migrate(conn)
-            from ..bundle import atomic_write_json
-
             features = _features_entry(manifest, retriever) if page_features else None
             if features is not None and pf.manifest_info(manifest) is None:
                 manifest = {**manifest, "page_features": features}

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import atomic_write_json
 from ..errors import IndexStoreError
+from ..fsutil import atomic_write_json
 from . import catalog as cat
 from . import coarse, faiss_io
 from .catalog.migrations import pending_v3

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ...bundle import atomic_write_json
 from ...errors import IndexStoreError, InputError
+from ...fsutil import atomic_write_json
 from ...search import Hit
 from ..lock import LOCK_FILE, WriterLock
 
