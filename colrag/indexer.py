@@ -22,6 +22,7 @@ with its vectors; pages whose stored features a writer found damaged get them re
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import sha256_file
+from .errors import IndexStoreError, InputError
 from .image_features import ImageFeatures
-from .render import PdfError, PdfWalk, RenderOptions, open_pdf, render_page, walk_pdfs
+from .render import PdfError, PdfWalk, RenderOptions, open_pdf, page_errors, render_page, walk_pdfs
 from .store.index import Index
+from .utf8 import text
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,22 @@ class _Job:
     done_pages: set[int]
 
 
+def _embed_errors() -> tuple[type[BaseException], ...]:
+    """What an image the retriever cannot use raises: our own InputError / ValueError checks and
+    onnxruntime's run failures. Anything else (a bug) propagates."""
+    errors: tuple[type[BaseException], ...] = (InputError, ValueError)
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        return errors
+    return (*errors, ort_state.Fail, ort_state.RuntimeException, ort_state.InvalidArgument)
+
+
+# A failure to record one file in the index (the catalog, a vector or features file): that file
+# fails, the run goes on (the next run retries it).
+STORAGE_ERRORS = (IndexStoreError, sqlite3.Error, OSError)
+
+
 class Indexer:
     def __init__(
         self,
@@ -141,7 +160,10 @@ class Indexer:
         self.progress.start(sum(j.n_pages - len(j.done_pages) for j in jobs), len(jobs))
         try:
             for job in jobs:
-                self._index_file(job, report)
+                try:
+                    self._index_file(job, report)
+                except STORAGE_ERRORS as exc:  # the catalog or a vector file could not take this file
+                    report.failures.append(Failure(str(job.path), None, f"cannot record it in the index: {exc}"))
         finally:
             self.progress.finish()
         self.index.refresh()  # page lists refreshed when they lag, dead rows compacted past a threshold
@@ -153,7 +175,7 @@ class Indexer:
 
         A walk error is never a deletion: a file missing from the walk is dropped only when it
         is certainly gone (`_vanished`); the others are kept and counted."""
-        present = {str(f) for f in walk.files}
+        present = {text(str(f)) for f in walk.files}  # as the catalog stores them
         missing: set[str] = set()
         for raw in paths:
             folder = Path(raw).expanduser()
@@ -166,55 +188,68 @@ class Indexer:
     def _plan(self, files: list[Path], report: IndexReport) -> list[_Job]:
         jobs = []
         for path in files:
-            key = str(path)
             try:
-                st = path.stat()
-            except OSError as exc:
-                report.failures.append(Failure(key, None, f"cannot read: {exc.strerror or exc}"))
+                job = self._plan_one(path, report)
+            except STORAGE_ERRORS as exc:
+                report.failures.append(Failure(str(path), None, f"cannot record it in the index: {exc}"))
                 continue
-            current, indexing = self.index.lookup(key)
-            unchanged = current is not None and (current.size, current.mtime_ns) == (st.st_size, st.st_mtime_ns)
-            if (
-                current is not None
-                and unchanged
-                and current.status == "failed"
-                and indexing is None
-                and not self._retry(current)
-            ):
-                report.failures.append(Failure(key, None, current.error or "failed", previous=True))
-                continue
-            fresh = (
-                current is not None
-                and current.status == "done"
-                and not (self.retry_failed and self._has_page_errors(current))
-            )
-            if fresh and indexing is None and unchanged:
-                self._skip(current, report)
-                continue
-            try:
-                sha = sha256_file(path)
-            except OSError as exc:
-                report.failures.append(Failure(key, None, f"cannot read: {exc.strerror or exc}"))
-                continue
-            if fresh and current.sha256 == sha:
-                if indexing is not None:
-                    self.index.discard_in_progress(indexing.id)
-                self.index.touch_document(current.id, st.st_size, st.st_mtime_ns)
-                self._skip(current, report)
-                continue
-            try:
-                doc = open_pdf(path, self.password)
-                n_pages = doc.page_count
-                doc.close()
-            except PdfError as exc:
-                self.index.record_failure(key, st.st_size, st.st_mtime_ns, sha, str(exc))
-                report.failures.append(Failure(key, None, str(exc)))
-                continue
-            resume_id, done = None, set()
-            if indexing is not None and indexing.sha256 == sha and indexing.n_pages == n_pages:
-                resume_id, done = indexing.id, self.index.stored_page_numbers(indexing.id)
-            jobs.append(_Job(path, st.st_size, st.st_mtime_ns, sha, n_pages, resume_id, done))
+            if job is not None:
+                jobs.append(job)
         return jobs
+
+    def _plan_one(self, path: Path, report: IndexReport) -> _Job | None:
+        key = str(path)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            report.failures.append(Failure(key, None, f"cannot read: {exc.strerror or exc}"))
+            return None
+        current, indexing = self.index.lookup(key)
+        unchanged = current is not None and (current.size, current.mtime_ns) == (st.st_size, st.st_mtime_ns)
+        if (
+            current is not None
+            and unchanged
+            and current.status == "failed"
+            and indexing is None
+            and not self._retry(current)
+        ):
+            report.failures.append(Failure(key, None, current.error or "failed", previous=True))
+            return None
+        fresh = (
+            current
+            if current is not None
+            and current.status == "done"
+            and not (self.retry_failed and self._has_page_errors(current))
+            else None
+        )
+        if fresh is not None and indexing is None and unchanged:
+            self._skip(fresh, report)
+            return None
+        try:
+            sha = sha256_file(path)
+        except OSError as exc:
+            report.failures.append(Failure(key, None, f"cannot read: {exc.strerror or exc}"))
+            return None
+        if fresh is not None and fresh.sha256 == sha:
+            if indexing is not None:
+                self.index.discard_in_progress(indexing.id)
+            self.index.touch_document(fresh.id, st.st_size, st.st_mtime_ns)
+            self._skip(fresh, report)
+            return None
+        try:
+            n_pages = self._page_count(path)
+        except PdfError as exc:
+            self.index.record_failure(key, st.st_size, st.st_mtime_ns, sha, str(exc))
+            report.failures.append(Failure(key, None, str(exc)))
+            return None
+        resume_id, done = None, set()
+        if indexing is not None and indexing.sha256 == sha and indexing.n_pages == n_pages:
+            resume_id, done = indexing.id, self.index.stored_page_numbers(indexing.id)
+        return _Job(path, st.st_size, st.st_mtime_ns, sha, n_pages, resume_id, done)
+
+    def _page_count(self, path: Path) -> int:
+        with open_pdf(path, self.password) as doc:
+            return int(doc.page_count)
 
     def _retry(self, failed_doc) -> bool:
         """Try an unchanged file that failed before? With --retry-failed, or a password for one that needed it."""
@@ -276,7 +311,7 @@ class Indexer:
         """Render and embed one page into `pages` (its vision-tower output into `feats`), or record why not in `errors`."""
         try:
             rendered = render_page(doc, number - 1, self.render)
-        except Exception as exc:  # mupdf raises assorted errors on damaged pages; keep going
+        except page_errors() as exc:  # what mupdf / PIL raise on a damaged page; keep going
             reason = f"cannot render: {type(exc).__name__}: {exc}"
             errors.append((number, "error", reason))
             report.failures.append(Failure(key, number, reason))
@@ -294,9 +329,7 @@ class Indexer:
                 raise ValueError(f"the retriever returned an array of shape {vectors.shape}")
             if not np.all(np.isfinite(vectors)):
                 raise ValueError("the retriever returned non-finite values")
-        except (MemoryError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # an image the retriever refuses (e.g. an extreme aspect ratio)
+        except _embed_errors() as exc:  # an image the retriever refuses (e.g. an extreme aspect ratio)
             reason = f"cannot embed: {type(exc).__name__}: {exc}"
             errors.append((number, "error", reason))
             report.failures.append(Failure(key, number, reason))
@@ -320,7 +353,7 @@ class Indexer:
                         image = render_page(doc, page_no - 1, self.render).image
                         embeds, grid = self.retriever.image_features(image)
                         computed.append((page_no, ImageFeatures(embeds, grid, self.retriever.vision_hash)))
-            except (PdfError, OSError) as exc:
+            except (PdfError, *page_errors(), *_embed_errors()) as exc:
                 report.warnings.append(Failure(str(path), None, f"page features not repaired: {exc}"))
                 continue
             self.index.add_features(doc_id, computed)
@@ -352,7 +385,7 @@ def remove_targets(index: Index, paths: list[str | os.PathLike]) -> list[str]:
     targets: list[str] = []
     known = {d.path for d in index.documents()}
     for raw in paths:
-        p = os.path.abspath(Path(raw).expanduser())
+        p = text(os.path.abspath(Path(raw).expanduser()))
         if p in known:
             targets.append(p)
         targets += index.paths_under(p)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .utf8 import texts
+
 JSON_SCHEMA = 1
 
 
@@ -32,4 +34,6 @@ def failure(file: str, page: int | None, reason: str) -> dict[str, Any]:
 
 
 def dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2, ensure_ascii=False)
+    """The document as JSON text; strings that are not valid UTF-8 (a file name with bytes that are not)
+    are written as colrag.utf8.text writes them, as the catalog stores them."""
+    return json.dumps(texts(doc), indent=2, ensure_ascii=False)

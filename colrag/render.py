@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .constants import RETRIEVER_MAX_PIXELS
 from .errors import InputError
+from .utf8 import fs_path
 
 DEFAULT_TARGET_PIXELS = 2 * RETRIEVER_MAX_PIXELS  # ~1.2 MP: the retriever downsizes at most 2x in area
 DEFAULT_MAX_SIDE = 4096  # px; a hard cap on either side whatever the page size
@@ -124,7 +125,7 @@ def open_pdf(path: str | os.PathLike, password: str | None = None):
     A file named with another extension is read as a PDF if it is one, and refused by its
     extension otherwise."""
     pymupdf = _pymupdf()
-    path = Path(path)
+    path = Path(fs_path(str(path)))  # a name the catalog stored escaped (colrag.utf8) names its file again
     kind = DOCUMENT_KINDS.get(path.suffix.lower())
     refused = PdfError(f"not a kind of file colrag indexes ({path.suffix or 'no extension'}): it indexes {KINDS_TEXT}")
     try:
@@ -135,7 +136,9 @@ def open_pdf(path: str | os.PathLike, password: str | None = None):
         raise PdfError("empty file (0 bytes)")
     pymupdf.TOOLS.reset_mupdf_warnings()
     try:
-        doc = pymupdf.open(path, filetype=(kind or "PDF").lower())
+        doc = _open(pymupdf, path, (kind or "PDF").lower())
+    except PdfError:
+        raise
     except Exception as exc:  # pymupdf raises FileDataError / RuntimeError / ValueError on damaged files
         if kind is None:
             raise refused from exc
@@ -156,10 +159,34 @@ def open_pdf(path: str | os.PathLike, password: str | None = None):
     return doc
 
 
+def _open(pymupdf, path: Path, filetype: str):
+    """pymupdf.open; mupdf takes UTF-8 file names only, so a name that is not (a Latin-1 name on
+    a UTF-8 system) is opened here and given to it as /proc/self/fd/N (mupdf opens its own copy)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if os.path.exists(f"/proc/self/fd/{fd}"):
+                return pymupdf.open(f"/proc/self/fd/{fd}", filetype=filetype)
+        finally:
+            os.close(fd)
+        raise PdfError("its file name is not valid UTF-8, which the PDF library cannot open: rename it") from None
+    return pymupdf.open(path, filetype=filetype)
+
+
 def _warnings(pymupdf) -> str:
     text = pymupdf.TOOLS.mupdf_warnings(reset=True) or ""
     lines = [line for line in text.splitlines() if line and not line.startswith("... repeated")]
     return "; ".join(dict.fromkeys(lines))[:300]
+
+
+def page_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged or hostile page makes pymupdf / PIL raise while rendering (anything else is a bug)."""
+    pymupdf = _pymupdf()
+    from PIL import Image
+
+    return (RuntimeError, ValueError, OSError, InputError, pymupdf.mupdf.FzErrorBase, Image.DecompressionBombError)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import IndexStoreError
 from ..fsutil import atomic_write_json
 from ..render import RenderOptions
+from ..utf8 import text
 from . import catalog as cat
 from . import coarse, faiss_io, lists
 from . import features as pf
@@ -352,7 +353,7 @@ class Index:
 
     def paths_under(self, folder: str) -> list[str]:
         """Catalogued paths inside a folder (recursively)."""
-        prefix = folder.rstrip(os.sep) + os.sep
+        prefix = text(folder).rstrip(os.sep) + os.sep  # as the catalog stores it
         return [p for p in cat.all_paths(self.conn) if p.startswith(prefix)]
 
     def stats(self) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""The catalog: one SQLite database (WAL) recording documents, pages and vector files. All of the store's SQL lives
-in this package (connection.py: opening and errors; migrations.py: the schema's numbered migrations).
+"""The catalog: one SQLite database (WAL) recording documents, pages and vector files. All of
+the store's SQL lives in this package (connection.py: opening and errors; migrations.py: the
+schema's numbered migrations), and every string it stores is valid UTF-8 (colrag.utf8.text:
+file names and mupdf messages may hold surrogate escapes, which SQLite refuses).
 
 It is the single source of truth. A page's vectors exist for readers only once the
 transaction that records the page (and its segment's new file version and row count)
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import IndexStoreError
+from ...utf8 import text
 from .. import faiss_io
 from .connection import CatalogConnection, connect, snapshot, store_error, transaction
 from .migrations import (
@@ -237,7 +240,7 @@ def documents(conn: sqlite3.Connection, status: str | None = None) -> list[Docum
 
 
 def documents_of(conn: sqlite3.Connection, path: str) -> list[Document]:
-    return [to_document(r) for r in conn.execute("SELECT * FROM documents WHERE path = ?", (path,))]
+    return [to_document(r) for r in conn.execute("SELECT * FROM documents WHERE path = ?", (text(path),))]
 
 
 def page_errors(conn: sqlite3.Connection, doc_id: int | None = None) -> list[tuple[str, int, str, str]]:
@@ -318,7 +321,7 @@ def insert_document(
 ) -> int:
     cur = conn.execute(
         "INSERT INTO documents (path, size, mtime_ns, sha256, n_pages, status, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (path, size, mtime_ns, sha256, n_pages, status, error, now()),
+        (text(path), size, mtime_ns, sha256, n_pages, status, None if error is None else text(error), now()),
     )
     return int(cur.lastrowid or 0)
 
@@ -326,7 +329,7 @@ def insert_document(
 def delete_documents(
     conn: sqlite3.Connection, path: str, *, status: str | None = None, except_id: int | None = None
 ) -> int:
-    q, args = "DELETE FROM documents WHERE path = ?", [path]
+    q, args = "DELETE FROM documents WHERE path = ?", [text(path)]
     if status is not None:
         q, args = q + " AND status = ?", [*args, status]
     if except_id is not None:
@@ -390,5 +393,6 @@ def move_pages(conn: sqlite3.Connection, moves: Iterable[tuple[int, int, int]]) 
 
 def insert_page_errors(conn: sqlite3.Connection, doc_id: int, errors: Iterable[tuple[int, str, str]]) -> None:
     conn.executemany(
-        "INSERT INTO page_errors (doc_id, page_no, kind, message) VALUES (?, ?, ?, ?)", [(doc_id, *e) for e in errors]
+        "INSERT INTO page_errors (doc_id, page_no, kind, message) VALUES (?, ?, ?, ?)",
+        [(doc_id, no, kind, text(message)) for no, kind, message in errors],
     )

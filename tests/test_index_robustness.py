@@ -1,0 +1,147 @@
+"""One bad file must not stop a run (issue 15 items 15, 16) and errors surface (issue 13 item 5):
+strings the catalog cannot store, a storage error on one file, a page that never finishes
+rendering, Ctrl-C while it hangs, bugs that must not turn into "page failed"."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from colrag.errors import IndexStoreError, InputError
+from colrag.indexer import Indexer
+from colrag.store import Index, RetrieverInfo
+from tests.index_helpers import FakeRetriever, make_pdf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(index_path: Path, paths, retriever=None, **kw):
+    retriever = retriever or FakeRetriever()
+    with Index.open_writer(index_path, RetrieverInfo.of(retriever)) as index:
+        return Indexer(index, retriever, **kw).run(paths)
+
+
+def visible(index_path: Path) -> list[tuple[str, int]]:
+    with Index.open(index_path) as index:
+        return sorted((Path(p.path).name, p.page_no) for p in index.snapshot().pages)
+
+
+def latin1_pdf(folder: Path, n_pages: int = 1) -> bytes:
+    """A PDF named café-latin1.pdf by a Latin-1 system: the name is not valid UTF-8."""
+    raw = os.fsencode(folder) + b"/caf\xe9-latin1.pdf"
+    os.rename(make_pdf(folder / "latin.tmp", n_pages, "latin"), raw)
+    return raw
+
+
+# -- item 15: every string that goes into the catalog is valid UTF-8; storage errors stay per file ----
+
+
+def test_page_warnings_that_are_not_utf8_are_stored(tmp_path):
+    """mupdf's warnings may hold a font name with surrogate escapes: the insert used to raise
+    UnicodeEncodeError and end every run on that folder."""
+    from tests.index_helpers import clustered_rows
+
+    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(FakeRetriever())) as index:
+        doc = index.begin_document("/d/a.pdf", 1, 1, "sha", 2)
+        warning = "unknown font 'Times\udcff\udcfeRoman'"
+        index.add_pages(doc, [(1, 10, 10, clustered_rows(20, 1))], [(1, "warning", warning), (2, "error", warning)])
+        index.finish_document(doc)
+    with Index.open(tmp_path / "ix") as index:
+        messages = {m for _, _, _, m in index.page_errors()}
+    assert messages == {"unknown font 'Times\\xff\\xfeRoman'"}
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_once(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "good.pdf", 1, "good")
+    raw = latin1_pdf(docs)
+    retriever = FakeRetriever()
+    first = run(tmp_path / "ix", [docs], retriever)
+    assert first.ok and first.indexed_files == 2, [str(f) for f in first.failures]
+    calls = retriever.calls
+    again = run(tmp_path / "ix", [docs], retriever)  # unchanged: skipped, not re-indexed, not dropped
+    assert again.skipped_files == 2 and again.removed_files == 0 and retriever.calls == calls
+    assert ("caf\\xe9-latin1.pdf", 1) in visible(tmp_path / "ix")
+    os.unlink(raw)
+    gone = run(tmp_path / "ix", [docs], retriever)
+    assert gone.removed_files == 1 and visible(tmp_path / "ix") == [("good.pdf", 1)]
+
+
+def test_json_and_remove_work_with_a_name_that_is_not_utf8(tmp_path):
+    from colrag.indexer import remove_targets
+    from colrag.jsonout import dumps, failure
+
+    docs = tmp_path / "docs"
+    raw = latin1_pdf(docs)
+    run(tmp_path / "ix", [docs])
+    text = dumps({"failures": [failure(os.fsdecode(raw), 1, "cannot render")]})
+    assert json.loads(text.encode("utf-8"))["failures"][0]["file"].endswith("caf\\xe9-latin1.pdf")
+    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(FakeRetriever())) as index:
+        assert [Path(p).name for p in remove_targets(index, [os.fsdecode(raw)])] == ["caf\\xe9-latin1.pdf"]
+
+
+def test_a_stored_name_that_is_not_utf8_opens_its_file_again(tmp_path):
+    """`colrag ask` renders pages from the catalog's path: the escaped name must lead back to the file."""
+    from colrag.render import open_pdf
+
+    docs = tmp_path / "docs"
+    latin1_pdf(docs, 2)
+    run(tmp_path / "ix", [docs])
+    with Index.open(tmp_path / "ix") as index:
+        (page, _) = index.snapshot().pages
+    with open_pdf(page.path) as doc:
+        assert doc.page_count == 2
+
+
+@pytest.mark.parametrize(
+    "error", [sqlite3.OperationalError("disk I/O error"), IndexStoreError("catalog x: database is locked")]
+)
+def test_a_storage_error_on_one_file_is_that_files_failure(tmp_path, monkeypatch, error):
+    docs = tmp_path / "docs"
+    for name in ("a", "b", "c"):
+        make_pdf(docs / f"{name}.pdf", 1, name)
+    real = Index.finish_document
+
+    def finish_document(self, doc_id):
+        if any(d.id == doc_id and d.path.endswith("b.pdf") for d in self.documents("indexing")):
+            raise error
+        return real(self, doc_id)
+
+    monkeypatch.setattr(Index, "finish_document", finish_document)
+    report = run(tmp_path / "ix", [docs])
+    assert [(Path(f.path).name, f.page) for f in report.failures] == [("b.pdf", None)]
+    assert "cannot record it in the index" in report.failures[0].reason and str(error) in report.failures[0].reason
+    assert visible(tmp_path / "ix") == [("a.pdf", 1), ("c.pdf", 1)]
+    monkeypatch.setattr(Index, "finish_document", real)
+    report = run(tmp_path / "ix", [docs])  # the next run finishes it
+    assert report.ok and visible(tmp_path / "ix") == [("a.pdf", 1), ("b.pdf", 1), ("c.pdf", 1)]
+
+
+# -- issue 13 item 5: only what a bad PDF or image raises becomes a page failure ------------------------
+
+
+class RefusingRetriever(FakeRetriever):
+    def __init__(self, error: BaseException):
+        super().__init__()
+        self.error = error
+
+    def embed_images(self, images):
+        raise self.error
+
+
+def test_an_image_the_retriever_refuses_is_a_page_failure(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 1, "a")
+    report = run(tmp_path / "ix", [docs], RefusingRetriever(InputError("image aspect ratio 300:1 is too extreme")))
+    assert [f.reason for f in report.failures] == ["cannot embed: InputError: image aspect ratio 300:1 is too extreme"]
+
+
+def test_a_programming_error_while_embedding_is_not_a_page_failure(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 1, "a")
+    with pytest.raises(KeyError):
+        run(tmp_path / "ix", [docs], RefusingRetriever(KeyError("bug")))
