@@ -103,7 +103,7 @@ def machine() -> str:
         model = platform.processor()
     import onnxruntime
 
-    from colrag.backends import openvino_version
+    from colrag.vlm.backends import openvino_version
 
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     ov = f"; openvino {openvino_version()}" if openvino_version() else ""

@@ -64,7 +64,7 @@ def worker(args) -> None:
         import torch
         from transformers import Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-        from colrag.tokenization import Tokenizer, chat_prompt_ids
+        from colrag.vlm.tokenization import Tokenizer, chat_prompt_ids
 
         model = Qwen2VLForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
         proc = Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=budget)
@@ -89,7 +89,7 @@ def worker(args) -> None:
         out["follow"] = [first_token(images[:1], FOLLOW_UP)]  # transformers has no page cache
     elif args.worker == "computed":
         import colrag
-        from colrag.prefix_cache import PrefixCache
+        from colrag.vlm.prefix_cache import PrefixCache
 
         g = colrag.Generator.load(args.generator, prefix_cache=False)
 
@@ -110,7 +110,7 @@ def worker(args) -> None:
         out["tps"] = r.decode_tokens_per_s
     else:
         from colrag.ask import Answer, Asker
-        from colrag.prefix_cache import PrefixCache
+        from colrag.vlm.prefix_cache import PrefixCache
 
         asker = Asker.open(
             index=index, retriever=args.retriever, generator=args.generator, cache=False, keep_retriever=True

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from colrag.runtime import create_session
+from colrag.vlm.runtime import create_session
 
 
 def main() -> None:

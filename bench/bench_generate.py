@@ -37,7 +37,7 @@ def worker(args) -> None:
         import torch
         from transformers import Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-        from colrag.tokenization import Tokenizer, chat_prompt_ids
+        from colrag.vlm.tokenization import Tokenizer, chat_prompt_ids
 
         model = Qwen2VLForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
         proc = Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=MAX_PIXELS)
@@ -75,7 +75,7 @@ def worker(args) -> None:
             rows.append(r)
     follow = []
     if args.worker == "colrag":
-        from colrag.prefix_cache import PrefixCache
+        from colrag.vlm.prefix_cache import PrefixCache
 
         g.prefix_cache = PrefixCache()
         g.generate(QUESTION, [image], max_new_tokens=1)  # the page is read once

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _synthetic_bundle(folder: Path, gb: float) -> Path:
-    from colrag.bundle import write_manifest
+    from colrag.vlm.bundle import write_manifest
 
     bundle = folder / "bundle"
     bundle.mkdir()
@@ -41,8 +41,8 @@ def _synthetic_bundle(folder: Path, gb: float) -> Path:
 def _time(bundle: Path, runs: int) -> tuple[float, float, float, int]:
     import json
 
-    from colrag.bundle import MANIFEST
-    from colrag.verified import _stamp_path, verify_with_stamps
+    from colrag.vlm.bundle import MANIFEST
+    from colrag.vlm.verified import _stamp_path, verify_with_stamps
 
     manifest = json.loads((bundle / MANIFEST).read_text())
     size = sum(int(f["size"]) for f in manifest["files"].values())

@@ -16,11 +16,11 @@ __all__ = ["Asker", "Generator", "Hit", "Retriever", "__version__", "maxsim", "o
 
 def __getattr__(name):
     if name == "Retriever":
-        from .retriever import Retriever
+        from .vlm.retriever import Retriever
 
         return Retriever
     if name == "Generator":
-        from .generator import Generator
+        from .vlm.generator import Generator
 
         return Generator
     if name in ("open_index", "Hit"):

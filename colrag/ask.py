@@ -13,7 +13,7 @@ Steps, each owned by one module:
      pixel budget is the index's own and the features are intact; otherwise the page is
      rendered (colrag.render) at the index's budget (or --max-pixels) and the generator's
      vision tower computes them. Why features were not used is said once, in `notes`;
-  3. generate (colrag.generator): prefill + decode; the page-prefix cache may skip the
+  3. generate (colrag.vlm.generator): prefill + decode; the page-prefix cache may skip the
      page's part of the prefill (a follow-up question);
   4. sources: file, page, score, and where each page's features came from
      ("index", "computed" or "prefix-cache").
@@ -105,7 +105,7 @@ class GenerationOptions:
 
 
 def require_bundle(path: Path, kind: str, flag: str) -> Path:
-    from .bundle import MANIFEST
+    from .vlm.bundle import MANIFEST
 
     if not (path / MANIFEST).is_file():
         raise BundleError(
@@ -137,7 +137,7 @@ class Asker:
     ):
         """generator: a loaded Generator, or None to load the one at generator_bundle when the first
         answer needs it (after retrieval, whose model is freed first unless keep_retriever)."""
-        from .bundle import load_manifest
+        from .vlm.bundle import load_manifest
 
         self._generator = generator
         self.generator_bundle = generator_bundle
@@ -158,7 +158,7 @@ class Asker:
         self.password = password
         self.keep_retriever = keep_retriever  # a resident Asker (serve, -i) keeps the retriever loaded
         self.load_s = load_s
-        self.backend, self.precision = backend, precision  # colrag.backends: onnxruntime / openvino, f32 / bf16
+        self.backend, self.precision = backend, precision  # colrag.vlm.backends: onnxruntime / openvino, f32 / bf16
         self._retriever: Any = None
 
     @classmethod
@@ -183,7 +183,7 @@ class Asker:
 
         cache: keep the page prefixes under $COLRAG_HOME/cache/prefixes across processes."""
         from .paths import generator_dir, index_dir, prefix_cache_dir, retriever_dir
-        from .prefix_cache import PrefixCache
+        from .vlm.prefix_cache import PrefixCache
 
         gen_bundle = require_bundle(generator_dir(generator, models_dir), "generator", "--generator")
         return cls(
@@ -205,7 +205,7 @@ class Asker:
     def generator(self):
         """The Generator, loaded on first use."""
         if self._generator is None:
-            from .generator import Generator
+            from .vlm.generator import Generator
 
             t0 = time.perf_counter()
             self._generator = Generator.load(
@@ -251,7 +251,7 @@ class Asker:
     def prepare(self, question: str, *, pages: int = 1, images: Sequence | None = None) -> Pages:
         """The pages to show: the index's top `pages` for the question, or the given image files."""
         if images:
-            from .preprocess import check_image_file
+            from .vlm.preprocess import check_image_file
 
             for path in images:
                 check_image_file(Path(path))  # missing, malformed or too large: said now, before the model loads
@@ -275,7 +275,7 @@ class Asker:
 
     def stream(self, question: str, prepared: Pages, answer: Answer, **options: Any) -> Iterator[str]:
         """Yield the answer's text as it is generated; `answer` holds text, sources and timings at the end."""
-        from .generator import Generation
+        from .vlm.generator import Generation
 
         opts = GenerationOptions(**options)
         result = Generation()
@@ -330,7 +330,7 @@ class Asker:
 
     def load_retriever(self):
         if self._retriever is None:
-            from .retriever import Retriever
+            from .vlm.retriever import Retriever
 
             t0 = time.perf_counter()
             if self.retriever_bundle is None:

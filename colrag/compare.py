@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import load_manifest
 from .errors import BundleError, InputError
+from .vlm.bundle import load_manifest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # Used when no queries are given: the kind of question people ask of reports.
@@ -43,7 +43,7 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where a bundle's graphs run (colrag.backends): None = COLRAG_BACKEND / COLRAG_PRECISION, else auto."""
+    """Where a bundle's graphs run (colrag.vlm.backends): None = COLRAG_BACKEND / COLRAG_PRECISION, else auto."""
 
     backend: str | None = None
     precision: str | None = None
@@ -76,8 +76,8 @@ def sample_pages(
 
     A PDF that cannot be opened is reported through `warn` and skipped, like `colrag index` does.
     """
-    from .generator import _load_image
     from .render import PdfError, RenderOptions, find_pdfs, open_pdf, render_page
+    from .vlm.generator import _load_image
 
     if max_pages < 1:
         raise InputError(f"--pages must be >= 1, got {max_pages}")
@@ -143,7 +143,7 @@ class RetrieverDrift:
 def _embed_all(
     bundle: Path, pages: Sequence[Page], queries: Sequence[str], threads, progress: Progress, runtime: Runtime
 ):
-    from .retriever import Retriever
+    from .vlm.retriever import Retriever
 
     retriever = Retriever.load(bundle, threads=threads, backend=runtime.backend, precision=runtime.precision)
     page_vectors = []
@@ -261,7 +261,7 @@ def _answer_all(
     progress: Progress,
     runtime: Runtime,
 ):
-    from .generator import Generator
+    from .vlm.generator import Generator
 
     generator = Generator.load(
         bundle, threads=threads, prefix_cache=False, backend=runtime.backend, precision=runtime.precision

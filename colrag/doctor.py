@@ -83,9 +83,9 @@ def check_onnxruntime() -> Check:
 
 
 def check_backend(backend: str | None = None, precision: str | None = None) -> Check:
-    """Where each graph would run (colrag.backends), with the runtime's version and the precision."""
-    from .backends import OPENVINO_HINT, cpu_has_bf16, describe, openvino_installed, requested_backend
+    """Where each graph would run (colrag.vlm.backends), with the runtime's version and the precision."""
     from .errors import ColragError
+    from .vlm.backends import OPENVINO_HINT, cpu_has_bf16, describe, openvino_installed, requested_backend
 
     try:
         graphs = describe(backend, precision)
@@ -168,8 +168,8 @@ def check_extras(bundles_ok: bool) -> Check:
 
 
 def check_bundle(part: str, bundle: Path, *, full: bool) -> Check:
-    from .bundle import load_manifest, verify_bundle
     from .errors import BundleError
+    from .vlm.bundle import load_manifest, verify_bundle
 
     fix = f"colrag models install --only {part}"
     if not bundle.exists():
@@ -200,7 +200,7 @@ def _check_shared_vision(bundle: Path, manifest: dict) -> None:
     """A generator that shares the retriever's vision graph needs that bundle, unchanged."""
     if "vision" in manifest.get("graphs", {}) or not manifest.get("shared_vision"):
         return
-    from .generator import Generator
+    from .vlm.generator import Generator
 
     resolve = getattr(Generator, "_vision_graph", None)
     if resolve is not None:
@@ -242,7 +242,7 @@ def check_index(path: Path, retriever_manifest: dict | None, *, full: bool) -> C
             f"rebuild it: colrag index DIR --index {path}",
         )
     if retriever_manifest is not None:
-        from .bundle import bundle_id
+        from .vlm.bundle import bundle_id
 
         built = (index.manifest.get("retriever") or {}).get("bundle_id")
         if built and built != bundle_id(retriever_manifest):
@@ -303,9 +303,9 @@ def run_checks(
     precision: str | None = None,
 ) -> list[Check]:
     """Every check, in the order a user would fix them."""
-    from .bundle import load_manifest
     from .errors import ColragError
     from .paths import colrag_home, generator_dir, index_dir, retriever_dir
+    from .vlm.bundle import load_manifest
 
     checks = [
         _guard("python", check_python),

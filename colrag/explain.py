@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import IMAGE_FACTOR, IMAGE_PAD_ID
 from .errors import InputError
 from .fsutil import atomic_write_bytes
+from .vlm.constants import IMAGE_FACTOR, IMAGE_PAD_ID
 
 MODES = ("contribution", "max")
 DEFAULT_MODE = "contribution"
@@ -57,7 +57,7 @@ def merged_grid(
     image_size: tuple[int, int], *, min_pixels: int, max_pixels: int, factor: int = IMAGE_FACTOR
 ) -> tuple[int, int]:
     """(h, w) of the merged-token grid the retriever sees for an image of `image_size` = (width, height)."""
-    from .preprocess import smart_resize
+    from .vlm.preprocess import smart_resize
 
     width, height = image_size
     rh, rw = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import sha256_file
 from .errors import IndexStoreError, InputError
-from .image_features import ImageFeatures
 from .render import PdfError, PdfWalk, RenderOptions, open_pdf, page_errors, render_page, walk_pdfs
 from .store.index import Index
 from .utf8 import text
+from .vlm.bundle import sha256_file
+from .vlm.image_features import ImageFeatures
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import load_manifest, sha256_file
 from .errors import BundleError, ColragError, InputError
 from .export.quantize import DEFAULT_QUANTIZE, QUANT_SCHEMES
+from .vlm.bundle import load_manifest, sha256_file
 
 PARTS = ("retriever", "generator")
 QUANTIZE_CHOICES = ("none", *QUANT_SCHEMES)

@@ -75,7 +75,7 @@ class PageWorker:
         backend: str | None,
         precision: str | None,
     ):
-        from .retriever import Retriever
+        from .vlm.retriever import Retriever
 
         self.retriever = Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
         self.render = RenderOptions(**render)

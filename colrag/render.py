@@ -16,9 +16,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import RETRIEVER_MAX_PIXELS
 from .errors import InputError
 from .utf8 import fs_path
+from .vlm.constants import RETRIEVER_MAX_PIXELS
 
 DEFAULT_TARGET_PIXELS = 2 * RETRIEVER_MAX_PIXELS  # ~1.2 MP: the retriever downsizes at most 2x in area
 DEFAULT_MAX_SIDE = 4096  # px; a hard cap on either side whatever the page size

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexStoreError, InputError
-from .runtime import configured_threads
 from .scoring import maxsim
 from .store.catalog import PageRecord
 from .store.index import Index, Snapshot
 from .store.lists import PageLists
 from .store.segments import OFFSET, SCALE
+from .vlm.runtime import configured_threads
 
 EXACT_ALL_PAGES = 500
 NPROBE = 8

@@ -42,7 +42,7 @@ def save_generator_processor(path: Path) -> None:
     """
     from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
-    from colrag.constants import GENERATOR_MAX_PIXELS, GENERATOR_MIN_PIXELS
+    from colrag.vlm.constants import GENERATOR_MAX_PIXELS, GENERATOR_MIN_PIXELS
 
     AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(path)
     Qwen2VLImageProcessorPil(min_pixels=GENERATOR_MIN_PIXELS, max_pixels=GENERATOR_MAX_PIXELS).save_pretrained(path)

@@ -32,8 +32,8 @@ def cli():
 def tiny_index(tiny_retriever_bundle, tmp_path_factory):
     """Two small PDFs indexed with the tiny retriever."""
     from colrag.indexer import Indexer
-    from colrag.retriever import Retriever
     from colrag.store import Index, RetrieverInfo
+    from colrag.vlm.retriever import Retriever
     from tests.index_helpers import make_pdf
 
     root = tmp_path_factory.mktemp("ask")
@@ -235,7 +235,7 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path):
 
 
 def test_export_generator_command(cli, tiny_qwen2vl_checkpoint, tiny_generator_bundle, tmp_path):
-    from colrag.bundle import load_manifest
+    from colrag.vlm.bundle import load_manifest
 
     # an existing bundle is not replaced without --force
     result = CliRunner().invoke(

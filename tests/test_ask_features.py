@@ -36,8 +36,8 @@ def cli():
 def shared_index(pdf_dir, tiny_retriever_bundle, tmp_path_factory):
     """Three of the shared PDFs (16 pages) indexed with the tiny retriever, page features on."""
     from colrag.indexer import Indexer
-    from colrag.retriever import Retriever
     from colrag.store import Index, RetrieverInfo
+    from colrag.vlm.retriever import Retriever
 
     root = tmp_path_factory.mktemp("features")
     docs = root / "docs"

@@ -1,5 +1,5 @@
 """Model bundles: a corrupted file of the right size never loads; manifests are checked
-against a schema; later loads stay fast thanks to verified stamps (colrag.verified)."""
+against a schema; later loads stay fast thanks to verified stamps (colrag.vlm.verified)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import colrag
-from colrag.bundle import MANIFEST, load_manifest, write_manifest
 from colrag.errors import BundleError
+from colrag.vlm.bundle import MANIFEST, load_manifest, write_manifest
 from tests.index_helpers import make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +37,16 @@ def _flip_a_byte(path: Path, keep_times: bool = False) -> None:
 
 
 def _hashed_files(monkeypatch) -> list[str]:
-    import colrag.verified
+    import colrag.vlm.verified
 
     seen: list[str] = []
-    real = colrag.verified.sha256_file
+    real = colrag.vlm.verified.sha256_file
 
     def counting(path, *args, **kw):
         seen.append(Path(path).name)
         return real(path, *args, **kw)
 
-    monkeypatch.setattr(colrag.verified, "sha256_file", counting)
+    monkeypatch.setattr(colrag.vlm.verified, "sha256_file", counting)
     return seen
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from colrag.chat import Conversation
-from colrag.tokenization import Tokenizer, chat_prompt_ids
+from colrag.vlm.chat import Conversation
+from colrag.vlm.tokenization import Tokenizer, chat_prompt_ids
 
 
 @pytest.fixture(scope="module")

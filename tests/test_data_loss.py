@@ -121,7 +121,7 @@ def test_reinstall_swaps_in_a_new_bundle_of_the_same_kind(tiny_colqwen2_checkpoi
     mine = user_files(mdir, {".retriever.partial/keep.txt": b"a user's folder with the old work-folder name\n"})
     [result] = install(mdir, only="retriever", retriever_from=tiny_colqwen2_checkpoint, reinstall=True)
     assert result.status == "installed"
-    from colrag.bundle import verify_bundle
+    from colrag.vlm.bundle import verify_bundle
 
     verify_bundle(mdir / "retriever")
     assert_untouched(mine)

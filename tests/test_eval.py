@@ -380,8 +380,8 @@ def test_eval_compares_two_bundles(cli, tiny_dataset, tiny_retriever_bundle, tin
 
 def test_eval_refuses_an_index_with_other_documents(cli, tiny_dataset, tiny_retriever_bundle, tmp_path):
     from colrag.indexer import Indexer
-    from colrag.retriever import Retriever
     from colrag.store import Index, RetrieverInfo
+    from colrag.vlm.retriever import Retriever
     from tests.index_helpers import make_pdf
 
     other = make_pdf(tmp_path / "elsewhere" / "x.pdf", 1)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colrag.constants import CLIP_MEAN, CLIP_STD, RETRIEVER_MAX_PIXELS, RETRIEVER_MIN_PIXELS
 from colrag.errors import InputError
 from colrag.explain import explain_page, merged_grid, render_heatmap, similarity_map
-from colrag.preprocess import preprocess_image, smart_resize
+from colrag.vlm.constants import CLIP_MEAN, CLIP_STD, RETRIEVER_MAX_PIXELS, RETRIEVER_MIN_PIXELS
+from colrag.vlm.preprocess import preprocess_image, smart_resize
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -104,7 +104,7 @@ def test_heatmap_png_has_the_page_size_and_shows_the_hot_patch(tmp_path):
 
 
 def test_explain_page_with_the_tiny_retriever(tiny_retriever_bundle, tmp_path):
-    from colrag.retriever import Retriever
+    from colrag.vlm.retriever import Retriever
 
     r = Retriever.load(tiny_retriever_bundle)
     rng = np.random.default_rng(0)

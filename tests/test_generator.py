@@ -19,8 +19,8 @@ transformers = pytest.importorskip("transformers")
 from PIL import Image, ImageDraw  # noqa: E402
 
 import colrag  # noqa: E402
-from colrag.bundle import load_manifest, verify_bundle  # noqa: E402
 from colrag.errors import BundleError, InputError  # noqa: E402
+from colrag.vlm.bundle import load_manifest, verify_bundle  # noqa: E402
 
 N_NEW = 24
 IMAGE_PAD = "<|image_pad|>"
@@ -67,7 +67,7 @@ class Reference:
             kwargs = {"pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
         ids = torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)])
         if images:
-            kwargs["mm_token_type_ids"] = (ids == colrag.constants.IMAGE_PAD_ID).int()
+            kwargs["mm_token_type_ids"] = (ids == colrag.vlm.constants.IMAGE_PAD_ID).int()
         return ids, kwargs
 
     def generate(self, question: str, images=(), n: int = N_NEW, **gen_kwargs) -> tuple[list[int], list[int]]:
@@ -121,7 +121,7 @@ def test_bundle_manifest(tiny_generator_bundle):
         151936,
     )
     assert m["eos_token_ids"] == [151645, 151643]
-    assert m["max_pixels"] == colrag.constants.GENERATOR_MAX_PIXELS
+    assert m["max_pixels"] == colrag.vlm.constants.GENERATOR_MAX_PIXELS
     assert len(m["vision_hash"]) == 64
     assert set(m["export_checks"]) >= {
         "vision_export_grid_max_abs_diff",
@@ -205,7 +205,7 @@ def test_logits_processing_equals_transformers(temperature, top_k, top_p, penalt
         TopPLogitsWarper,
     )
 
-    from colrag.sampling import Sampler, SamplingParams
+    from colrag.vlm.sampling import Sampler, SamplingParams
 
     rng = np.random.default_rng(0)
     logits = (3 * rng.standard_normal(1000)).astype(np.float32)
@@ -246,7 +246,7 @@ def test_bad_sampling_options_are_input_errors(generator):
 
 
 class ForcedSampler:
-    """Stands in for colrag.sampling.Sampler: emits a fixed token sequence."""
+    """Stands in for colrag.vlm.sampling.Sampler: emits a fixed token sequence."""
 
     tokens: list[int] = []
 
@@ -263,23 +263,23 @@ def test_japanese_answer_streams_without_replacement_characters(generator, monke
     answer = "この図は2023年の売上高を示しています。🙂"
     ids = generator.tokenizer.encode(answer)
     assert len(ids) < len(answer.encode("utf-8"))  # byte-level pieces: some characters span several tokens
-    ForcedSampler.tokens = ids + [colrag.constants.IM_END_ID]
-    monkeypatch.setattr("colrag.generator.Sampler", ForcedSampler)
-    result = colrag.generator.Generation()
+    ForcedSampler.tokens = ids + [colrag.vlm.constants.IM_END_ID]
+    monkeypatch.setattr("colrag.vlm.generator.Sampler", ForcedSampler)
+    result = colrag.vlm.generator.Generation()
     pieces = list(generator.stream("日本語で答えてください。", result=result, max_new_tokens=100))
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == answer == result.text
     assert result.finish_reason == "eos"
-    assert result.token_ids == ids + [colrag.constants.IM_END_ID]
+    assert result.token_ids == ids + [colrag.vlm.constants.IM_END_ID]
 
 
 def test_generation_stops_on_eos(generator, monkeypatch):
-    ForcedSampler.tokens = generator.tokenizer.encode("Hello world") + [colrag.constants.ENDOFTEXT_ID, 11, 12]
-    monkeypatch.setattr("colrag.generator.Sampler", ForcedSampler)
+    ForcedSampler.tokens = generator.tokenizer.encode("Hello world") + [colrag.vlm.constants.ENDOFTEXT_ID, 11, 12]
+    monkeypatch.setattr("colrag.vlm.generator.Sampler", ForcedSampler)
     out = generator.generate("hi", max_new_tokens=50)
     assert out.finish_reason == "eos"
     assert out.text == "Hello world"
-    assert out.token_ids[-1] == colrag.constants.ENDOFTEXT_ID
+    assert out.token_ids[-1] == colrag.vlm.constants.ENDOFTEXT_ID
 
 
 def test_stream_equals_generate(generator):
@@ -288,7 +288,7 @@ def test_stream_equals_generate(generator):
     assert (
         generator.generate("What is shown?", images=img, max_new_tokens=12).token_ids == out.token_ids
     )  # one image, not a list
-    result = colrag.generator.Generation()
+    result = colrag.vlm.generator.Generation()
     pieces = list(generator.stream("What is shown?", images=[img], max_new_tokens=12, result=result))
     assert result.token_ids == out.token_ids
     assert "".join(pieces) == result.text == out.text

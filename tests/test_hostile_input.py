@@ -58,7 +58,7 @@ def _png_1bit(path: Path, width: int, height: int, *, full_data: bool) -> Path:
 def test_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
     from PIL import ImageFile
 
-    from colrag.generator import _load_image
+    from colrag.vlm.generator import _load_image
 
     limit = Image.MAX_IMAGE_PIXELS
 
@@ -97,7 +97,7 @@ MALFORMED = [
 
 
 def test_malformed_images_are_one_line_errors(tmp_path):
-    from colrag.generator import _load_image
+    from colrag.vlm.generator import _load_image
 
     for i, data in enumerate(MALFORMED):
         path = tmp_path / f"bad-{i}.ppm"
@@ -109,7 +109,7 @@ def test_malformed_images_are_one_line_errors(tmp_path):
 
 
 def test_large_images_are_decoded_at_a_reduced_scale(tmp_path):
-    from colrag.preprocess import open_image
+    from colrag.vlm.preprocess import open_image
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8))
@@ -152,7 +152,7 @@ def test_huge_query_is_refused_before_the_model_runs(tiny_retriever_bundle):
 
 def test_long_prompt_is_refused_with_the_limit(tiny_generator_bundle):
     import colrag
-    from colrag.constants import MAX_PROMPT_TOKENS
+    from colrag.vlm.constants import MAX_PROMPT_TOKENS
 
     gen = colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=False)
     assert gen.max_prompt_tokens == MAX_PROMPT_TOKENS == 8192
@@ -177,7 +177,7 @@ def test_ask_with_a_100k_character_question_is_one_line(tiny_generator_bundle, t
 
 
 def test_absurd_thread_counts_are_refused(tmp_path, monkeypatch):
-    from colrag.runtime import configured_threads, max_threads
+    from colrag.vlm.runtime import configured_threads, max_threads
 
     assert max_threads() >= 4
     assert configured_threads(max_threads()) == max_threads()

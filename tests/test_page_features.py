@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 import colrag
 from colrag.errors import InputError
-from colrag.image_features import ImageFeatures
+from colrag.vlm.image_features import ImageFeatures
 from tests.test_generator import synthetic_image
 
 N_NEW = 16

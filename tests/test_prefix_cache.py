@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from typer.testing import CliRunner  # noqa: E402
 
 import colrag  # noqa: E402
-from colrag.prefix_cache import Prefix, PrefixCache  # noqa: E402
+from colrag.vlm.prefix_cache import Prefix, PrefixCache  # noqa: E402
 from tests.test_generator import N_NEW, Reference, synthetic_image  # noqa: E402
 
 
@@ -126,7 +126,7 @@ def test_ask_follow_ups_use_the_cache(tiny_generator_bundle, tmp_path, monkeypat
     off = CliRunner().invoke(app, [*base, "--no-cache", "What is the title?"])
     assert off.exit_code == 0 and "from cache" not in off.stderr and off.stdout == second.stdout
 
-    from colrag.chat import Conversation
+    from colrag.vlm.chat import Conversation
 
     want = colrag.Generator.load(tiny_generator_bundle, prefix_cache=False)
     conversation, answers = Conversation(), []
@@ -162,7 +162,7 @@ def test_same_pixels_in_another_grid_is_another_prefix(tiny_generator_bundle):
 
 
 def test_key_covers_every_setting_that_changes_the_prefix(tiny_generator_bundle, monkeypatch):
-    from colrag.constants import SYSTEM_PROMPT
+    from colrag.vlm.constants import SYSTEM_PROMPT
 
     gen = colrag.Generator.load(tiny_generator_bundle, threads=1)
     pres = [gen._preprocess(synthetic_image(120, 90, 5), None)]  # small: every budget below leaves its pixels alone

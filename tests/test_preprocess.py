@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from colrag.constants import GENERATOR_MAX_PIXELS, RETRIEVER_MAX_PIXELS
 from colrag.errors import InputError
-from colrag.preprocess import ImageProcessorConfig, preprocess_image, smart_resize, to_rgb, vision_rot_pos_ids
+from colrag.vlm.constants import GENERATOR_MAX_PIXELS, RETRIEVER_MAX_PIXELS
+from colrag.vlm.preprocess import ImageProcessorConfig, preprocess_image, smart_resize, to_rgb, vision_rot_pos_ids
 
 MIN_PIXELS = 4 * 28 * 28
 CAPS = {"retriever-cap": RETRIEVER_MAX_PIXELS, "generator-cap": GENERATOR_MAX_PIXELS}

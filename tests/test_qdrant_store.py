@@ -94,7 +94,7 @@ def test_pool_tokens_summarises_a_page_deterministically():
 def test_without_the_extras_nothing_imports_qdrant():
     code = (
         "import sys, colrag, colrag.store.qdrant, colrag.cli, colrag.search, colrag.indexer, colrag.ray_pages\n"
-        "import colrag.cli.index_cmd, colrag.cli.scale_cmd\n"
+        "import colrag.cli.index_cmd, colrag.cli.search_cmd, colrag.cli.status_cmd, colrag.cli.scale_cmd\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('qdrant_edge', 'qdrant_client', 'ray')]\n"
         "assert not bad, bad\n"
     )

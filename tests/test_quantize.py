@@ -17,7 +17,7 @@ def int8_bundle(tiny_retriever_int8_bundle):
 
 
 def test_int8_bundle_is_quantized_and_records_drift(int8_bundle):
-    from colrag.bundle import verify_bundle
+    from colrag.vlm.bundle import verify_bundle
 
     manifest = verify_bundle(int8_bundle, "retriever")
     q = manifest["quantization"]
@@ -45,8 +45,8 @@ def test_dynamic_vision_scheme_quantizes_the_vision_tower_per_tensor(
 ):
     import onnx
 
-    from colrag.bundle import verify_bundle
     from colrag.export.retriever import export_retriever
+    from colrag.vlm.bundle import verify_bundle
 
     bundle = tmp_path / "retriever-dyn"
     export_retriever(tiny_colqwen2_checkpoint, bundle, quantize="int8-dynamic-vision")

@@ -21,7 +21,7 @@ def ray_pool(tiny_retriever_bundle):
 
 
 def test_ray_pages_equal_single_process_bit_for_bit(ray_pool, tiny_retriever_bundle, tmp_path):
-    from colrag.retriever import Retriever
+    from colrag.vlm.retriever import Retriever
 
     pdf = make_pdf(tmp_path / "r.pdf", 5, "ray")
     outcomes = list(ray_pool.run(pdf, [1, 2, 3, 4, 5, 9]))

@@ -19,8 +19,8 @@ transformers = pytest.importorskip("transformers")
 from PIL import Image, ImageDraw  # noqa: E402
 
 import colrag  # noqa: E402
-from colrag.bundle import verify_bundle  # noqa: E402
 from colrag.errors import BundleError  # noqa: E402
+from colrag.vlm.bundle import verify_bundle  # noqa: E402
 
 TOL = 1e-4
 

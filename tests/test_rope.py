@@ -1,13 +1,13 @@
-"""colrag.rope.get_rope_index equals transformers' Qwen2VLModel.get_rope_index."""
+"""colrag.vlm.rope.get_rope_index equals transformers' Qwen2VLModel.get_rope_index."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from colrag.constants import IMAGE_PAD_ID
-from colrag.rope import decode_position_ids, get_rope_index
-from colrag.tokenization import pad_left
+from colrag.vlm.constants import IMAGE_PAD_ID
+from colrag.vlm.rope import decode_position_ids, get_rope_index
+from colrag.vlm.tokenization import pad_left
 
 torch = pytest.importorskip("torch")
 
@@ -76,7 +76,7 @@ def test_image_row_and_text_only_row_in_one_batch(reference_model):
 
 
 def test_real_chat_prompt_with_two_images(reference_model, tokenizer_dir):
-    from colrag.tokenization import Tokenizer, chat_prompt_ids
+    from colrag.vlm.tokenization import Tokenizer, chat_prompt_ids
 
     grids = np.array([[1, 36, 50], [1, 20, 14]])
     seq = chat_prompt_ids(Tokenizer.from_dir(tokenizer_dir), "この2枚の図を比べて", [int(g.prod()) // 4 for g in grids])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from colrag.errors import InputError
-from colrag.image_features import ImageFeatures
 from colrag.store import Index, RetrieverInfo
 from colrag.store import features as pf
+from colrag.vlm.image_features import ImageFeatures
 from tests.index_helpers import FakeRetriever
 
 HIDDEN = 16

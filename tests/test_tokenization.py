@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from colrag.constants import IM_START_ID, IMAGE_PAD_ID, RETRIEVER_PAGE_PROMPT, RETRIEVER_QUERY_PREFIX
 from colrag.errors import BundleError, InputError
-from colrag.tokenization import (
+from colrag.vlm.constants import IM_START_ID, IMAGE_PAD_ID, RETRIEVER_PAGE_PROMPT, RETRIEVER_QUERY_PREFIX
+from colrag.vlm.tokenization import (
     IncrementalDecoder,
     Tokenizer,
     chat_prompt_ids,

@@ -13,8 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import colrag
-from colrag.image_features import ImageFeatures
 from colrag.store import features as pf
+from colrag.vlm.image_features import ImageFeatures
 from tests.test_generator import synthetic_image
 
 ret_b, gen_b = sys.argv[1], sys.argv[2]

@@ -3,7 +3,7 @@
     python bench/experiments/load_options.py BUNDLE_DIR GRAPH [GRAPH ...]   # e.g. .../generator-int8-shared decoder
 
 Each variant in a fresh process (page cache warm: the files are read once first), 3 runs:
-  default      ORT_ENABLE_ALL, as colrag.runtime.create_session does
+  default      ORT_ENABLE_ALL, as colrag.vlm.runtime.create_session does
   saved-opt    load a model saved after ORT_ENABLE_EXTENDED optimization, with optimizations off
   no-prepack   session.disable_prepacking = 1
   basic        ORT_ENABLE_BASIC

@@ -3,7 +3,7 @@
     python bench/experiments/profile_page.py ~/.cache/colrag-bench/bundles/retriever-int8 [--pdf F --page N]
 
 Embeds the page once to warm up, then once with profiling on, through colrag.Retriever
-(same sessions, same options as `colrag index`: colrag.runtime.create_session plus
+(same sessions, same options as `colrag index`: colrag.vlm.runtime.create_session plus
 enable_profiling). Prints, per graph, the summed kernel time of each op type.
 """
 
@@ -19,15 +19,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import colrag.retriever as retriever_mod  # noqa: E402
+import colrag.vlm.retriever as retriever_mod  # noqa: E402
 from bench._util import PDF_DIR, render_page  # noqa: E402
-from colrag.runtime import configured_threads  # noqa: E402
+from colrag.vlm.runtime import configured_threads  # noqa: E402
 
 PROFILE_DIR = Path(tempfile.mkdtemp(prefix="colrag-profile-"))
 
 
 def _profiled_session(path, *, threads=None, device=None):
-    """colrag's session options (colrag.runtime.create_session) plus profiling; CPU only."""
+    """colrag's session options (colrag.vlm.runtime.create_session) plus profiling; CPU only."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -15,8 +15,8 @@ import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 import colrag
-from colrag.preprocess import preprocess_image, vision_rot_pos_ids
 from colrag.render import render_pdf
+from colrag.vlm.preprocess import preprocess_image, vision_rot_pos_ids
 
 logging.disable(logging.WARNING)
 B = os.path.expanduser("~/.cache/colrag-bench/bundles")
@@ -38,7 +38,7 @@ img = render_pdf("/work/shared/data/pdfs/03_chart_usda_ag_energy_roundup.pdf")[0
 pre = preprocess_image(img, r.image_config, min_pixels=r.min_pixels, max_pixels=r.max_pixels)
 feeds = {"pixel_values": pre.pixel_values, "rot_pos_ids": vision_rot_pos_ids(pre.grid_thw)}
 del r
-from colrag.runtime import create_session
+from colrag.vlm.runtime import create_session
 
 outs = {}
 for name, path in [

@@ -63,7 +63,19 @@ def _register_commands() -> None:
     # Importing a module registers its commands on `app` / `models_app`.
     from . import models_cmd  # noqa: F401
 
-    for optional in ("index_cmd", "ask_cmd", "install_cmd", "doctor_cmd", "eval_cmd", "scale_cmd", "serve_cmd"):
+    for optional in (
+        "index_cmd",
+        "search_cmd",
+        "status_cmd",
+        "remove_cmd",
+        "compact_cmd",
+        "ask_cmd",
+        "install_cmd",
+        "doctor_cmd",
+        "eval_cmd",
+        "scale_cmd",
+        "serve_cmd",
+    ):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as exc:

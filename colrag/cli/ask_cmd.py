@@ -1,11 +1,10 @@
 """`colrag ask`: retrieve the best page(s), let Qwen2-VL read them, answer with sources.
-`colrag models export generator`: export a Qwen2-VL checkpoint to a generator bundle.
 
 The answer streams to stdout as it is generated, then the sources (file, page, score);
 `--json` prints the answer, its sources and timings once done instead (docs/JSON.md).
 Notes (page images written by --show, why stored page features were not used, timings
 with --stats) go to stderr. `-i` goes on with follow-up questions about the same pages,
-the conversation kept in the prompt (colrag.chat). The pipeline itself is colrag.ask.
+the conversation kept in the prompt (colrag.vlm.chat). The pipeline itself is colrag.ask.
 """
 
 from __future__ import annotations
@@ -16,52 +15,8 @@ from pathlib import Path
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
-from .index_cmd import check_threads_option
-from .models_cmd import QUANTIZE_OPTION, Quantize, export_app
+from .options import MODELS_DIR_OPTION, check_threads_option
 from .output import printable
-
-MODELS_DIR_OPTION = typer.Option(
-    None,
-    "--models-dir",
-    envvar="COLRAG_MODELS",
-    help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].",
-)
-
-
-@export_app.command("generator")
-def export_generator_cmd(
-    src: Path = typer.Argument(..., help="Qwen2-VL checkpoint folder (e.g. a download of Qwen/Qwen2-VL-2B-Instruct)."),
-    out: Path | None = typer.Option(None, "--out", help="Bundle folder to write \\[default: <models-dir>/generator]."),
-    models_dir: Path | None = MODELS_DIR_OPTION,
-    share_vision_with: Path | None = typer.Option(
-        None,
-        "--share-vision-with",
-        help="A retriever bundle folder: when its vision tower has the same weights, reference its vision graph instead of storing a copy.",
-    ),
-    opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
-    quantize: Quantize = QUANTIZE_OPTION,
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
-    verbose: bool = typer.Option(
-        False,
-        "--verbose",
-        help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
-    ),
-) -> None:
-    """Export a Qwen2-VL generator checkpoint: vision + decoder (KV cache) graphs, embedding table, tokenizer, manifest."""
-    from ..export.generator import export_generator
-    from ..paths import generator_dir
-
-    target = out or generator_dir(None, models_dir)
-    export_generator(
-        src,
-        target,
-        share_vision_with=share_vision_with,
-        opset=opset,
-        quantize=Quantize(quantize).value,
-        force=force,
-        verbose=verbose,
-    )
-    typer.echo(str(target))
 
 
 def _show(images, names: list[str], out: Path | None) -> None:
@@ -263,7 +218,7 @@ def _chat(asker, prepared, question: str, first, options: dict, stats: bool) -> 
 
     The sources were printed once, after the first answer; /pages prints them again."""
     from ..ask import Answer
-    from ..chat import Conversation
+    from ..vlm.chat import Conversation
 
     tty = sys.stdin.isatty()
     if tty:

@@ -12,8 +12,10 @@ from pathlib import Path
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
-from .index_cmd import MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION, ProgressLine, _load_retriever
+from .common import load_retriever
+from .options import MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION
 from .output import printable
+from .progress import ProgressLine
 
 
 def _default_index_name(dataset_root: Path, bundle_id: str) -> str:
@@ -83,7 +85,7 @@ def eval_cmd(
     runs = []
     try:
         for n, bundle in enumerate(bundles):
-            model = _load_retriever(bundle, models_dir, threads, backend, precision)
+            model = load_retriever(bundle, models_dir, threads, backend, precision)
             if scratch is not None:
                 target = scratch / f"index-{n}"
             else:

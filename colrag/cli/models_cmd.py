@@ -11,6 +11,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, models_app
 from ..export.quantize import DEFAULT_QUANTIZE, QUANT_SCHEMES, QUANTIZE_HELP
+from .options import MODELS_DIR_OPTION
 from .output import printable
 
 Quantize = Enum("Quantize", {q: q for q in ("none", *QUANT_SCHEMES)}, type=str)  # type: ignore[misc]
@@ -22,13 +23,6 @@ export_app = typer.Typer(
     rich_markup_mode="rich",
 )
 models_app.add_typer(export_app, name="export")
-
-MODELS_DIR_OPTION = typer.Option(
-    None,
-    "--models-dir",
-    envvar="COLRAG_MODELS",
-    help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].",
-)
 
 
 @export_app.command("retriever")
@@ -56,7 +50,7 @@ def export_retriever_cmd(
 
 
 def _check_threads(value: int | None) -> int | None:
-    from ..runtime import check_threads
+    from ..vlm.runtime import check_threads
 
     return check_threads(value)
 
@@ -76,8 +70,8 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show the installed model bundles (a quick check: presence and sizes, not checksums)."""
-    from ..bundle import load_manifest
     from ..errors import BundleError
+    from ..vlm.bundle import load_manifest
 
     rows = []
     for path in _bundles(models_dir):
@@ -118,8 +112,8 @@ def verify_cmd(
     models_dir: Path | None = MODELS_DIR_OPTION,
 ) -> None:
     """Re-hash every file of each bundle against its manifest (sha256)."""
-    from ..bundle import verify_bundle
     from ..errors import BundleError
+    from ..vlm.bundle import verify_bundle
 
     targets = list(bundles or []) or _bundles(models_dir)
     if not targets:
@@ -193,8 +187,8 @@ def compare_cmd(
         compare_retrievers,
         sample_pages,
     )
-    from ..constants import GENERATOR_MAX_PIXELS
     from ..render import DEFAULT_TARGET_PIXELS
+    from ..vlm.constants import GENERATOR_MAX_PIXELS
 
     def note(message: str) -> None:
         typer.echo(message, err=True)
@@ -253,3 +247,39 @@ def compare_cmd(
     typer.echo(
         f"{gen.identical}/{len(gen.answers)} answers identical; {gen.token_agreement:.1%} of token positions agree"
     )
+
+
+@export_app.command("generator")
+def export_generator_cmd(
+    src: Path = typer.Argument(..., help="Qwen2-VL checkpoint folder (e.g. a download of Qwen/Qwen2-VL-2B-Instruct)."),
+    out: Path | None = typer.Option(None, "--out", help="Bundle folder to write \\[default: <models-dir>/generator]."),
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    share_vision_with: Path | None = typer.Option(
+        None,
+        "--share-vision-with",
+        help="A retriever bundle folder: when its vision tower has the same weights, reference its vision graph instead of storing a copy.",
+    ),
+    opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
+    quantize: Quantize = QUANTIZE_OPTION,
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
+    ),
+) -> None:
+    """Export a Qwen2-VL generator checkpoint: vision + decoder (KV cache) graphs, embedding table, tokenizer, manifest."""
+    from ..export.generator import export_generator
+    from ..paths import generator_dir
+
+    target = out or generator_dir(None, models_dir)
+    export_generator(
+        src,
+        target,
+        share_vision_with=share_vision_with,
+        opset=opset,
+        quantize=Quantize(quantize).value,
+        force=force,
+        verbose=verbose,
+    )
+    typer.echo(str(target))

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ..cli import app
-from .index_cmd import INDEX_OPTION
+from .options import INDEX_OPTION
 from .output import printable
 
 

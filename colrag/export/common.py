@@ -23,9 +23,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..bundle import MANIFEST
 from ..errors import ColragError
 from ..fsutil import fsync_dir
+from ..vlm.bundle import MANIFEST
 
 # Files of a checkpoint folder that the runtime needs besides the weights.
 TOKENIZER_FILES = (

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..bundle import load_manifest, write_manifest
-from ..constants import EOS_IDS, GENERATOR_MAX_PIXELS, GENERATOR_MIN_PIXELS
 from ..errors import ColragError
+from ..vlm.bundle import load_manifest, write_manifest
+from ..vlm.constants import EOS_IDS, GENERATOR_MAX_PIXELS, GENERATOR_MIN_PIXELS
 from . import require_export_deps
 from .common import (
     CONFIG_FILES,

@@ -3,7 +3,7 @@
 They reuse the checkpoint's own submodules (so every weight is the checkpoint's) but
 replace the control flow that does not export: the vision tower takes its rotary
 position ids as an input (computed on the host from the image grid, see
-colrag.preprocess.vision_rot_pos_ids) and attends over one image; the text model takes
+colrag.vlm.preprocess.vision_rot_pos_ids) and attends over one image; the text model takes
 3-D M-RoPE position ids and a 2-D padding mask as inputs and builds the causal mask
 with tensor ops only. Nothing here depends on the image grid, so one graph serves
 every page size. Parity with transformers is tested, not assumed.

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..bundle import write_manifest
-from ..constants import RETRIEVER_MAX_PIXELS, RETRIEVER_MIN_PIXELS
 from ..errors import ColragError
+from ..vlm.bundle import write_manifest
+from ..vlm.constants import RETRIEVER_MAX_PIXELS, RETRIEVER_MIN_PIXELS
 from . import require_export_deps
 from .common import (
     CONFIG_FILES,

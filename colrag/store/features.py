@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..image_features import ImageFeatures
+from ..vlm.image_features import ImageFeatures
 
 FEATURES_DIR = "features"
 FLOAT16 = "float16"

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from .constants import (
     CLIP_MEAN,
     CLIP_STD,
@@ -37,7 +38,6 @@ from .constants import (
     PATCH_SIZE,
     TEMPORAL_PATCH_SIZE,
 )
-from .errors import InputError
 
 MAX_ASPECT_RATIO = 200
 

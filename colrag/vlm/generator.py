@@ -9,18 +9,18 @@
 
 The prompt is the Qwen2-VL-Instruct chat prompt (system prompt, one
 <|vision_start|><|image_pad|><|vision_end|> per image before the question, no BOS).
-Positions are the 3-D M-RoPE index (colrag.rope.get_rope_index); after the prompt each
+Positions are the 3-D M-RoPE index (colrag.vlm.rope.get_rope_index); after the prompt each
 new token sits at past length + rope delta on all three axes. One decoder graph
 serves prefill (empty past) and decode; it returns logits for the last position.
-An image may be given as its precomputed vision-tower output (colrag.image_features:
+An image may be given as its precomputed vision-tower output (colrag.vlm.image_features:
 merged embeddings + grid, e.g. stored by the index): the prompt and positions are the
 ones the same image's pixels would give, only the vision tower does not run. The vision
 graph's session is created on the first image that needs it.
 Greedy by default; temperature / top-p / top-k / repetition penalty follow
-transformers' semantics (colrag.sampling).
+transformers' semantics (colrag.vlm.sampling).
 
 The k/v of the prompt up to the last image are kept in a bounded prefix cache
-(colrag.prefix_cache): a second question about the same image(s) runs neither the
+(colrag.vlm.prefix_cache): a second question about the same image(s) runs neither the
 vision tower nor the page's prefill, only the question's few tokens.
 """
 
@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError, InputError
 from .backends import as_numpy, open_session, runs_on
 from .bundle import bundle_file, bundle_id, load_verified_manifest
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_PROMPT_TOKENS, SYSTEM_PROMPT
-from .errors import BundleError, InputError
 from .image_features import ImageFeatures
 from .prefix_cache import Prefix, PrefixCache, prefix_key
 from .sampling import Sampler, SamplingParams
@@ -167,7 +167,7 @@ class Generator:
         question on the same image skips the vision tower and most of the prefill; pass a
         PrefixCache (e.g. with a folder, to keep them across processes) or False for none.
         backend: auto | onnxruntime | openvino, precision: auto | f32 | bf16 (None: COLRAG_BACKEND /
-        COLRAG_PRECISION, else auto; colrag.backends says what auto picks per graph)."""
+        COLRAG_PRECISION, else auto; colrag.vlm.backends says what auto picks per graph)."""
         from .preprocess import ImageProcessorConfig
         from .tokenization import Tokenizer
 
@@ -420,7 +420,7 @@ class Generator:
 
     def _prefix_key(self, prefix_ids: np.ndarray, pres: Sequence, max_pixels: int | None, system: str) -> str:
         """The prefix cache key: this bundle and every setting that changes the prefix's k/v,
-        then the prefix's ids and each image's grid and pixels (colrag.prefix_cache.prefix_key)."""
+        then the prefix's ids and each image's grid and pixels (colrag.vlm.prefix_cache.prefix_key)."""
         from dataclasses import asdict
 
         vision = self._vision_graph_sha256()

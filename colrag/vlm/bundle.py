@@ -5,7 +5,7 @@ model facts (dims, pixel caps, source) and the size and sha256 of every file.
 `load_manifest` checks the manifest against a schema (one-line BundleError on a missing
 or mistyped field) and every file's presence and size; `verify_bundle` re-hashes
 everything; `load_verified_manifest` (what the models load with) re-hashes only files
-not verified before, see colrag.verified.
+not verified before, see colrag.vlm.verified.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError
-from .fsutil import atomic_write_json
+from ..errors import BundleError
+from ..fsutil import atomic_write_json
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1

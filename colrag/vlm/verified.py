@@ -34,16 +34,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import BundleError
+from ..fsutil import atomic_write_json
 from .bundle import MANIFEST, sha256_file
-from .errors import BundleError
-from .fsutil import atomic_write_json
 
 STAMP_FORMAT = 1
 ANNOUNCE_BYTES = 256 << 20  # say so on stderr when a first load hashes more than this (about 0.2 s/GB)
 
 
 def stamps_dir() -> Path:
-    from .paths import colrag_home
+    from ..paths import colrag_home
 
     return colrag_home() / "cache" / "verified"
 

@@ -5,7 +5,7 @@
     session.backend, session.precision, session.inputs, session.outputs
 
 - onnxruntime (always installed, the default where OpenVINO is absent or not measured
-  faster): colrag.runtime.create_session, f32 activations.
+  faster): colrag.vlm.runtime.create_session, f32 activations.
 - OpenVINO (`pip install 'colrag[openvino]'`): the same ONNX files read by OpenVINO's
   CPU plugin (MatMulNBits included), with `INFERENCE_PRECISION_HINT` f32 or bf16.
   Compiled models are cached under $COLRAG_HOME/cache/openvino/<bundle id>, so a second
@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import BundleError, ColragError
+from ..errors import BundleError, ColragError
 
 BACKEND_ENV = "COLRAG_BACKEND"  # auto | onnxruntime | openvino
 PRECISION_ENV = "COLRAG_PRECISION"  # auto | f32 | bf16
@@ -209,7 +209,7 @@ def _shape(dims) -> tuple:
 
 
 class OnnxruntimeSession:
-    """onnxruntime's InferenceSession, created by colrag.runtime.create_session."""
+    """onnxruntime's InferenceSession, created by colrag.vlm.runtime.create_session."""
 
     backend = "onnxruntime"
     precision = "f32"
@@ -247,7 +247,7 @@ def openvino_cache_dir(cache_key: str | None, precision: str, threads: int) -> P
 
     One folder per precision and thread count: OpenVINO 2026.4 names a cached blob after the
     model file only, so a blob compiled for f32 was loaded for a bf16 request (and crashed)."""
-    from .paths import colrag_home
+    from ..paths import colrag_home
 
     if not cache_key:
         return None

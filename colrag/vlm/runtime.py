@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import BundleError, ColragError, InputError
+from ..errors import BundleError, ColragError, InputError
 
 DEVICE_ENV = "COLRAG_DEVICE"  # auto | cpu | cuda
 

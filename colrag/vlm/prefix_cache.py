@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .fsutil import atomic_write
+from ..fsutil import atomic_write
 
 FORMAT = 2  # 2: grid and settings in the key, a checksum in each file
 DEFAULT_MEMORY_BYTES = 1 << 30  # ~13 pages of 1,300 tokens for Qwen2-VL-2B (75 MB each, fp32)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import BundleError, InputError
 from .constants import (
     IMAGE_PAD,
     IMAGE_PAD_ID,
@@ -21,7 +22,6 @@ from .constants import (
     RETRIEVER_QUERY_SUFFIX,
     SYSTEM_PROMPT,
 )
-from .errors import BundleError, InputError
 
 
 class Tokenizer:

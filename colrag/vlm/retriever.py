@@ -8,7 +8,7 @@
 
 Each row is L2-normalised; padding rows are removed, every other token is kept
 (prompt tokens included), as ColQwen2 does. Positions are the 3-D M-RoPE index the
-checkpoint was trained with (colrag.rope.get_rope_index).
+checkpoint was trained with (colrag.vlm.rope.get_rope_index).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError, InputError
 from .backends import as_numpy, open_session
 from .bundle import bundle_file, bundle_id, load_embedding_table, load_verified_manifest
 from .constants import IMAGE_PAD_ID, MAX_QUERY_TOKENS, PAD_ID
-from .errors import BundleError, InputError
 from .image_features import ImageFeatures
 from .preprocess import ImageProcessorConfig, preprocess_image, vision_rot_pos_ids
 from .rope import get_rope_index
@@ -78,7 +78,7 @@ class Retriever:
         precision: str | None = None,
     ) -> Retriever:
         """backend: auto | onnxruntime | openvino, precision: auto | f32 | bf16 (None: COLRAG_BACKEND /
-        COLRAG_PRECISION, else auto; colrag.backends says what auto picks per graph)."""
+        COLRAG_PRECISION, else auto; colrag.vlm.backends says what auto picks per graph)."""
         bundle_dir = Path(bundle_dir).expanduser()
         manifest = load_verified_manifest(bundle_dir, "retriever")  # sha256 on first load, then stamps
         graphs = manifest["graphs"]

@@ -1,0 +1,39 @@
+"""Options that several commands share, defined once."""
+
+from __future__ import annotations
+
+import typer
+
+INDEX_OPTION = typer.Option(
+    None,
+    "--index",
+    envvar="COLRAG_INDEX",
+    help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
+)
+MODELS_DIR_OPTION = typer.Option(
+    None,
+    "--models-dir",
+    envvar="COLRAG_MODELS",
+    help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].",
+)
+RETRIEVER_OPTION = typer.Option(
+    None,
+    "--retriever",
+    help="Retriever bundle folder to use \\[default: <models-dir>/retriever].",
+)
+
+
+def check_threads_option(value: int | None) -> int | None:
+    """--threads is checked as it is parsed: one line above a few threads per core (colrag.vlm.runtime.check_threads)."""
+    from ..vlm.runtime import check_threads
+
+    return check_threads(value)
+
+
+THREADS_OPTION = typer.Option(
+    None,
+    "--threads",
+    min=1,
+    callback=check_threads_option,
+    help="CPU threads for onnxruntime, FAISS and the rerank \\[default: OMP_NUM_THREADS, else all cores]; results do not depend on it.",
+)
