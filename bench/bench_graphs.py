@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._util import PDF_DIR, machine, render_page, summary
-from colrag import backends
 from colrag.compare import row_cosines
+from colrag.vlm import backends
 
 
 class Recorder:

@@ -18,9 +18,9 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import colrag
-from colrag import backends
 from colrag.compare import row_cosines
 from colrag.errors import ColragError
+from colrag.vlm import backends
 from tests.test_retriever import synthetic_page
 
 F32_TOL = 1e-4
