@@ -148,6 +148,7 @@ def worker(args) -> None:
         r = asker.generator.generate(QUESTION, [page_one], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
         out["tokens"] = r.token_ids
         out["tps"] = r.decode_tokens_per_s
+        out["runtimes"] = asker.runtimes()
     out["peak_gb"] = peak_rss_gb()
     print(json.dumps(out))
 
@@ -190,8 +191,8 @@ def build_index(pdf: Path, pages: int, retriever: str, folder: Path, features: b
     return {"wall": wall, "peak_gb": round(peak / 1e6, 2), "status": status}
 
 
-def cli_wall(args, index: Path, home: Path, extra: list[str]) -> float:
-    env = {**os.environ, "COLRAG_HOME": str(home)}
+def cli_wall(args, index: Path, home: Path, extra: list[str], backend: str) -> float:
+    env = {**os.environ, "COLRAG_HOME": str(home), "COLRAG_BACKEND": backend}
     cmd = [
         sys.executable,
         "-m",
@@ -215,7 +216,7 @@ def cli_wall(args, index: Path, home: Path, extra: list[str]) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"ask failed: {proc.stderr.strip()[-500:]}")
     stats = [line for line in proc.stderr.splitlines() if line.startswith("load ")]
-    print(f"    {' '.join(cmd[3:5])!s:40.40} {wall:6.2f} s wall | {stats[-1] if stats else ''}", flush=True)
+    print(f"    {' '.join(cmd[3:5])!s:40.40} {wall:6.2f} s wall | {' / '.join(stats)}", flush=True)
     return wall
 
 
@@ -227,6 +228,10 @@ def main() -> None:
     ap.add_argument("--pdf", default=str(PDF_DIR / "01_chart_paper_tracemonkey.pdf"))
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument(
+        "--backends", nargs="+", default=["onnxruntime", "auto"], help="colrag rows: one per COLRAG_BACKEND value"
+    )
+    ap.add_argument("--skip-computed", action="store_true", help="no 'computing the page features' rows")
     ap.add_argument("--skip-cli", action="store_true", help="skip the `colrag ask` wall-clock runs")
     ap.add_argument("--only-torch", action="store_true", help="only the transformers row (after the index build)")
     ap.add_argument("--compare-index", action="store_true", help="also build the index without page features")
@@ -256,7 +261,8 @@ def main() -> None:
         index = work / "with" / "index"
         print(f"load: {os.getloadavg()}\n")
         print(
-            "| variant | first token, 1 page (s) | first token, --top-k 3 (s) | follow-up first token (s) | peak RSS (GB) |"
+            "| variant | first token, 1 page (s) | first token, --top-k 3 (s) | follow-up first token (s) "
+            "| peak RSS (GB) |"
         )
         print("|---|---|---|---|---|")
         common = [
@@ -272,42 +278,47 @@ def main() -> None:
             str(args.runs),
         ]
         tokens = {}
-        rows = [] if args.skip_torch else [("transformers fp32 (vision + prefill)", "torch")]
-        rows += (
-            []
-            if args.only_torch
-            else [
-                ("colrag int8, computing the page features", "computed"),
-                ("colrag int8, page features from the index", "index"),
-            ]
-        )
-        for name, kind in rows:
-            proc = subprocess.run([sys.executable, __file__, "--worker", kind, *common], capture_output=True, text=True)
+        rows = [] if args.skip_torch else [("transformers fp32 (vision + prefill)", "torch", None)]
+        for backend in [] if args.only_torch else args.backends:
+            if not args.skip_computed:
+                rows.append((f"colrag int8 ({backend}), computing the page features", "computed", backend))
+            rows.append((f"colrag int8 ({backend}), page features from the index", "index", backend))
+        for name, kind, backend in rows:
+            env = {**os.environ, **({"COLRAG_BACKEND": backend} if backend else {})}
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", kind, *common], capture_output=True, text=True, env=env
+            )
             if proc.returncode != 0:
                 print(f"| {name} | failed: {proc.stderr.strip().splitlines()[-1:]} | | | |", flush=True)
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            tokens[kind] = r.get("tokens")
+            tokens[f"{kind} {backend}"] = r.get("tokens")
             extra = (
                 f" (retrieve {summary(r['retrieve'])} s apart; reading features {summary(r['read_features'], 3)} s)"
                 if "retrieve" in r
                 else ""
             )
             print(
-                f"| {name} | {summary(r['one'])}{extra} | {summary(r['three'])} | {summary(r['follow'])} | {r['peak_gb']:.1f} |",
+                f"| {name} | {summary(r['one'])}{extra} | {summary(r['three'])} | {summary(r['follow'])} "
+                f"| {r['peak_gb']:.1f} |",
                 flush=True,
             )
             if "tps" in r:
-                print(f"    decode {r['tps']:.2f} tokens/s", flush=True)
-        if tokens.get("computed") and tokens.get("index"):
-            same = sum(a == b for a, b in zip(tokens["computed"], tokens["index"]))
-            print(f"\ngreedy tokens, features from the index vs computed: {same}/{len(tokens['computed'])} equal")
+                print(f"    decode {r['tps']:.2f} tokens/s = {1 / r['tps']:.4f} s/token", flush=True)
+            if r.get("runtimes"):
+                print(f"    runs on: {r['runtimes']}", flush=True)
+        reference = next((v for v in tokens.values() if v), None)
+        for variant, ids in tokens.items():
+            if ids and reference:
+                same = sum(a == b for a, b in zip(ids, reference, strict=True))
+                print(f"greedy tokens of {variant} vs the first colrag row: {same}/{len(reference)} equal")
         print(f"load: {os.getloadavg()}\n")
         if args.skip_cli or args.only_torch:
             return
 
         print(
-            "`python -m colrag ask ... --max-new-tokens 24` on a one-page index (so the follow-up retrieves the same page),"
+            "`python -m colrag ask ... --max-new-tokens 24` on a one-page index "
+            "(so the follow-up retrieves the same page),"
         )
         print("wall clock from start to exit:")
         one = build_index(Path(args.pdf), 1, args.retriever, work / "one", True)
@@ -315,37 +326,45 @@ def main() -> None:
         index = work / "one" / "index"
         home = work / "home"
         home.mkdir()
-        print("  without colrag serve:")
-        new = cli_wall(args, index, home, [])
-        follow = cli_wall(args, index, home, ["follow"])
-        shutil.rmtree(home / "cache", ignore_errors=True)
-        print("  with colrag serve running:")
-        env = {**os.environ, "COLRAG_HOME": str(home)}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "colrag", "serve", "--retriever", args.retriever, "--generator", args.generator],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            t0 = time.perf_counter()
-            sock = home / "run" / "serve.sock"
-            while not _alive(sock):
-                if server.poll() is not None:
-                    raise SystemExit(f"serve failed: {server.stderr.read()[-500:]}")
-                time.sleep(0.2)
-            print(f"    (serve ready after {time.perf_counter() - t0:.1f} s)")
-            served_new = cli_wall(args, index, home, [])
-            served_follow = cli_wall(args, index, home, ["follow"])
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-        print(
-            f"\n| `colrag ask`, 24 tokens | page never asked | follow-up, new process |\n|---|---|---|\n"
-            f"| models loaded by `ask` | {new:.1f} s | {follow:.1f} s |\n"
-            f"| `colrag serve` running | {served_new:.1f} s | {served_follow:.1f} s |"
-        )
-        print(f"load: {os.getloadavg()}")
+        table = []
+        for backend in args.backends:
+            home = work / f"home-{backend}"
+            home.mkdir()
+            print(f"  backend {backend}; first a warm-up ask in this COLRAG_HOME (bundle check, compiled-model cache):")
+            cli_wall(args, index, home, [], backend)
+            shutil.rmtree(home / "cache" / "prefixes", ignore_errors=True)  # the page was never asked
+            print("  without colrag serve:")
+            new = cli_wall(args, index, home, [], backend)
+            follow = cli_wall(args, index, home, ["follow"], backend)
+            shutil.rmtree(home / "cache" / "prefixes", ignore_errors=True)
+            print("  with colrag serve running:")
+            env = {**os.environ, "COLRAG_HOME": str(home), "COLRAG_BACKEND": backend}
+            server = subprocess.Popen(
+                [sys.executable, "-m", "colrag", "serve", "--retriever", args.retriever, "--generator", args.generator],
+                env=env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                t0 = time.perf_counter()
+                sock = home / "run" / "serve.sock"
+                while not _alive(sock):
+                    if server.poll() is not None:
+                        raise SystemExit(f"serve failed: {server.stderr.read()[-500:]}")
+                    time.sleep(0.2)
+                print(f"    (serve ready after {time.perf_counter() - t0:.1f} s)")
+                served_new = cli_wall(args, index, home, [], backend)
+                served_follow = cli_wall(args, index, home, ["follow"], backend)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+            table.append(
+                f"| {backend}, models loaded by `ask` | {new:.1f} s | {follow:.1f} s |\n"
+                f"| {backend}, `colrag serve` running | {served_new:.1f} s | {served_follow:.1f} s |"
+            )
+            print(f"load: {os.getloadavg()}")
+        print("\n| `colrag ask`, 24 tokens | page never asked | follow-up, new process |\n|---|---|---|")
+        print("\n".join(table))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

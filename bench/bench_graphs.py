@@ -50,6 +50,7 @@ def record(bundle: Path, kind: str, image) -> dict:
         return {"vision": (files["vision"], *r._vision.calls[0]), "text": (files["text"], *r._text.calls[0])}
     g = colrag.Generator.load(bundle, backend="onnxruntime", prefix_cache=False)
     g._vision, g._decoder = Recorder(g._vision), Recorder(g._decoder)
+    g._prefill = g._decoder  # one onnxruntime session serves both
     g.generate("What does the chart show?", [image], max_new_tokens=2, min_new_tokens=2)
     vision = type(g)._vision_graph(bundle, g.manifest)
     decoder = bundle / g.manifest["graphs"]["decoder"]

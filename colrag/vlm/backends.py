@@ -199,6 +199,10 @@ def open_session(
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"model graph not found: {path}")
+    if name == "openvino" and graph in ("prefill", "decode") and os.environ.get("COLRAG_OV_STATEFUL", "1") != "0":
+        from .ov_decoder import OpenvinoStatefulDecoder
+
+        return OpenvinoStatefulDecoder(path, _openvino_core(), openvino_config(prec, threads, cache_key), prec)
     if name == "openvino":
         return OpenvinoSession(path, precision=prec, threads=threads, cache_key=cache_key)
     return OnnxruntimeSession(path, threads=threads, device=device)
@@ -226,7 +230,9 @@ class OnnxruntimeSession:
         import onnxruntime as ort
 
         values = {
-            name: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+            name: v
+            if isinstance(v, ort.OrtValue)
+            else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(as_numpy(v)))
             for name, v in feeds.items()
         }
         outs = self._session.run_with_ort_values(list(outputs or self.outputs), values)
@@ -264,22 +270,28 @@ def openvino_cache_dir(cache_key: str | None, precision: str, threads: int) -> P
     return folder
 
 
+def openvino_config(precision: str, threads: int | None, cache_key: str | None) -> dict[str, Any]:
+    """compile_model's CPU config: precision hint, latency, threads, and the compiled-model cache."""
+    from .runtime import configured_threads
+
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    n = configured_threads(threads)
+    if n:
+        config["INFERENCE_NUM_THREADS"] = n
+    cache = openvino_cache_dir(cache_key, precision, n)
+    if cache is not None:
+        config["CACHE_DIR"] = str(cache)
+    return config
+
+
 class OpenvinoSession:
     """The ONNX graph compiled by OpenVINO's CPU plugin (OpenVINO's own API, not an onnxruntime EP)."""
 
     backend = "openvino"
 
     def __init__(self, path: Path, *, precision: str = "f32", threads: int | None = None, cache_key: str | None = None):
-        from .runtime import configured_threads
-
         core = _openvino_core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-        n = configured_threads(threads)
-        if n:
-            config["INFERENCE_NUM_THREADS"] = n
-        cache = openvino_cache_dir(cache_key, precision, n)
-        if cache is not None:
-            config["CACHE_DIR"] = str(cache)
+        config = openvino_config(precision, threads, cache_key)
         try:
             self._compiled = core.compile_model(str(path), "CPU", config)
         except RuntimeError as exc:  # OpenVINO reports unreadable or unsupported graphs as RuntimeError
@@ -291,7 +303,7 @@ class OpenvinoSession:
         self._out_index = {name: i for i, p in enumerate(self._compiled.outputs) for name in p.get_names()}
 
     def run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> list[Any]:
-        arrays = {name: np.ascontiguousarray(v) for name, v in feeds.items()}
+        arrays = {name: np.ascontiguousarray(as_numpy(v)) for name, v in feeds.items()}
         # share_outputs=False: the request reuses its output buffers, so each run's outputs are copied out
         result = self._request.infer(arrays, share_inputs=True, share_outputs=False)
         return [result[self._out_index[name]] for name in (outputs or self.outputs)]
