@@ -76,7 +76,8 @@ def main() -> None:
     recorded = record(args.bundle, kind, image)
     gc.collect()
     print(
-        f"machine: {machine()}\nbundle: {args.bundle}; page 1 of {Path(args.pdf).name}, {image.size[0]}x{image.size[1]}\n"
+        f"machine: {machine()}\nbundle: {args.bundle}; "
+        f"page 1 of {Path(args.pdf).name}, {image.size[0]}x{image.size[1]}\n"
     )
     print("| graph | input | backend | precision | time (s) | cosine vs onnxruntime (min) | top-1 equal |")
     print("|---|---|---|---|---|---|---|")

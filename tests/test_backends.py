@@ -19,9 +19,9 @@ pytest.importorskip("transformers")
 
 import colrag
 from colrag.compare import row_cosines
-from colrag.vlm.constants import SYSTEM_PROMPT
 from colrag.errors import ColragError
 from colrag.vlm import backends
+from colrag.vlm.constants import SYSTEM_PROMPT
 from colrag.vlm.generator import Generation
 from tests.test_retriever import synthetic_page
 
@@ -265,7 +265,7 @@ def _teacher_forced_logits(g, session, question: str, images: list, tokens: list
 
 @needs_openvino
 def test_openvino_decoder_keeps_the_cache_in_its_state(tiny_generator_bundle):
-    from colrag.ov_decoder import OpenvinoStatefulDecoder, StaleStateError, StateValue
+    from colrag.vlm.ov_decoder import OpenvinoStatefulDecoder, StaleStateError, StateValue
 
     g = colrag.Generator.load(tiny_generator_bundle, backend="onnxruntime", prefix_cache=False)
     path = tiny_generator_bundle / g.manifest["graphs"]["decoder"]

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def worker(bundle: Path, variant: str, n_prompt: int, steps: int) -> dict:
-    from colrag import backends
-    from colrag.bundle import load_verified_manifest
+    from colrag.vlm import backends
+    from colrag.vlm.bundle import load_verified_manifest
 
     manifest = load_verified_manifest(bundle, "generator")
     table = np.load(bundle / manifest["graphs"]["embed_tokens"], mmap_mode="r")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError
+from ..errors import BundleError
 
 PAST_PREFIX = "past_"
 PRESENT_PREFIX = "present_"
