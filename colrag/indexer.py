@@ -11,7 +11,12 @@ folder that cannot be read, or is empty (an unmounted share), keeps its document
 at a time into an 'indexing' version of the document, invisible to search until the
 last page commits together with status 'done'; an interrupted run resumes at the
 first page not committed. Failures (whole files, single pages) are collected in the
-report and never stop the run.
+report (colrag.index_report) and never stop the run; a storage error while recording a file
+is that file's failure; only a bug (an error that no bad input raises) ends the run.
+
+Rendering happens in one child process per run (colrag.render_worker), under a time limit
+per page (`render_timeout`, default 120 s): a page over it is killed and recorded as failed,
+and Ctrl-C stops the run at once with every committed page kept. Embedding stays here.
 
 Page features: when the index keeps them (Index.keeps_features), each page's vision-tower
 output comes from the same pass that embeds it (Retriever.embed_pages) and is committed
@@ -24,80 +29,19 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import IndexStoreError, InputError
-from .render import PdfError, PdfWalk, RenderOptions, open_pdf, page_errors, render_page, walk_pdfs
+from .index_report import Failure, IndexReport, NullProgress
+from .render import PdfError, PdfWalk, RenderOptions, walk_pdfs
+from .render_worker import DEFAULT_RENDER_TIMEOUT, RenderWorker
 from .store.index import Index
 from .utf8 import text
 from .vlm.bundle import sha256_file
 from .vlm.image_features import ImageFeatures
-
-
-@dataclass(frozen=True)
-class Failure:
-    path: str
-    page: int | None  # None: the whole file
-    reason: str
-    previous: bool = False  # recorded by an earlier run (the file is unchanged)
-
-    @property
-    def where(self) -> str:
-        return self.path if self.page is None else f"{self.path} page {self.page}"
-
-    def __str__(self) -> str:
-        if self.previous:
-            return f"{self.where}: skipped (failed before: {self.reason})"
-        return f"{self.where}: {self.reason}"
-
-
-@dataclass
-class IndexReport:
-    files: int = 0
-    indexed_files: int = 0
-    skipped_files: int = 0
-    removed_files: int = 0
-    kept_files: int = 0  # gone from the walk, but their folder could not be read (or is empty): kept
-    unreadable_folders: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason)
-    pages: int = 0  # pages embedded and stored by this run
-    failures: list[Failure] = field(default_factory=list)
-    warnings: list[Failure] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def new_failures(self) -> list[Failure]:
-        """Failures of this run (the others were recorded by an earlier run for an unchanged file)."""
-        return [f for f in self.failures if not f.previous]
-
-    @property
-    def ok(self) -> bool:
-        """Nothing failed in this run (files known to fail, unchanged and skipped, do not count)."""
-        return not self.new_failures
-
-    def as_dict(self) -> dict:
-        return {
-            "files": self.files,
-            "indexed_files": self.indexed_files,
-            "skipped_files": self.skipped_files,
-            "removed_files": self.removed_files,
-            "kept_files": self.kept_files,
-            "unreadable_folders": [{"folder": f, "reason": r} for f, r in self.unreadable_folders],
-            "pages": self.pages,
-            "seconds": round(self.seconds, 3),
-            "failures": [
-                {"file": f.path, "page": f.page, "reason": f.reason, "previous": f.previous} for f in self.failures
-            ],
-            "warnings": [{"file": f.path, "page": f.page, "reason": f.reason} for f in self.warnings],
-        }
-
-
-class NullProgress:
-    def start(self, total_pages: int, files: int) -> None: ...
-    def advance(self, pages: int, label: str) -> None: ...
-    def finish(self) -> None: ...
 
 
 @dataclass
@@ -137,6 +81,8 @@ class Indexer:
         progress=None,
         commit_pages: int = 4,
         retry_failed: bool = False,
+        render_timeout: float = DEFAULT_RENDER_TIMEOUT,
+        render_command: list[str] | None = None,
     ):
         self.index = index
         self.retriever = retriever
@@ -145,6 +91,9 @@ class Indexer:
         self.commit_pages = max(1, commit_pages)
         self.retry_failed = retry_failed  # try files and pages that failed before, though unchanged
         self.render = index.render if index.render else RenderOptions()
+        self.render_timeout = render_timeout  # seconds a page may take to render (in the render child)
+        self.render_command = render_command  # the render child's command line (tests use a slow one)
+        self._worker: RenderWorker | None = None
 
     # -- the run -------------------------------------------------------------------
     def run(self, paths: list[str | os.PathLike]) -> IndexReport:
@@ -155,6 +104,17 @@ class Indexer:
         report.files = len(files)
         report.unreadable_folders = walk.errors
         report.removed_files, report.kept_files = self._drop_vanished(paths, walk)
+        with RenderWorker(self.render_timeout, self.render_command, on_wait=self._waiting) as worker:
+            self._worker = worker
+            try:
+                self._index_files(files, report)
+            finally:
+                self._worker = None
+        self.index.refresh()  # page lists refreshed when they lag, dead rows compacted past a threshold
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _index_files(self, files: list[Path], report: IndexReport) -> None:
         jobs = self._plan(files, report)
         self._repair_features(report)
         self.progress.start(sum(j.n_pages - len(j.done_pages) for j in jobs), len(jobs))
@@ -166,9 +126,11 @@ class Indexer:
                     report.failures.append(Failure(str(job.path), None, f"cannot record it in the index: {exc}"))
         finally:
             self.progress.finish()
-        self.index.refresh()  # page lists refreshed when they lag, dead rows compacted past a threshold
-        report.seconds = time.perf_counter() - t0
-        return report
+
+    def _waiting(self, what: str, seconds: float) -> None:
+        note = getattr(self.progress, "note", None)
+        if note is not None and seconds >= 10:
+            note(f"still rendering {what} after {seconds:.0f} s (limit {self.render_timeout:g} s)")
 
     def _drop_vanished(self, paths, walk: PdfWalk) -> tuple[int, int]:
         """Forget catalogued files of the given folders that are gone; returns (removed, kept).
@@ -248,8 +210,8 @@ class Indexer:
         return _Job(path, st.st_size, st.st_mtime_ns, sha, n_pages, resume_id, done)
 
     def _page_count(self, path: Path) -> int:
-        with open_pdf(path, self.password) as doc:
-            return int(doc.page_count)
+        assert self._worker is not None
+        return self._worker.page_count(path, self.password)
 
     def _retry(self, failed_doc) -> bool:
         """Try an unchanged file that failed before? With --retry-failed, or a password for one that needed it."""
@@ -268,22 +230,19 @@ class Indexer:
     def _index_file(self, job: _Job, report: IndexReport) -> None:
         key = str(job.path)
         try:
-            doc = open_pdf(job.path, self.password)
-        except PdfError as exc:  # changed or vanished since planning
-            self.index.record_failure(key, job.size, job.mtime_ns, job.sha256, str(exc))
-            report.failures.append(Failure(key, None, str(exc)))
-            return
-        try:
-            if doc.page_count != job.n_pages:
-                raise PdfError(f"the file changed while being indexed ({doc.page_count} pages, {job.n_pages} before)")
+            n_pages = self._page_count(job.path)
+            if n_pages != job.n_pages:
+                raise PdfError(f"the file changed while being indexed ({n_pages} pages, {job.n_pages} before)")
             doc_id = job.resume_id
             if doc_id is None:
                 doc_id = self.index.begin_document(key, job.size, job.mtime_ns, job.sha256, job.n_pages)
-            pages, errors, feats = [], [], []
+            pages: list[tuple[int, int, int, np.ndarray]] = []
+            errors: list[tuple[int, str, str]] = []
+            feats: list[ImageFeatures | None] = []
             for number in range(1, job.n_pages + 1):
                 if number in job.done_pages:
                     continue
-                stored = self._one_page(doc, number, key, pages, errors, report, feats)
+                stored = self._one_page(job.path, number, key, pages, errors, report, feats)
                 self.progress.advance(1, f"{job.path.name} p.{number}")
                 if len(pages) >= self.commit_pages or (errors and not stored):
                     self.index.add_pages(doc_id, pages, errors, features=self._features_arg(feats))
@@ -292,11 +251,9 @@ class Indexer:
                 self.index.add_pages(doc_id, pages, errors, features=self._features_arg(feats))
             self.index.finish_document(doc_id)
             report.indexed_files += 1
-        except PdfError as exc:
+        except PdfError as exc:  # changed or vanished since planning
             self.index.record_failure(key, job.size, job.mtime_ns, job.sha256, str(exc))
             report.failures.append(Failure(key, None, str(exc)))
-        finally:
-            doc.close()
 
     @property
     def _with_features(self) -> bool:
@@ -306,13 +263,14 @@ class Indexer:
         return feats if self._with_features else None
 
     def _one_page(
-        self, doc, number: int, key: str, pages: list, errors: list, report: IndexReport, feats: list
+        self, path: Path, number: int, key: str, pages: list, errors: list, report: IndexReport, feats: list
     ) -> bool:
-        """Render and embed one page into `pages` (its vision-tower output into `feats`), or record why not in `errors`."""
-        try:
-            rendered = render_page(doc, number - 1, self.render)
-        except page_errors() as exc:  # what mupdf / PIL raise on a damaged page; keep going
-            reason = f"cannot render: {type(exc).__name__}: {exc}"
+        """Render (in the render child) and embed one page into `pages` (its vision-tower output
+        into `feats`), or record why not in `errors`."""
+        assert self._worker is not None
+        rendered = self._worker.try_render(path, number - 1, self.render, self.password)
+        if isinstance(rendered, str):  # why it could not be rendered
+            reason = rendered
             errors.append((number, "error", reason))
             report.failures.append(Failure(key, number, reason))
             return False
@@ -334,7 +292,7 @@ class Indexer:
             errors.append((number, "error", reason))
             report.failures.append(Failure(key, number, reason))
             return False
-        width, height = rendered.image.size
+        width, height = rendered.image.size  # type: ignore[attr-defined]  # a PIL image
         pages.append((number, width, height, vectors))
         feats.append(features)
         report.pages += 1
@@ -344,16 +302,18 @@ class Indexer:
         """Recompute the page features a writer found damaged (render + vision tower; the vectors are kept)."""
         if not self._with_features:
             return
+        assert self._worker is not None
         for doc_id, missing in self.index.features_to_repair().items():
-            path = next((d.path for d in self.index.documents() if d.id == doc_id), None)
+            path = Path(next((d.path for d in self.index.documents() if d.id == doc_id), ""))
             computed = []
             try:
-                with open_pdf(Path(path), self.password) as doc:
-                    for _, page_no in missing:
-                        image = render_page(doc, page_no - 1, self.render).image
-                        embeds, grid = self.retriever.image_features(image)
-                        computed.append((page_no, ImageFeatures(embeds, grid, self.retriever.vision_hash)))
-            except (PdfError, *page_errors(), *_embed_errors()) as exc:
+                for _, page_no in missing:
+                    rendered = self._worker.try_render(path, page_no - 1, self.render, self.password)
+                    if isinstance(rendered, str):
+                        raise PdfError(rendered)
+                    embeds, grid = self.retriever.image_features(rendered.image)
+                    computed.append((page_no, ImageFeatures(embeds, grid, self.retriever.vision_hash)))
+            except (PdfError, *_embed_errors()) as exc:
                 report.warnings.append(Failure(str(path), None, f"page features not repaired: {exc}"))
                 continue
             self.index.add_features(doc_id, computed)

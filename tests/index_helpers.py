@@ -4,9 +4,10 @@ The fake has the Retriever API (embed_images, embed_queries, dim, max_pixels,
 bundle_id, name) and is cheap: a page becomes a grid of cells, each cell's
 downsampled pixels projected by a seeded random matrix onto the unit sphere.
 
-`python -m tests.index_helpers INDEX PATH... [--slow S] [--codebook-rows N]` indexes with
-the fake, printing one line per page on stdout (the crash tests kill it mid-run);
---codebook-rows lowers the size at which the index trains its centroids.
+`python -m tests.index_helpers INDEX PATH... [--slow S] [--codebook-rows N] [--render MODE]` indexes
+with the fake, printing one line per page on stdout (the crash tests kill it mid-run);
+--codebook-rows lowers the size at which the index trains its centroids; --render MODE renders
+with `python -m tests.render_workers MODE` (e.g. hang:2).
 """
 
 from __future__ import annotations
@@ -128,10 +129,16 @@ def main(argv: list[str]) -> int:
         i = argv.index("--codebook-rows")
         coarse.MIN_ROWS = int(argv[i + 1])
         del argv[i : i + 2]
+    render_command = None
+    if "--render" in argv:
+        i = argv.index("--render")
+        render_command = [sys.executable, "-m", "tests.render_workers", argv[i + 1]]
+        del argv[i : i + 2]
     index_path, *paths = argv
     retriever = FakeRetriever(slow=slow)
     with Index.open_writer(index_path, RetrieverInfo.of(retriever)) as index:
-        report = Indexer(index, retriever, progress=LineProgress(), commit_pages=1).run(paths)
+        indexer = Indexer(index, retriever, progress=LineProgress(), commit_pages=1, render_command=render_command)
+        report = indexer.run(paths)
     print(f"done pages={report.pages} failures={len(report.failures)}", flush=True)
     return 0 if report.ok else 1
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +149,110 @@ def test_a_programming_error_while_embedding_is_not_a_page_failure(tmp_path):
     make_pdf(docs / "a.pdf", 1, "a")
     with pytest.raises(KeyError):
         run(tmp_path / "ix", [docs], RefusingRetriever(KeyError("bug")))
+
+
+# -- item 16: pages render in a child process, under a time limit -------------------------------------
+
+
+def render_child(mode: str) -> list[str]:
+    return [sys.executable, "-m", "tests.render_workers", mode]
+
+
+def test_mupdf_warnings_that_are_not_utf8_come_back_from_the_render_child(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 2, "a")
+    make_pdf(docs / "b.pdf", 1, "b")
+    for _ in range(2):  # and every re-run works too
+        report = run(tmp_path / "ix", [docs], render_command=render_child("warn"))
+        assert report.ok
+    assert visible(tmp_path / "ix") == [("a.pdf", 1), ("a.pdf", 2), ("b.pdf", 1)]
+    with Index.open(tmp_path / "ix") as index:
+        messages = {m for _, _, kind, m in index.page_errors() if kind == "warning"}
+    assert messages == {"unknown font 'Times\\xff\\xfeRoman'"}
+
+
+def test_a_page_that_never_finishes_rendering_is_recorded_and_the_run_goes_on(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 1, "a")
+    make_pdf(docs / "b-slow.pdf", 3, "b")
+    make_pdf(docs / "c.pdf", 2, "c")
+    report = run(tmp_path / "ix", [docs], render_command=render_child("hang:2"), render_timeout=5)
+    assert [(Path(f.path).name, f.page, f.reason) for f in report.failures] == [
+        ("b-slow.pdf", 2, "rendering took longer than 5 s")
+    ]
+    assert visible(tmp_path / "ix") == [("a.pdf", 1), ("b-slow.pdf", 1), ("b-slow.pdf", 3), ("c.pdf", 1), ("c.pdf", 2)]
+    with Index.open(tmp_path / "ix") as index:
+        assert index.check().ok
+        assert [(p, k, m) for _, p, k, m in index.page_errors()] == [(2, "error", "rendering took longer than 5 s")]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (not yet reaped) is gone for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def test_ctrl_c_while_a_page_hangs_stops_and_leaves_a_consistent_index(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 2, "a")
+    make_pdf(docs / "b-slow.pdf", 3, "b")
+    pids = tmp_path / "pids"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLRAG_TEST_WORKER_PIDS": str(pids)}
+    cmd = [sys.executable, "-m", "tests.index_helpers", str(tmp_path / "ix"), str(docs), "--render", "hang:2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:
+            if line.startswith("page 3 "):  # a.pdf p.1-2 and b-slow.pdf p.1 are stored; p.2 hangs now
+                break
+        else:
+            pytest.fail(proc.stderr.read())
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)  # a bound, not a timing: without the fix it waits for the page (120 s) or for good
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
+    workers = [int(p) for p in pids.read_text().split()]
+    assert workers and not any(alive(pid) for pid in workers)
+    assert visible(tmp_path / "ix") == [("a.pdf", 1), ("a.pdf", 2)]  # b-slow.pdf is unfinished, invisible
+    with Index.open(tmp_path / "ix") as index:
+        assert index.check().ok
+        (indexing,) = index.documents("indexing")
+        assert index.stored_page_numbers(indexing.id) == {1}  # committed: the next run resumes there
+
+
+def test_a_programming_error_in_the_render_child_is_not_a_page_failure(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 1, "a")
+    with pytest.raises(RuntimeError, match="KeyError"):
+        run(tmp_path / "ix", [docs], render_command=render_child("bug"))
+
+
+def test_pages_are_identical_through_the_render_child(tmp_path):
+    """The child renders exactly what rendering in-process gives (same size, same pixels)."""
+    import numpy as np
+
+    from colrag.render import RenderOptions, open_pdf, render_page
+    from colrag.render_worker import RenderWorker
+
+    make_pdf(tmp_path / "a.pdf", 2, "a", size=(300, 900))
+    latin1_pdf(tmp_path)
+    paths = [tmp_path / "a.pdf", Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9-latin1.pdf"))]
+    with RenderWorker() as worker:
+        for path in paths:
+            with open_pdf(path) as doc:
+                assert worker.page_count(path) == doc.page_count
+                for i in range(doc.page_count):
+                    child = worker.try_render(path, i, RenderOptions())
+                    assert not isinstance(child, str), child
+                    here = render_page(doc, i, RenderOptions()).image
+                    assert child.image.size == here.size
+                    np.testing.assert_array_equal(np.asarray(child.image), np.asarray(here))

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
+from ..render_worker import DEFAULT_RENDER_TIMEOUT
 from .common import load_retriever
 from .options import INDEX_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION
 from .output import printable
@@ -49,6 +50,13 @@ def index_cmd(
         help="Also keep each page's vision-tower output (~2.4 MB per page at float16) so that `colrag ask` answers "
         "an indexed page without rendering it or running the vision tower again.",
     ),
+    render_timeout: float = typer.Option(
+        DEFAULT_RENDER_TIMEOUT,
+        "--render-timeout",
+        min=1.0,
+        help="Seconds a page may take to render (mupdf can hang on a hostile page); a page over it is "
+        "recorded as failed and the run goes on.",
+    ),
 ) -> None:
     """Render, embed and store every page of the given files. Incremental: unchanged files are
     skipped, changed ones re-indexed, files gone from the given folders dropped. Safe to
@@ -79,7 +87,14 @@ def index_cmd(
         for note in idx.repair_notes:
             typer.echo(f"repair: {note}", err=True)
         try:
-            report = Indexer(idx, model, password=password, progress=progress, retry_failed=retry_failed).run(paths)
+            report = Indexer(
+                idx,
+                model,
+                password=password,
+                progress=progress,
+                retry_failed=retry_failed,
+                render_timeout=render_timeout,
+            ).run(paths)
         except KeyboardInterrupt:
             typer.echo("interrupted: the pages committed so far are kept; run the same command to resume", err=True)
             raise typer.Exit(130) from None

@@ -79,6 +79,13 @@ class ProgressLine:
             self.last = now
             self._write(self._line(now, label), final=not self.tty)
 
+    def note(self, text: str) -> None:
+        """A line about the work in progress (a page that takes long to render), at most every 10 s."""
+        now = time.monotonic()
+        if now - self.last >= 10.0:
+            self.last = now
+            self._write(printable(text), final=True)
+
     def finish(self) -> None:
         if not self.total:
             return
