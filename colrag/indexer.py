@@ -303,6 +303,7 @@ class Indexer:
         if not self._with_features:
             return
         assert self._worker is not None
+        failed: tuple[type[BaseException], ...] = (PdfError, *_embed_errors())
         for doc_id, missing in self.index.features_to_repair().items():
             path = Path(next((d.path for d in self.index.documents() if d.id == doc_id), ""))
             computed = []
@@ -313,7 +314,7 @@ class Indexer:
                         raise PdfError(rendered)
                     embeds, grid = self.retriever.image_features(rendered.image)
                     computed.append((page_no, ImageFeatures(embeds, grid, self.retriever.vision_hash)))
-            except (PdfError, *_embed_errors()) as exc:
+            except failed as exc:
                 report.warnings.append(Failure(str(path), None, f"page features not repaired: {exc}"))
                 continue
             self.index.add_features(doc_id, computed)
