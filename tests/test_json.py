@@ -58,7 +58,7 @@ def conforms(actual, doc, optional: set[str], where: str = "$") -> None:
 
 def test_the_document_covers_every_json_command():
     docs = documented()
-    assert set(docs) == {"index", "status", "search", "ask", "eval"}
+    assert set(docs) == {"index", "status", "search", "ask", "eval", "compact"}
     for command, (example, _) in docs.items():
         assert example["schema"] == 1 and example["command"] == command
 
@@ -112,6 +112,29 @@ def test_index_status_search_match_the_document(indexed, tiny_retriever_bundle):
     )
     assert search["results"]
     conforms(search, *docs_json["search"])
+
+
+def test_compact_matches_the_document(tmp_path):
+    """`colrag compact --json` (it once crashed with a NameError): one document, the bytes it reclaimed."""
+    import colrag
+    from tests.index_helpers import clustered_rows
+
+    ix = colrag.open_index(tmp_path / "ix", create=True, dim=128)
+    for k in range(10):  # one file of ten removed: below the automatic compaction's share of dead rows
+        for page in (1, 2):
+            ix.add_page(f"f{k}.pdf", page, clustered_rows(40, seed=10 * k + page))
+    ix.commit()
+    ix.remove_file("f3.pdf")
+    ix.commit()
+    ix.close()
+    r = _cli("compact", "--index", tmp_path / "ix", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    conforms(doc, *documented()["compact"])
+    assert doc["index"]["path"] == str((tmp_path / "ix").resolve())
+    assert doc["vector_bytes_before"] - doc["vector_bytes_after"] == 2 * 40 * 128  # f3.pdf's two pages
+    again = json.loads(_cli("compact", "--index", tmp_path / "ix", "--json").stdout)
+    assert again["vector_bytes_before"] == again["vector_bytes_after"] == doc["vector_bytes_after"]
 
 
 def test_eval_matches_the_document(tiny_retriever_bundle, tmp_path):
