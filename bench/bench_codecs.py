@@ -63,8 +63,6 @@ import bench_search as bs  # noqa: E402
 
 DIM = 128
 TOKENS = bs.IMAGE_TOKENS + bs.TEXT_TOKENS
-N_TOPICS = 256
-CONCEPTS_PER_TOPIC = 16
 TRAIN_ROWS = 1 << 18
 TIE = 0.01
 
@@ -85,45 +83,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-class Topics:
-    """Pages that mix 2-4 topics; queries drawn from one page's topics."""
-
-    def __init__(self, seed: int = 1):
-        rng = np.random.default_rng(seed)
-        centres = _unit(rng.standard_normal((N_TOPICS, DIM)))
-        self.concepts = _unit(
-            centres[:, None, :] + 0.9 * _unit(rng.standard_normal((N_TOPICS, CONCEPTS_PER_TOPIC, DIM)))
-        )
-        w = 1.0 / np.arange(1, N_TOPICS + 1) ** 0.5
-        self.popularity = w / w.sum()
-        self.prompt = _unit(rng.standard_normal((bs.TEXT_TOKENS, DIM)))
-        self.query_prompt = _unit(rng.standard_normal((bs.QUERY_PROMPT, DIM)))
-        self.page_topics: dict[int, np.ndarray] = {}
-
-    def pages(self, first: int, n: int) -> list[np.ndarray]:
-        out = []
-        for number in range(first, first + n):
-            rng = np.random.default_rng([2, number])
-            k = int(rng.integers(2, 5))
-            topics = rng.choice(N_TOPICS, size=k, replace=False, p=self.popularity)
-            self.page_topics[number] = topics
-            tw = rng.dirichlet(np.full(k, 1.0))
-            t_of = rng.choice(k, size=bs.IMAGE_TOKENS, p=tw)
-            c_of = rng.integers(0, CONCEPTS_PER_TOPIC, size=bs.IMAGE_TOKENS)
-            centres = _unit(
-                self.concepts[topics] + 0.05 * rng.standard_normal((k, CONCEPTS_PER_TOPIC, DIM)).astype(np.float32)
-            )
-            image = centres[t_of, c_of] + 0.06 * rng.standard_normal((bs.IMAGE_TOKENS, DIM)).astype(np.float32)
-            text = self.prompt + 0.01 * rng.standard_normal((bs.TEXT_TOKENS, DIM)).astype(np.float32)
-            out.append(_unit(np.concatenate([text, image])))
-        return out
-
-    def query(self, rng, page: int) -> np.ndarray:
-        topics = self.page_topics[page]
-        t = topics[rng.integers(0, len(topics), bs.QUERY_CONTENT)]
-        c = rng.integers(0, CONCEPTS_PER_TOPIC, bs.QUERY_CONTENT)
-        content = _unit(self.concepts[t, c] + 0.08 * rng.standard_normal((bs.QUERY_CONTENT, DIM)).astype(np.float32))
-        return np.concatenate([self.query_prompt, content])
+Topics = bs.Topics  # the `clustered` corpus: pages mixing 2-4 of 256 topics (bench_search.py)
 
 
 def corpus(kind: str, n_pages: int, n_queries: int) -> tuple[np.ndarray, list[np.ndarray]]:

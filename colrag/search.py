@@ -79,6 +79,7 @@ class Searcher:
         nprobe: int = NPROBE,
         candidates: int = CANDIDATES,
         threads: int | None = None,
+        missing: str = "zero",
     ):
         self.index = index
         self.retriever = retriever
@@ -86,6 +87,7 @@ class Searcher:
         self.nprobe = nprobe
         self.n_candidates = candidates
         self.threads = threads
+        self.missing = missing
         self._view: _View | None = None
 
     def search(self, query: str, top_k: int = 5) -> list[Hit]:
@@ -151,22 +153,33 @@ class Searcher:
         assert view.lists is not None and view.ids_sorted is not None and view.order is not None
         quantizer = self.index.coarse_quantizer(snap)
         nprobe = min(self.nprobe, int(quantizer.ntotal))
+        extra = int(self.missing == "next" and nprobe < int(quantizer.ntotal))
         with faiss_threads(self.threads):
-            probe_sim, probe = quantizer.search(np.ascontiguousarray(q), nprobe)  # (n_q, nprobe) each, best first
+            sim, cent = quantizer.search(np.ascontiguousarray(q), nprobe + extra)  # (n_q, nprobe + extra), best first
+        probe_sim, probe = sim[:, :nprobe], cent[:, :nprobe]
+        fill = sim[:, nprobe] if extra else None  # a token's unprobed centroids score at most its next centroid's score
         with _blas_threads(BLAS_THREADS):
-            scores = centroid_scores(view.lists, probe, probe_sim, view.ids_sorted)  # (n_pages,) in ids_sorted order
+            scores = centroid_scores(
+                view.lists, probe, probe_sim, view.ids_sorted, fill
+            )  # (n_pages,) in ids_sorted order
         covered = np.flatnonzero(scores > -np.inf)
         want = min(len(covered), max(self.n_candidates, top_k))
         best = covered[np.argpartition(-scores[covered], want - 1)[:want]] if want < len(covered) else covered
         return [snap.pages[i] for i in view.order[best]] + (view.uncovered or [])
 
 
-def centroid_scores(lists: PageLists, probe: np.ndarray, probe_sim: np.ndarray, ids_sorted: np.ndarray) -> np.ndarray:
+def centroid_scores(
+    lists: PageLists, probe: np.ndarray, probe_sim: np.ndarray, ids_sorted: np.ndarray, fill: np.ndarray | None = None
+) -> np.ndarray:
     """Approximate MaxSim of every visible page (positions of ids_sorted): the sum over query tokens of
-    the best score among the token's probed centroids whose list holds the page (0 when none does);
-    -inf for pages on no probed list at all."""
+    the best score among the token's probed centroids whose list holds the page; for a token none of
+    whose probed centroids the page holds, fill[token] (None: 0); -inf for pages on no probed list at all."""
     n_q, nprobe = probe.shape
-    best = np.zeros((len(ids_sorted), n_q), dtype=np.float32)  # (n_pages, n_q)
+    if fill is None:
+        best = np.zeros((len(ids_sorted), n_q), dtype=np.float32)  # (n_pages, n_q)
+    else:
+        best = np.empty((len(ids_sorted), n_q), dtype=np.float32)
+        best[:] = np.asarray(fill, dtype=np.float32)
     seen = np.zeros(len(ids_sorted), dtype=bool)
     flat = best.reshape(-1)
     for r in range(nprobe - 1, -1, -1):  # worst probe first: a better centroid of the same (page, token) overwrites it

@@ -244,15 +244,29 @@ class Writer:
         return lists.PageLists(ivf, snap.generation, top)
 
     def maintain(self) -> None:
-        """End of a run of writes: compact past COMPACT_DEAD_SHARE dead rows; lists refreshed when they lag."""
+        """End of a run of writes: compact past COMPACT_DEAD_SHARE dead rows; lists refreshed when they lag.
+
+        Adding a page to a large index stays O(page): the checks here are SQL aggregates (no
+        snapshot of every page is read unless the lists are rebuilt)."""
         counts = cat.counts(self.conn)
         if counts["rows"] and (counts["rows"] - counts["stored_tokens"]) > COMPACT_DEAD_SHARE * counts["rows"]:
             self.compact()
+            counts = cat.counts(self.conn)
         if cat.get_meta(self.conn, "coarse") is not None:
             from ..search import EXACT_ALL_PAGES
 
-            if cat.counts(self.conn)["pages"] > EXACT_ALL_PAGES:
-                self.refresh_lists()
+            if counts["pages"] > EXACT_ALL_PAGES and self._lists_lag(counts["pages"]):
+                self.refresh_lists(force=True)
+
+    def _lists_lag(self, visible: int) -> bool:
+        """The saved page lists are missing, unreadable, or lack more pages than STALE_LISTS_* allow."""
+        meta = cat.get_meta(self.conn, "lists")
+        if meta is None or not (self.ix.vectors_dir / meta["file"]).is_file():
+            return True
+        if int(meta["generation"]) == cat.generation(self.conn):
+            return False
+        lacking = cat.visible_pages_after(self.conn, int(meta["max_page_id"]))
+        return lacking > max(STALE_LISTS_PAGES, STALE_LISTS_SHARE * visible)
 
     def compact(self) -> dict[str, int]:
         """Rewrite every segment holding rows no page references (removed or replaced pages)."""

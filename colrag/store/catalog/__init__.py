@@ -217,6 +217,16 @@ def set_page_centroids(conn: sqlite3.Connection, values: Iterable[tuple[bytes, i
     conn.executemany("UPDATE pages SET centroids = ? WHERE id = ?", values)
 
 
+def visible_pages_after(conn: sqlite3.Connection, page_id: int) -> int:
+    """How many visible pages have an id above page_id (a range of the primary key: what the lists lack)."""
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM pages p JOIN documents d ON d.id = p.doc_id WHERE p.id > ? AND d.status = 'done'",
+            (page_id,),
+        ).fetchone()[0]
+    )
+
+
 def rows_stored(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(SUM(committed_rows), 0) FROM segments").fetchone()[0])
 
