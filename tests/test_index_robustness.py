@@ -256,3 +256,48 @@ def test_pages_are_identical_through_the_render_child(tmp_path):
                     here = render_page(doc, i, RenderOptions()).image
                     assert child.image.size == here.size
                     np.testing.assert_array_equal(np.asarray(child.image), np.asarray(here))
+
+
+# -- item 17: indexing memory does not jump when the index trains its centroids ------------------------
+
+
+def test_training_the_centroids_holds_the_stored_vectors_once(tmp_path, monkeypatch):
+    """When the stored rows first reach coarse.MIN_ROWS (~670 pages) the writer trains the centroids and
+    assigns every stored page. It used to hold the sample twice (the per-page parts and their
+    concatenation) and every stored row decoded to float32 twice (a list of pages and its
+    concatenation): 4 copies of the stored vectors. Now: the sample once, pages a block at a time.
+    Scaled down here (MIN_ROWS 2^15, blocks of 4,096 rows); numpy's allocations traced."""
+    import tracemalloc
+
+    from colrag.store import catalog as cat
+    from colrag.store import coarse
+    from tests.index_helpers import clustered_rows
+
+    monkeypatch.setattr(coarse, "MIN_ROWS", 1 << 15)
+    monkeypatch.setattr(coarse, "ASSIGN_ROWS", 1 << 12, raising=False)
+    rows_bytes = (1 << 15) * 128 * 4  # 16 MB: the stored rows in float32
+    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(FakeRetriever())) as index:
+        for d in range(4):
+            doc = index.begin_document(f"/d{d}.pdf", 1, 1, f"sha{d}", 16)
+            index.add_pages(doc, [(i + 1, 10, 10, clustered_rows(400, seed=100 * d + i)) for i in range(16)])
+            index.finish_document(doc)
+        assert index.snapshot().coarse is None  # 25,600 rows
+        doc = index.begin_document("/last.pdf", 1, 1, "sha-last", 20)
+        batch = [(i + 1, 10, 10, clustered_rows(400, seed=900 + i)) for i in range(20)]
+        tracemalloc.start()
+        try:
+            index.add_pages(doc, batch)  # crosses 2^15 rows: trains
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        index.finish_document(doc)
+        snap = index.snapshot()
+        assert snap.coarse is not None and index.check().ok
+        quantizer = index.coarse_quantizer(snap)
+        stored = dict(cat.all_page_centroids(index.conn))
+        before = [p for p in snap.pages if p.path != "/last.pdf"]
+        assert len(before) == 64
+        for page in before:  # the block-wise assignment gives every page stored before its own centroids
+            want = coarse.page_centroids(quantizer, [index.page_vectors(snap, page)])[0]
+            assert stored[page.id] == want, page
+    assert peak < 1.6 * rows_bytes, f"{peak / 2**20:.0f} MB for {rows_bytes / 2**20:.0f} MB of stored rows"

@@ -26,6 +26,7 @@ POINTS_PER_CENTROID = 64
 KMEANS_ITERS = 10
 CENTROID_DTYPE = np.dtype("<u2")  # ids as stored in the catalog (MAX_CENTROIDS <= 65,536)
 _CHUNK = 1 << 16
+ASSIGN_ROWS = 1 << 16  # stored rows decoded and assigned per block when the centroids are first trained
 
 
 def n_centroids(n_rows: int) -> int:

@@ -122,7 +122,7 @@ class Writer:
             sets = coarse.page_centroids(quantizer, rows) if quantizer is not None else [None] * len(rows)
             placed = []
             if seg is not None:
-                for (page_no, width, height, _), r, s in zip(pages, rows, sets):
+                for (page_no, width, height, _), r, s in zip(pages, rows, sets, strict=True):
                     placed.append((doc_id, page_no, width, height, seg.append(r), len(r), s))
                 name = seg.write()
             if (
@@ -173,7 +173,12 @@ class Writer:
 
     def _train_coarse(self, new_rows: list[np.ndarray]) -> tuple[Any, dict, list[tuple[bytes, int]]]:
         """Train the centroids on a sample of the stored rows + the batch being added, write them (files
-        only: the caller's transaction commits them) and compute every stored page's centroid ids."""
+        only: the caller's transaction commits them) and compute every stored page's centroid ids.
+
+        Memory: the sample is gathered into one float32 array, and the stored pages are decoded and
+        assigned a block at a time (~coarse.ASSIGN_ROWS rows), never all at once (issue 15 item 17)."""
+        from .segments import decode
+
         stored = cat.all_pages(self.conn)
         segs = cat.segments(self.conn)
         total = sum(r["n_tokens"] for r in stored) + sum(map(len, new_rows))
@@ -181,15 +186,26 @@ class Writer:
         keep = min(1.0, coarse.MAX_CENTROIDS * coarse.POINTS_PER_CENTROID / max(total, 1))
         codes = {sid: self.ix.reader.rows(name, rows) for sid, (name, rows) in segs.items()}
         page_rows = [codes[r["segment_id"]][r["row_offset"] : r["row_offset"] + r["n_tokens"]] for r in stored]
-        sample = [_decode_sample(p, keep, rng) for p in page_rows] + [r[rng.random(len(r)) < keep] for r in new_rows]
-        quantizer = coarse.train(np.concatenate(sample))
+        masks = [rng.random(len(p)) < keep for p in [*page_rows, *new_rows]]  # (rows,) bool each
+        sample = np.empty((sum(int(m.sum()) for m in masks), self.ix.dim), dtype=np.float32)
+        at = 0
+        for part, mask in zip([*page_rows, *new_rows], masks, strict=True):
+            chosen = part[mask]
+            sample[at : at + len(chosen)] = decode(chosen) if chosen.dtype == np.uint8 else chosen
+            at += len(chosen)
+        quantizer = coarse.train(sample)
+        del sample
         faiss_io.write_index(quantizer, self.ix.vectors_dir, coarse.COARSE_FILE)
         self.ix._coarse = quantizer
-        from .segments import decode
-
-        sets = coarse.page_centroids(quantizer, [decode(p) for p in page_rows])
+        sets: list[bytes] = []
+        block: list[np.ndarray] = []
+        for i, p in enumerate(page_rows):
+            block.append(p)
+            if sum(map(len, block)) >= coarse.ASSIGN_ROWS or i == len(page_rows) - 1:
+                sets += coarse.page_centroids(quantizer, [decode(b) for b in block])
+                block = []
         meta = {"file": coarse.COARSE_FILE, "n_centroids": int(quantizer.ntotal), "trained_on": int(total)}
-        return quantizer, meta, [(s, int(r["id"])) for s, r in zip(sets, stored)]
+        return quantizer, meta, [(s, int(r["id"])) for s, r in zip(sets, stored, strict=True)]
 
     def finish_document(self, doc_id: int) -> None:
         with transaction(self.conn) as c:
@@ -312,12 +328,6 @@ class Writer:
         self.segment, self.segment_id = None, None  # reopened from the catalog on the next write
         after = sum(rows for _, rows in cat.segments(self.conn).values()) * self.ix.dim
         return {"vector_bytes_before": before, "vector_bytes_after": after}
-
-
-def _decode_sample(codes: np.ndarray, keep: float, rng: np.random.Generator) -> np.ndarray:
-    from .segments import decode
-
-    return decode(codes[rng.random(len(codes)) < keep])
 
 
 __all__ = ["Writer", "codes_view"]
