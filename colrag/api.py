@@ -7,7 +7,8 @@
     hits = ix.search(query_vectors, k=5)           # (n_query_tokens, dim) float32 -> [Hit(file, page, score)]
     ix.remove_file("report.pdf"); ix.commit(); ix.close()
 
-`open_index` takes a name (a folder under $COLRAG_HOME/indexes) or a path, like `--index`.
+`open_index` takes a name (a folder under $COLRAG_HOME/indexes) or a path, like `--index`, or a
+Qdrant index (`qdrant+edge:PATH`, `qdrant:http://HOST:6333/COLLECTION`; docs/SCALE.md).
 Rows are stored as unit vectors (FAISS SQ8; MaxSim compares directions, as ColQwen2's
 normalised vectors do). An index created here records that it has no retriever, so
 `colrag search "text"` on it explains that it needs query vectors. The CLI uses the same
@@ -131,8 +132,18 @@ def open_index(
     threads: int | None = None,
 ) -> VectorIndex:
     """Open an index by name or path: a writer (created when missing and `create`, with `dim`), or a
-    reader (readonly=True; works while another process writes). `threads`: FAISS and rerank threads."""
+    reader (readonly=True; works while another process writes). `threads`: FAISS and rerank threads.
+
+    `qdrant+edge:PATH` or `qdrant:http://HOST:6333/COLLECTION` opens a Qdrant index instead
+    (colrag.store.qdrant.QdrantIndex: the same add_page / commit / search / search_text /
+    remove_file / close; an Edge index is opened by one process at a time; docs/SCALE.md)."""
     from .paths import index_dir
+    from .store.qdrant import is_qdrant_spec
+
+    if is_qdrant_spec(path_or_name):
+        from .store.qdrant import open_qdrant
+
+        return open_qdrant(str(path_or_name), create=create and not readonly, dim=dim)  # type: ignore[return-value]
 
     target = index_dir(str(path_or_name) if path_or_name is not None else None)
     if readonly:

@@ -125,7 +125,7 @@ class Asker:
         generator_bundle: Path | None = None,
         prefix_cache=None,
         retriever_bundle: Path | None = None,
-        index_path: Path | None = None,
+        index_path: Path | str | None = None,
         threads: int | None = None,
         page_features: bool = True,
         max_pixels: int | None = None,
@@ -183,6 +183,7 @@ class Asker:
 
         cache: keep the page prefixes under $COLRAG_HOME/cache/prefixes across processes."""
         from .paths import generator_dir, index_dir, prefix_cache_dir, retriever_dir
+        from .store.qdrant import is_qdrant_spec
         from .vlm.prefix_cache import PrefixCache
 
         gen_bundle = require_bundle(generator_dir(generator, models_dir), "generator", "--generator")
@@ -191,7 +192,7 @@ class Asker:
             generator_bundle=gen_bundle,
             prefix_cache=PrefixCache(folder=prefix_cache_dir()) if cache else False,
             retriever_bundle=retriever_dir(retriever, models_dir),
-            index_path=index_dir(index),
+            index_path=index if is_qdrant_spec(index) else index_dir(index),  # type: ignore[arg-type]
             threads=threads,
             page_features=page_features,
             max_pixels=max_pixels,
@@ -257,12 +258,10 @@ class Asker:
                 check_image_file(Path(path))  # missing, malformed or too large: said now, before the model loads
             cap = self._cap(None)
             return Pages(list(images), [FEATURES_COMPUTED] * len(images), max_pixels=cap)
-        from .store import Index
-
         if pages < 1:
             raise InputError(f"--pages must be >= 1, got {pages}")
-        with Index.open(self._index()) as idx:
-            if not idx.snapshot().pages:
+        with self._open_index() as idx:
+            if not (idx.has_pages() if _is_qdrant(idx) else idx.snapshot().pages):
                 raise IndexStoreError(f"index {self.index_path} has no pages yet: run `colrag index DIR` first")
             t0 = time.perf_counter()
             hits = self._search(idx, question, pages)
@@ -321,7 +320,10 @@ class Asker:
         check_no_retriever(idx.path, idx.manifest)  # an index of precomputed vectors: said before a model loads
         model = self.load_retriever()
         check_retriever(idx.path, idx.manifest, RetrieverInfo.of(model))
-        hits = Searcher(idx, model, threads=self.threads).search(question, n_pages)
+        if _is_qdrant(idx):  # docs/SCALE.md: ranked by Qdrant
+            hits = idx.search_text(question, model, n_pages)
+        else:
+            hits = Searcher(idx, model, threads=self.threads).search(question, n_pages)
         if not self.keep_retriever:
             self._retriever = None
             del model
@@ -355,9 +357,9 @@ class Asker:
         """Stored features for each hit when they can stand for the page, else the rendered page."""
         from .store import features as page_features
 
-        budget = int(idx.manifest["max_pixels"])
+        budget = int(idx.manifest.get("max_pixels") or self._gen_max_pixels)
         reason = self._features_unusable(idx, budget)
-        snap = idx.snapshot() if reason is None else None
+        snap = idx.snapshot() if reason is None and not _is_qdrant(idx) else None
         inputs: list = []
         kinds: list[str] = []
         problems: list[str] = []
@@ -365,7 +367,10 @@ class Asker:
             feats = None
             if reason is None:
                 try:
-                    feats = page_features.read_hit(idx, snap, hit.file, hit.page)
+                    if _is_qdrant(idx):
+                        feats = idx.read_features(hit.file, hit.page)
+                    else:
+                        feats = page_features.read_hit(idx, snap, hit.file, hit.page)
                 except page_features.FeaturesUnavailable as exc:
                     problems.append(str(exc))
             if feats is not None:
@@ -392,6 +397,8 @@ class Asker:
         if not self.page_features:
             return "--no-page-features"
         info = page_features.manifest_info(idx.manifest)
+        if info is None and _is_qdrant(idx) and idx.features is None and str(idx.path).startswith("qdrant:"):
+            return "a Qdrant server index keeps none (docs/SCALE.md)"
         if info is None:
             return "this index stores none; `colrag index` adds them for pages it indexes from now on"
         if not self._gen_vision_hash or info.get("vision_hash") != self._gen_vision_hash:
@@ -402,16 +409,25 @@ class Asker:
             return f"--max-pixels {self.max_pixels} differs from the index's budget {budget}"
         return None
 
-    def _index(self) -> Path:
+    def _index(self) -> Path | str:
         if self.index_path is None:
             raise InputError("no index given")
-        return Path(self.index_path)
+        return self.index_path if isinstance(self.index_path, str) else Path(self.index_path)
+
+    def _open_index(self) -> Any:
+        """The local Index (read-only), or a Qdrant index's catalog (docs/SCALE.md)."""
+        target = self._index()
+        if isinstance(target, str):
+            from .store.qdrant.catalog import open_catalog
+
+            return open_catalog(target, None, create=False)
+        from .store import Index
+
+        return Index.open(target)
 
     def page_images(self, hits) -> list:
         """The hits' pages as the generator would be shown them when computed (for `ask --show`)."""
-        from .store import Index
-
-        with Index.open(self._index()) as idx:
+        with self._open_index() as idx:
             return [self._render(idx, hit) for hit in hits]
 
     def _render(self, idx, hit):
@@ -431,6 +447,10 @@ class Asker:
             return render_page(doc, hit.page - 1, options).image
         finally:
             doc.close()
+
+
+def _is_qdrant(idx: Any) -> bool:
+    return hasattr(idx, "read_features")  # colrag.store.qdrant.catalog.QdrantCatalog
 
 
 def ask(question: str, *, pages: int = 1, **kwargs: Any) -> Answer:

@@ -62,8 +62,8 @@ def index_dir(name_or_path: str | os.PathLike | None = None) -> Path:
     value = str(name_or_path) if name_or_path else DEFAULT_INDEX_NAME
     if value.startswith(("qdrant:", "qdrant+edge:")):
         raise InputError(
-            f"--index {value}: this command works on a local index; a Qdrant index is used by search, status, "
-            "remove and export-index (index locally, then `colrag export-index --to ...`; docs/SCALE.md)"
+            f"--index {value}: this command works on a local index only; a Qdrant index is used by index, "
+            "search, ask, status and remove (docs/SCALE.md)"
         )
     if os.sep in value or "/" in value or value.startswith("."):
         return Path(value).expanduser()

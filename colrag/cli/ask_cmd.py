@@ -286,6 +286,10 @@ def _ask_server(
     """The answer from a running `colrag serve` (streamed to stdout unless --json), or None to answer here."""
     from ..paths import generator_dir, index_dir, retriever_dir
     from ..serve import answer_from_dict, ask_server
+    from ..store.qdrant import is_qdrant_spec
+
+    if is_qdrant_spec(index):
+        return None  # a Qdrant index is answered here (colrag serve takes local indexes)
 
     request = {
         "question": question,

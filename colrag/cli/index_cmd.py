@@ -71,19 +71,17 @@ def index_cmd(
     nothing to index (no such path, no file of a kind colrag indexes)."""
     from ..errors import InputError
     from ..indexer import Indexer
-    from ..paths import index_dir
     from ..render import KINDS_TEXT, find_pdfs
     from .progress import plural
+    from .scale_cmd import index_target, open_index_writer
 
-    target = index_dir(index)
+    target = index_target(index)  # a folder, or a Qdrant spec (docs/SCALE.md), checked before models load
     if not find_pdfs(paths):  # also: a missing path fails now, before the retriever loads
         where = ", ".join(str(p) for p in paths)
         raise InputError(f"no PDF found in {where} (colrag indexes {KINDS_TEXT})")
-    from ..store import Index, RetrieverInfo
-
     model = load_retriever(retriever, models_dir, threads, backend, precision)
     progress = ProgressLine()
-    with Index.open_writer(target, RetrieverInfo.of(model), page_features=page_features) as idx:
+    with open_index_writer(target, model, page_features) as idx:
         for note in idx.repair_notes:
             typer.echo(f"repair: {note}", err=True)
         try:

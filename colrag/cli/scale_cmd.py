@@ -1,4 +1,5 @@
-"""`colrag export-index`: copy a local index into Qdrant (docs/SCALE.md)."""
+"""`colrag export-index` (copy a local index into Qdrant), and the Qdrant side of `index`, `search`,
+`status` and `remove` when `--index` is `qdrant+edge:PATH` or `qdrant:URL` (docs/SCALE.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,29 @@ import typer
 from ..cli import app
 from .options import INDEX_OPTION
 from .output import printable
+
+
+def index_target(index: str | None) -> str | Path:
+    """`--index` as `colrag index` and `ask` use it: a Qdrant spec (checked) or a local index folder."""
+    from ..paths import index_dir
+    from ..store.qdrant.schema import is_qdrant_spec, parse_spec
+
+    if is_qdrant_spec(index):
+        assert index is not None
+        parse_spec(index)
+        return index
+    return index_dir(index)
+
+
+def open_index_writer(target: str | Path, model: Any, page_features: bool) -> Any:
+    """The writer `colrag index` stores pages through: a local Index, or a Qdrant index's catalog."""
+    from ..store import Index, RetrieverInfo
+
+    if isinstance(target, str):
+        from ..store.qdrant.catalog import open_catalog
+
+        return open_catalog(target, RetrieverInfo.of(model), page_features=page_features)
+    return Index.open_writer(target, RetrieverInfo.of(model), page_features=page_features)
 
 
 @app.command("export-index")
@@ -88,49 +112,57 @@ def qdrant_search(
 
 
 def qdrant_status(spec: str, as_json: bool) -> None:
-    from ..store.qdrant import open_qdrant
+    from ..store.qdrant.catalog import open_catalog
 
-    with open_qdrant(spec, create=False) as ix:
+    with open_catalog(spec, None, create=False) as ix:
         stats = ix.stats()
+    failures = [(f["path"], None, f["error"]) for f in stats["failed"]] + [
+        (f["file"], f["page"], f["reason"]) for f in stats["page_failures"]
+    ]
     if as_json:  # docs/JSON.md: the counts a Qdrant index knows
-        from ..jsonout import document, dumps
+        from ..jsonout import document, dumps, failure
 
-        counts = {k: stats[k] for k in ("documents", "pages", "bytes_on_disk") if k in stats}
+        keys = ("documents", "pages", "bytes_on_disk", "documents_in_progress", "pages_with_features", "feature_bytes")
+        counts = {k: stats[k] for k in keys if k in stats}
         typer.echo(
             dumps(
                 document(
                     "status",
                     index={"path": str(stats.get("index", spec)), **counts},
                     retriever=stats.get("retriever"),
-                    failures=[],
+                    failures=[failure(*f) for f in failures],
                 )
             )
         )
         return
     r = stats.get("retriever") or {}
-    typer.echo(f"index      {stats['index']}")
+    typer.echo(f"index      {printable(stats['index'])}")
     typer.echo(f"retriever  {r.get('name')} ({r.get('bundle_id')})" if r else "retriever  none (precomputed vectors)")
-    typer.echo(f"documents  {stats['documents']}")
+    being = stats["documents_in_progress"]
+    typer.echo(f"documents  {stats['documents']}" + (f" ({being} being indexed)" if being else ""))
     typer.echo(f"pages      {stats['pages']}")
     if stats["bytes_on_disk"] is not None:
         typer.echo(f"on disk    {stats['bytes_on_disk'] / 1e6:.1f} MB")
+    if "pages_with_features" in stats:
+        typer.echo(f"features   {stats['pages_with_features']} pages, {stats['feature_bytes'] / 1e6:.1f} MB")
+    for path, page, reason in failures:
+        where = printable(path) if page is None else f"{printable(path)} page {page}"
+        typer.echo(f"failed     {where}: {printable(reason)}")
 
 
 def qdrant_remove(spec: str, paths: list[Path]) -> None:
-    """Forget files (or every file under a folder) from a Qdrant index."""
+    """Forget files (or every file under a folder) from a Qdrant index: pages, catalog facts, features."""
     import os
 
-    from ..store.qdrant import open_qdrant
+    from ..store.qdrant.catalog import open_catalog
 
-    with open_qdrant(spec, create=False) as ix:
-        known = {f for f, _ in ix.pages()}
+    with open_catalog(spec, None, create=False) as ix:
+        known = {d.path for d in ix.documents()} | {f for f, _ in ix.ix.pages()}
         targets: set[str] = set()
         for raw in paths:
             p = os.path.abspath(raw.expanduser())
             targets |= {f for f in known if f == p or f.startswith(p.rstrip(os.sep) + os.sep)}
-        for f in sorted(targets):
-            ix.remove_file(f)
-        ix.commit()
+        ix.remove_documents(sorted(targets))
     for f in sorted(targets):
         typer.echo(f"removed {printable(f)}")
     if not targets:

@@ -14,13 +14,16 @@ import numpy as np
 
 from ...errors import IndexStoreError
 from .schema import (
+    DOC,
     EDGE_SHARD_DIR,
     HNSW_EF,
     HNSW_EF_CONSTRUCT,
     HNSW_FULL_SCAN_KB,
     HNSW_M,
+    INDEXING,
     MANIFEST_ID,
     POOLED,
+    STATE,
     TOKENS,
     _folder_bytes,
     _import,
@@ -52,7 +55,7 @@ class EdgeEngine:
     def create(self, dim: int) -> None:
         qe = self.qe
         if self.shard is not None:  # a shard created by a run that died before writing its manifest
-            self.shard.update(qe.UpdateOperation.create_field_index("file", qe.PayloadSchemaType.Keyword))
+            self._field_indexes()
             return
         tokens = qe.EdgeVectorParams(
             size=dim,
@@ -71,15 +74,49 @@ class EdgeEngine:
             ),
         )
         self.shard = qe.EdgeShard.create(str(self.path), qe.EdgeConfig(vectors={TOKENS: tokens, POOLED: pooled}))
-        self.shard.update(qe.UpdateOperation.create_field_index("file", qe.PayloadSchemaType.Keyword))
+        self._field_indexes()
+
+    def _field_indexes(self) -> None:
+        qe = self.qe
+        for key in ("file", DOC, STATE):
+            self.shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
 
     def get_manifest(self) -> dict[str, Any] | None:
-        recs = self.shard.retrieve([MANIFEST_ID], with_payload=True, with_vector=False)
-        return dict(recs[0].payload) if recs else None
+        return self.get_meta(MANIFEST_ID)
 
     def put_manifest(self, manifest: dict[str, Any]) -> None:
-        self.shard.update(self.qe.UpdateOperation.upsert_points([self.qe.Point(MANIFEST_ID, {}, manifest)]))
+        self.put_meta(MANIFEST_ID, manifest)
         self.shard.flush()
+
+    def get_meta(self, point: str) -> dict[str, Any] | None:
+        """The payload of a vector-less point (the manifest, a document), None if absent."""
+        recs = self.shard.retrieve([point], with_payload=True, with_vector=False)
+        return dict(recs[0].payload) if recs else None
+
+    def put_meta(self, point: str, payload: dict[str, Any]) -> None:
+        self.shard.update(self.qe.UpdateOperation.upsert_points([self.qe.Point(point, {}, payload)]))
+
+    def delete_ids(self, points: list[str]) -> None:
+        if points:
+            self.shard.update(self.qe.UpdateOperation.delete_points(points))
+
+    def set_file_state(self, file: str, state: str) -> None:
+        """Every page of a file gets payload state=`state` (one operation)."""
+        self.shard.update(self.qe.UpdateOperation.set_payload_by_filter(self._file_filter(file), {STATE: state}))
+
+    def scroll_docs(self) -> Iterator[dict[str, Any]]:
+        """The payloads of every document point."""
+        qe = self.qe
+        flt = qe.Filter(must=[qe.FieldCondition(DOC, is_empty=False)])
+        offset = None
+        while True:
+            recs, offset = self.shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=1024, filter=flt, with_payload=True, with_vector=False)
+            )
+            for r in recs:
+                yield dict(r.payload or {})
+            if offset is None:
+                return
 
     def upsert(self, pages: list[_Page]) -> None:
         qe = self.qe
@@ -87,7 +124,7 @@ class EdgeEngine:
             qe.Point(
                 p.id,
                 {TOKENS: p.vectors, POOLED: p.pooled},
-                {"file": p.file, "page": p.page, "n_tokens": len(p.vectors)},
+                {"file": p.file, "page": p.page, "n_tokens": len(p.vectors), **p.extra},
             )
             for p in pages
         ]
@@ -133,21 +170,31 @@ class EdgeEngine:
         return np.asarray(recs[0].vector[TOKENS], dtype=np.float32) if recs else None
 
     def query(self, q: np.ndarray, k: int, exact: bool, candidates: int) -> list[_Scored]:
+        """Pages of documents being indexed (state INDEXING) are left out, in both stages."""
         qe = self.qe
+        visible = qe.Filter(must_not=[qe.FieldCondition(STATE, match=qe.MatchValue(INDEXING))])
         if exact:
             req = qe.QueryRequest(
                 limit=k,
                 query=qe.Query.Nearest(q, using=TOKENS),
+                filter=visible,
                 params=qe.SearchParams(exact=True),
                 with_payload=["file", "page"],
             )
         else:
             n = max(candidates, k)
             pre = qe.Prefetch(
-                limit=n, query=qe.Query.Nearest(q, using=POOLED), params=qe.SearchParams(hnsw_ef=max(HNSW_EF, n))
+                limit=n,
+                query=qe.Query.Nearest(q, using=POOLED),
+                filter=visible,
+                params=qe.SearchParams(hnsw_ef=max(HNSW_EF, n)),
             )
             req = qe.QueryRequest(
-                limit=k, prefetches=[pre], query=qe.Query.Nearest(q, using=TOKENS), with_payload=["file", "page"]
+                limit=k,
+                prefetches=[pre],
+                query=qe.Query.Nearest(q, using=TOKENS),
+                filter=visible,
+                with_payload=["file", "page"],
             )
         return [_Scored(str(p.payload["file"]), int(p.payload["page"]), float(p.score)) for p in self.shard.query(req)]
 

@@ -17,9 +17,11 @@ from ... import __version__
 from ...errors import IndexStoreError, InputError
 from ...search import Hit
 from ..lock import WriterLock
+from .features import EdgeFeatures, edge_features
 from .schema import (
     CANDIDATES,
     COMMIT_BATCH,
+    DOC,
     EDGE_PREFIX,
     EXACT_ALL_PAGES,
     FLOAT16_MAX,
@@ -34,6 +36,7 @@ from .schema import (
     _edge_folder,
     _Page,
     check_manifest,
+    doc_point_id,
     parse_spec,
     point_id,
     pool_tokens,
@@ -52,12 +55,16 @@ class QdrantIndex:
     exact_all_pages: int = EXACT_ALL_PAGES
     candidates: int = CANDIDATES
     lock: WriterLock | None = None
+    folder: Path | None = None  # an Edge index's folder (None: a server collection)
+    features: EdgeFeatures | None = None  # the Edge folder's page features, when the manifest names them
+    extra_manifest: dict[str, Any] = field(default_factory=dict)  # more manifest fields for a new index
     _pending: list[tuple[str, Any]] = field(default_factory=list)
     _closed: bool = False
 
     # -- writing ------------------------------------------------------------------
-    def add_page(self, file: str, page: int, vectors: np.ndarray) -> None:
-        """Buffer one page's (n_tokens, dim) vectors; stored by the next commit()."""
+    def add_page(self, file: str, page: int, vectors: np.ndarray, *, extra: dict[str, Any] | None = None) -> None:
+        """Buffer one page's (n_tokens, dim) vectors; stored by the next commit(). `extra`: more payload
+        (`colrag index` adds width, height and state)."""
         self._open()
         if not isinstance(file, str) or not file:
             raise InputError("add_page: file must be a non-empty string")
@@ -73,10 +80,11 @@ class QdrantIndex:
         if not np.all(np.isfinite(vecs)) or np.abs(vecs).max() > FLOAT16_MAX:
             raise InputError(f"{file} page {page}: non-finite vectors (or beyond float16's range)")
         vecs = np.ascontiguousarray(vecs)
-        self._pending.append(("add", _Page(point_id(file, page), file, int(page), vecs, pool_tokens(vecs))))
+        page_ = _Page(point_id(file, page), file, int(page), vecs, pool_tokens(vecs), dict(extra or {}))
+        self._pending.append(("add", page_))
 
     def remove_file(self, file: str) -> None:
-        """Forget every page of a file (at the next commit())."""
+        """Forget every page of a file, its catalog facts and its page features (at the next commit())."""
         self._open()
         self._pending.append(("remove", file))
 
@@ -101,11 +109,33 @@ class QdrantIndex:
                 if batch:
                     self.engine.upsert(batch)
                     batch = []
-                self.engine.delete_file(item)
+                self._forget(item)
         if batch:
             self.engine.upsert(batch)
         self.engine.flush()
         self._pending.clear()
+
+    def _forget(self, file: str) -> None:
+        pages = [p for _, p, _ in self.engine.scroll_pages(file)] if self.features is not None else []
+        self.engine.delete_file(file)
+        self.engine.delete_ids([doc_point_id(file)])
+        if self.features is not None:
+            self.features.remove(file, pages)
+
+    def ensure_created(self) -> None:
+        """Create the collection and its manifest now (the index's dim must be known)."""
+        self._open()
+        if self.manifest is None:
+            if self.dim is None:
+                raise IndexStoreError(f"index {self.location}: the vector size is not known yet")
+            self._create()
+
+    def update_manifest(self, fields: dict[str, Any]) -> None:
+        """Add fields to the stored manifest (e.g. page_features, for pages indexed from now on)."""
+        self.ensure_created()
+        assert self.manifest is not None
+        self.manifest = {**self.manifest, **fields}
+        self.engine.put_manifest(self.manifest)
 
     def _create(self) -> None:
         assert self.dim is not None
@@ -121,6 +151,7 @@ class QdrantIndex:
                 TOKENS: "multivector MaxSim, float16, HNSW off (m=0)",
                 POOLED: f"{POOLED_VECTORS} k-means centroids, multivector MaxSim, float16, HNSW m={HNSW_M}",
             },
+            **self.extra_manifest,
         }
         self.engine.put_manifest(manifest)
         self.manifest = manifest
@@ -143,6 +174,22 @@ class QdrantIndex:
         found = self.engine.query(q, k, exact, self.candidates)
         found.sort(key=lambda s: (-s.score, s.file, s.page))
         return [Hit(s.file, s.page, float(s.score)) for s in found[:k]]
+
+    def search_text(self, query: str, retriever: Any, k: int = 5) -> list[Hit]:
+        """The k best pages for a text query, embedded by the retriever that built the index."""
+        built = (self.manifest or {}).get("retriever")
+        if not built:
+            raise IndexStoreError(
+                f"index {self.location} holds precomputed vectors and records no retriever: "
+                "search it with query vectors (search)"
+            )
+        if built.get("bundle_id") != str(retriever.bundle_id):
+            raise IndexStoreError(
+                f"index {self.location} was built with retriever {built.get('name')!r} "
+                f"(bundle {built.get('bundle_id')}), ({retriever.name!r}): use the same retriever"
+            )
+        (q,) = retriever.embed_queries([query])
+        return self.search(q, k)
 
     def optimize(self) -> None:
         """Let Qdrant build what its optimizers build (the pooled vectors' HNSW graph, merged segments) now.
@@ -265,7 +312,9 @@ def open_qdrant(
                     f"(bundle {built.get('bundle_id')}), "
                     f"not the one given ({retriever.get('name')!r}): use the same retriever, or another --index"
                 )
-        return QdrantIndex(engine, location, dim, manifest, retriever, lock=lock)
+        edge_folder = Path(where).expanduser() if kind == "edge" else None
+        features = edge_features(edge_folder, manifest)
+        return QdrantIndex(engine, location, dim, manifest, retriever, lock=lock, folder=edge_folder, features=features)
     except BaseException:
         engine.close()
         if lock is not None:
@@ -277,9 +326,10 @@ def copy_local_index(
     source: str | os.PathLike, target: str, *, client: Any = None, progress: Any = None
 ) -> dict[str, int]:
     """Copy a local colrag index's pages into a Qdrant index, without re-embedding: the stored
-    vectors are read back (Index.page_vectors) and added page by page. Resumable: pages the
-    target already holds are skipped, commits happen every COMMIT_BATCH pages, so a copy
-    interrupted at any moment is finished by running it again. Returns counts."""
+    vectors are read back (Index.page_vectors) and added page by page, then each document's
+    catalog facts (so `colrag index --index qdrant...` afterwards skips the unchanged files).
+    Resumable: pages the target already holds are skipped, commits happen every COMMIT_BATCH
+    pages, so a copy interrupted at any moment is finished by running it again. Returns counts."""
     from ..index import Index
 
     with Index.open(source) as src:
@@ -287,6 +337,7 @@ def copy_local_index(
         retriever = {"bundle_id": info.get("bundle_id"), "name": info.get("name")} if info else None
         snap = src.snapshot()
         with open_qdrant(target, create=True, dim=src.dim, retriever=retriever, client=client) as dst:
+            dst.extra_manifest = {"max_pixels": src.manifest.get("max_pixels"), "render": src.render.as_dict()}
             have = dst.pages()
             copied = skipped = 0
             for record in snap.pages:
@@ -300,6 +351,20 @@ def copy_local_index(
                     if progress is not None:
                         progress(copied + skipped, len(snap.pages))
             dst.commit()
+            _copy_documents(src, dst)
             if copied:
                 dst.optimize()
     return {"pages": len(snap.pages), "copied": copied, "skipped": skipped}
+
+
+def _copy_documents(src: Any, dst: QdrantIndex) -> None:
+    """The source's done and failed documents as document points (colrag.store.qdrant.catalog)."""
+    dst.ensure_created()
+    for doc in src.documents():
+        if doc.status not in ("done", "failed"):
+            continue
+        errors = [[p, kind, msg] for _, p, kind, msg in src.page_errors(doc.id)]
+        facts = {"size": doc.size, "mtime_ns": doc.mtime_ns, "sha256": doc.sha256, "n_pages": doc.n_pages}
+        payload = {DOC: doc.path, **facts, "status": doc.status, "error": doc.error, "page_errors": errors}
+        dst.engine.put_meta(doc_point_id(doc.path), payload)
+    dst.engine.flush()

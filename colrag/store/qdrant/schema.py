@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +27,9 @@ from ..lock import LOCK_FILE, WriterLock
 EDGE_PREFIX = "qdrant+edge:"
 SERVER_PREFIX = "qdrant:"
 FORMAT = "colrag-qdrant"
-SCHEMA_VERSION = 1
+# 2: document points (DOC) and the pages' "state" (written by `colrag index`); an index of schema 1
+# (pages only, made by export-index or the Python API) is read and written as it is
+SCHEMA_VERSION = 2
 EDGE_MARKER = "colrag-qdrant.json"  # in an Edge index folder: says colrag made it
 EDGE_SHARD_DIR = "shard"
 TOKENS = "tokens"
@@ -44,6 +46,10 @@ HNSW_EF = 128  # search-time ef (at least the number of candidates)
 HNSW_FULL_SCAN_KB = 1000  # below this much pooled data in a segment Qdrant scans instead
 COMMIT_BATCH = 64  # pages per upsert request
 FLOAT16_MAX = 65504.0
+DOC = "doc"  # payload key of a document point (vector-less, one per file: the catalog facts of `colrag index`)
+STATE = "state"  # payload key of a page: INDEXING while its document is being indexed (hidden from search)
+INDEXING = "indexing"
+READY = "ready"
 
 
 class PageIndex(Protocol):
@@ -107,6 +113,11 @@ def point_id(file: str, page: int) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{file}\0{int(page)}"))
 
 
+def doc_point_id(file: str) -> str:
+    """The point id of a file's document point (its catalog facts)."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{DOC}\0{file}"))
+
+
 def _import(module: str) -> Any:
     try:
         return __import__(module)
@@ -125,6 +136,7 @@ class _Page:
     page: int
     vectors: np.ndarray  # (n_tokens, dim) float32
     pooled: np.ndarray  # (<= POOLED_VECTORS, dim) float32
+    extra: dict[str, Any] = field(default_factory=dict)  # more payload: width, height, state
 
 
 @dataclass
@@ -142,6 +154,11 @@ class Engine(Protocol):
     def create(self, dim: int) -> None: ...
     def get_manifest(self) -> dict[str, Any] | None: ...
     def put_manifest(self, manifest: dict[str, Any]) -> None: ...
+    def get_meta(self, point: str) -> dict[str, Any] | None: ...
+    def put_meta(self, point: str, payload: dict[str, Any]) -> None: ...
+    def delete_ids(self, points: list[str]) -> None: ...
+    def set_file_state(self, file: str, state: str) -> None: ...
+    def scroll_docs(self) -> Iterator[dict[str, Any]]: ...
     def upsert(self, pages: list[_Page]) -> None: ...
     def delete_file(self, file: str) -> None: ...
     def flush(self) -> None: ...

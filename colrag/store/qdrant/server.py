@@ -14,12 +14,15 @@ import numpy as np
 
 from ...errors import IndexStoreError
 from .schema import (
+    DOC,
     HNSW_EF,
     HNSW_EF_CONSTRUCT,
     HNSW_FULL_SCAN_KB,
     HNSW_M,
+    INDEXING,
     MANIFEST_ID,
     POOLED,
+    STATE,
     TOKENS,
     _import,
     _Page,
@@ -50,7 +53,8 @@ class ServerEngine:
             self._check_vectors(dim)
         else:
             self._create_collection(dim)
-        self.client.create_payload_index(self.collection, "file", m.PayloadSchemaType.KEYWORD, wait=True)
+        for key in ("file", DOC, STATE):
+            self.client.create_payload_index(self.collection, key, m.PayloadSchemaType.KEYWORD, wait=True)
 
     def _check_vectors(self, dim: int) -> None:
         vectors = self.client.get_collection(self.collection).config.params.vectors
@@ -87,13 +91,42 @@ class ServerEngine:
         )
 
     def get_manifest(self) -> dict[str, Any] | None:
-        recs = self.client.retrieve(self.collection, [MANIFEST_ID], with_payload=True, with_vectors=False)
-        return dict(recs[0].payload) if recs else None
+        return self.get_meta(MANIFEST_ID)
 
     def put_manifest(self, manifest: dict[str, Any]) -> None:
-        self.client.upsert(
-            self.collection, [self.models.PointStruct(id=MANIFEST_ID, vector={}, payload=manifest)], wait=True
-        )
+        self.put_meta(MANIFEST_ID, manifest)
+
+    def get_meta(self, point: str) -> dict[str, Any] | None:
+        """The payload of a vector-less point (the manifest, a document), None if absent."""
+        recs = self.client.retrieve(self.collection, [point], with_payload=True, with_vectors=False)
+        return dict(recs[0].payload) if recs else None
+
+    def put_meta(self, point: str, payload: dict[str, Any]) -> None:
+        self.client.upsert(self.collection, [self.models.PointStruct(id=point, vector={}, payload=payload)], wait=True)
+
+    def delete_ids(self, points: list[str]) -> None:
+        if points:
+            selector = self.models.PointIdsList(points=list(points))
+            self.client.delete(self.collection, points_selector=selector, wait=True)
+
+    def set_file_state(self, file: str, state: str) -> None:
+        """Every page of a file gets payload state=`state` (one request)."""
+        selector = self.models.FilterSelector(filter=self._file_filter(file))
+        self.client.set_payload(self.collection, payload={STATE: state}, points=selector, wait=True)
+
+    def scroll_docs(self) -> Iterator[dict[str, Any]]:
+        """The payloads of every document point."""
+        m = self.models
+        flt = m.Filter(must_not=[m.IsEmptyCondition(is_empty=m.PayloadField(key=DOC))])
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(
+                self.collection, scroll_filter=flt, limit=1024, offset=offset, with_payload=True, with_vectors=False
+            )
+            for r in recs:
+                yield dict(r.payload or {})
+            if offset is None:
+                return
 
     def upsert(self, pages: list[_Page]) -> None:
         m = self.models
@@ -101,7 +134,7 @@ class ServerEngine:
             m.PointStruct(
                 id=p.id,
                 vector={TOKENS: p.vectors.tolist(), POOLED: p.pooled.tolist()},
-                payload={"file": p.file, "page": p.page, "n_tokens": len(p.vectors)},
+                payload={"file": p.file, "page": p.page, "n_tokens": len(p.vectors), **p.extra},
             )
             for p in pages
         ]
@@ -151,21 +184,32 @@ class ServerEngine:
         return np.asarray(recs[0].vector[TOKENS], dtype=np.float32) if recs else None
 
     def query(self, q: np.ndarray, k: int, exact: bool, candidates: int) -> list[_Scored]:
+        """Pages of documents being indexed (state INDEXING) are left out, in both stages."""
         m = self.models
+        visible = m.Filter(must_not=[m.FieldCondition(key=STATE, match=m.MatchValue(value=INDEXING))])
         if exact:
             res = self.client.query_points(
                 self.collection,
                 query=q.tolist(),
                 using=TOKENS,
                 limit=k,
+                query_filter=visible,
                 search_params=m.SearchParams(exact=True),
                 with_payload=["file", "page"],
             )
         else:
             n = max(candidates, k)
-            pre = m.Prefetch(query=q.tolist(), using=POOLED, limit=n, params=m.SearchParams(hnsw_ef=max(HNSW_EF, n)))
+            pre = m.Prefetch(
+                query=q.tolist(), using=POOLED, limit=n, filter=visible, params=m.SearchParams(hnsw_ef=max(HNSW_EF, n))
+            )
             res = self.client.query_points(
-                self.collection, prefetch=[pre], query=q.tolist(), using=TOKENS, limit=k, with_payload=["file", "page"]
+                self.collection,
+                prefetch=[pre],
+                query=q.tolist(),
+                using=TOKENS,
+                limit=k,
+                query_filter=visible,
+                with_payload=["file", "page"],
             )
         return [_Scored(str(p.payload["file"]), int(p.payload["page"]), float(p.score)) for p in res.points]
 

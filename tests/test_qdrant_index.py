@@ -1,0 +1,235 @@
+"""`colrag index`, `search`, `status`, `remove` and `ask` straight on a Qdrant index (issue 17):
+the catalog as document points (colrag.store.qdrant.catalog), page features beside an Edge
+shard (colrag.store.qdrant.features), `colrag.open_index("qdrant+edge:...")`.
+
+Qdrant Edge is the real engine, embedded; the server path runs against qdrant-client's local
+mode (a Python re-implementation of the API, not a real server). Skipped unless the `qdrant`
+extra is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.index_helpers import FakeRetriever, make_pdf
+
+pytest.importorskip("qdrant_edge")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_colrag(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "colrag", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def fp16_maxsim(q: np.ndarray, page: np.ndarray) -> float:
+    q16 = q.astype(np.float16).astype(np.float32)
+    return float((q16 @ page.astype(np.float16).astype(np.float32).T).max(axis=1).sum())
+
+
+def test_cli_index_search_status_remove_on_edge(tmp_path, tiny_retriever_bundle):
+    """`colrag index --index qdrant+edge:PATH` is incremental like a local index; search ranks by
+    MaxSim over the retriever's vectors; status, remove and the page features follow."""
+    from colrag.render import RenderOptions, open_pdf, render_page
+    from colrag.retriever import Retriever
+
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 3, "alpha")
+    make_pdf(docs / "b.pdf", 2, "beta")
+    spec = f"qdrant+edge:{tmp_path / 'q'}"
+    bundle = ["--retriever", str(tiny_retriever_bundle), "--threads", "1"]
+    first = run_colrag("index", str(docs), "--index", spec, *bundle, "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["run"]["pages"] == 5
+
+    # search: Qdrant's ranking equals MaxSim of the same retriever's vectors (float16 storage)
+    found = run_colrag("search", "alpha page 2", "--index", spec, "--json", *bundle)
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)["results"]
+    model = Retriever.load(tiny_retriever_bundle, threads=1)
+    (q,) = model.embed_queries(["alpha page 2"])
+    exact = {}
+    for name, n in (("a.pdf", 3), ("b.pdf", 2)):
+        with open_pdf(docs / name) as doc:
+            for p in range(1, n + 1):
+                (v,) = model.embed_images([render_page(doc, p - 1, RenderOptions()).image])
+                exact[(str(docs / name), p)] = fp16_maxsim(q, v)
+    order = sorted(exact, key=lambda key: (-exact[key], key))
+    assert [(h["file"], h["page"]) for h in hits] == order
+    np.testing.assert_allclose([h["score"] for h in hits], [exact[k] for k in order], rtol=1e-4)
+
+    status = json.loads(run_colrag("status", "--index", spec, "--json").stdout)
+    assert status["index"]["documents"] == 2 and status["index"]["pages"] == 5
+    assert status["index"]["pages_with_features"] == 5 and status["index"]["feature_bytes"] > 0
+    assert len(list((tmp_path / "q" / "features").glob("*.feat"))) == 5
+
+    again = run_colrag("index", str(docs), "--index", spec, *bundle)  # nothing changed: nothing embedded
+    assert again.returncode == 0 and "0 pages from 0 files indexed, 2 unchanged" in again.stdout, again.stdout
+
+    make_pdf(docs / "b.pdf", 3, "beta v2")  # changed: re-indexed; a.pdf gone: dropped
+    (docs / "a.pdf").unlink()
+    third = run_colrag("index", str(docs), "--index", spec, *bundle)
+    assert third.returncode == 0 and "3 pages from 1 file indexed, 0 unchanged, 1 removed" in third.stdout, third.stdout
+    status = json.loads(run_colrag("status", "--index", spec, "--json").stdout)
+    assert (status["index"]["documents"], status["index"]["pages"], status["index"]["pages_with_features"]) == (1, 3, 3)
+
+    removed = run_colrag("remove", str(docs / "b.pdf"), "--index", spec)
+    assert removed.returncode == 0 and removed.stdout.strip() == f"removed {docs / 'b.pdf'}"
+    status = json.loads(run_colrag("status", "--index", spec, "--json").stdout)
+    assert (status["index"]["documents"], status["index"]["pages"], status["index"]["pages_with_features"]) == (0, 0, 0)
+
+    bad = run_colrag("index", str(docs), "--index", "qdrant:db:6333/x", *bundle)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "qdrant:http://HOST:6333/COLLECTION" in bad.stderr
+
+
+class Interrupting(FakeRetriever):
+    """Raises KeyboardInterrupt (a Ctrl-C) at its `stop_at`-th page."""
+
+    stop_at = 0
+
+    def embed_images(self, images):
+        if self.stop_at and self.calls + 1 == self.stop_at:
+            raise KeyboardInterrupt
+        return super().embed_images(images)
+
+
+def _build(spec: str, docs: Path, model, *, client=None):
+    from colrag.indexer import Indexer
+    from colrag.store import RetrieverInfo
+    from colrag.store.qdrant.catalog import open_catalog
+
+    with open_catalog(spec, RetrieverInfo.of(model), client=client) as ix:
+        return Indexer(ix, model, commit_pages=1).run([docs])
+
+
+def test_interrupted_document_is_hidden_then_resumed(tmp_path):
+    """Pages of a document being indexed are committed but not searchable until it is done; the
+    next run resumes at the first page not committed and the index equals an uninterrupted one."""
+    from colrag.store.qdrant import open_qdrant
+    from colrag.store.qdrant.catalog import open_catalog
+
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 2, "a")
+    make_pdf(docs / "b.pdf", 4, "b")
+    spec = f"qdrant+edge:{tmp_path / 'q'}"
+    model = Interrupting()
+    model.stop_at = 5  # a.pdf's 2 pages, then b.pdf's pages 1-2 committed, Ctrl-C on its 3rd
+    with pytest.raises(KeyboardInterrupt):
+        _build(spec, docs, model)
+    query = FakeRetriever().embed_queries(["b page 1"])[0]
+    with open_catalog(spec, None, create=False) as ix:
+        assert ix.stats()["documents_in_progress"] == 1
+        assert {p for f, p in ix.ix.pages() if f.endswith("b.pdf")} == {1, 2}  # committed ...
+        assert {h.file for h in ix.ix.search(query, k=10)} == {str(docs / "a.pdf")}  # ... but not searchable
+    model.stop_at, model.calls = 0, 0
+    report = _build(spec, docs, model)
+    assert report.ok and report.pages == 2 and model.calls == 2  # only b.pdf's pages 3 and 4
+    _build(f"qdrant+edge:{tmp_path / 'ref'}", docs, FakeRetriever())
+    with open_qdrant(spec, create=False) as a, open_qdrant(f"qdrant+edge:{tmp_path / 'ref'}", create=False) as b:
+        assert a.pages() == b.pages() and len(a.pages()) == 6
+        for f, p in sorted(a.pages()):
+            np.testing.assert_array_equal(a.page_vectors(f, p), b.page_vectors(f, p))
+        assert [(h.file, h.page, h.score) for h in a.search(query, k=6)] == [
+            (h.file, h.page, h.score) for h in b.search(query, k=6)
+        ]
+
+
+def test_failures_and_known_failures_on_edge(tmp_path):
+    """A file that cannot be read is recorded as a failed document: skipped while unchanged."""
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 1, "a")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    spec = f"qdrant+edge:{tmp_path / 'q'}"
+    first = _build(spec, docs, FakeRetriever())
+    assert [f.path for f in first.new_failures] == [str(docs / "broken.pdf")] and first.pages == 1
+    second = _build(spec, docs, FakeRetriever())
+    assert second.ok and [f.previous for f in second.failures] == [True] and second.skipped_files == 1
+    status = run_colrag("status", "--index", spec)
+    assert status.returncode == 0 and f"failed     {docs / 'broken.pdf'}" in status.stdout
+
+
+def test_indexer_on_a_server_collection(tmp_path):
+    """The same catalog through qdrant-client (its local mode): index, skip unchanged, search, remove."""
+    pytest.importorskip("qdrant_client")
+    from qdrant_client import QdrantClient
+
+    from colrag.store.qdrant.catalog import open_catalog
+
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 2, "a")
+    make_pdf(docs / "b.pdf", 1, "b")
+    client = QdrantClient(":memory:")
+    spec = "qdrant:http://localhost:6333/reports"
+    first = _build(spec, docs, FakeRetriever(), client=client)
+    assert first.ok and first.pages == 3
+    again = _build(spec, docs, FakeRetriever(), client=client)
+    assert again.pages == 0 and again.skipped_files == 2
+    with open_catalog(spec, None, create=False, client=client) as ix:
+        assert not ix.keeps_features and ix.features is None
+        hits = ix.ix.search(FakeRetriever().embed_queries(["a page 1"])[0], k=5)
+        a, b = str(docs / "a.pdf"), str(docs / "b.pdf")
+        assert sorted((h.file, h.page) for h in hits) == [(a, 1), (a, 2), (b, 1)]
+        assert ix.remove_documents([str(docs / "a.pdf")]) == 1
+        assert [d.path for d in ix.documents()] == [str(docs / "b.pdf")] and len(ix.ix.pages()) == 1
+
+
+def test_edge_features_round_trip_and_refusals(tmp_path):
+    from colrag.image_features import ImageFeatures
+    from colrag.store.features import FeaturesUnavailable
+    from colrag.store.qdrant.features import EdgeFeatures
+
+    info = {"vision_hash": "v1", "hidden_size": 16, "encoding": "float16"}
+    store = EdgeFeatures(tmp_path, info)
+    embeds = np.random.default_rng(0).standard_normal((6, 16)).astype(np.float32)
+    store.write("/d/a.pdf", 2, "sha-a", ImageFeatures(embeds, np.array([1, 4, 6]), "v1"))
+    got = store.read("/d/a.pdf", 2, "sha-a")
+    np.testing.assert_array_equal(got.embeds, embeds.astype(np.float16).astype(np.float32))
+    assert got.grid_thw.tolist() == [1, 4, 6] and got.vision_hash == "v1"
+    with pytest.raises(FeaturesUnavailable, match="stale"):
+        store.read("/d/a.pdf", 2, "sha-other")  # the file changed since
+    with pytest.raises(FeaturesUnavailable, match="stale"):
+        EdgeFeatures(tmp_path, {**info, "vision_hash": "v2"}).read("/d/a.pdf", 2, "sha-a")
+    with pytest.raises(FeaturesUnavailable, match="no stored features"):
+        store.read("/d/a.pdf", 3, "sha-a")
+    (path,) = (tmp_path / "features").glob("*.feat")
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FeaturesUnavailable, match="corrupt"):
+        store.read("/d/a.pdf", 2, "sha-a")
+    path.write_bytes(bytes(raw[:-3]))
+    with pytest.raises(FeaturesUnavailable, match="truncated"):
+        store.read("/d/a.pdf", 2, "sha-a")
+    (tmp_path / "features" / "notes.txt").write_text("not colrag's")
+    assert store.sweep(keep=set()) == 1 and (tmp_path / "features" / "notes.txt").exists()
+
+
+def test_open_index_api_on_edge(tmp_path):
+    """colrag.open_index takes a Qdrant spec: the same add_page / commit / search / remove_file."""
+    import colrag
+
+    rng = np.random.default_rng(1)
+    pages = {("/d/a.pdf", p): rng.standard_normal((7, 128)).astype(np.float32) for p in (1, 2, 3)}
+    with colrag.open_index(f"qdrant+edge:{tmp_path / 'q'}") as ix:
+        for (f, p), v in pages.items():
+            ix.add_page(f, p, v)
+        ix.commit()
+        q = rng.standard_normal((4, 128)).astype(np.float32)
+        hits = ix.search(q, k=3)
+        exact = {k: fp16_maxsim(q, v) for k, v in pages.items()}
+        assert [(h.file, h.page) for h in hits] == sorted(exact, key=lambda k: (-exact[k], k))
+        ix.remove_file("/d/a.pdf")
+        ix.commit()
+        assert ix.pages() == set()
+    from colrag.errors import IndexStoreError
+
+    with pytest.raises(IndexStoreError, match="no index"):
+        colrag.open_index(f"qdrant+edge:{tmp_path / 'none'}", create=False)
