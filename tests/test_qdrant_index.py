@@ -233,3 +233,47 @@ def test_open_index_api_on_edge(tmp_path):
 
     with pytest.raises(IndexStoreError, match="no index"):
         colrag.open_index(f"qdrant+edge:{tmp_path / 'none'}", create=False)
+
+
+def test_ask_on_edge_uses_the_stored_features(tmp_path, tiny_retriever_bundle, tiny_shared_generator_bundle):
+    """`ask` on a Qdrant Edge index: features from the folder beside the shard give the tokens of
+    the fresh path (render + vision tower); damaged ones are computed, and said once."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from colrag.ask import Asker
+    from colrag.indexer import Indexer
+    from colrag.retriever import Retriever
+    from colrag.store import RetrieverInfo
+    from colrag.store.qdrant.catalog import open_catalog
+
+    docs = tmp_path / "docs"
+    make_pdf(docs / "a.pdf", 2, "chart")
+    make_pdf(docs / "b.pdf", 1, "table")
+    spec = f"qdrant+edge:{tmp_path / 'q'}"
+    model = Retriever.load(tiny_retriever_bundle, threads=1)
+    with open_catalog(spec, RetrieverInfo.of(model)) as ix:
+        assert Indexer(ix, model).run([docs]).pages == 3
+
+    def ask(use: bool):
+        with Asker.open(
+            index=spec,
+            retriever=tiny_retriever_bundle,
+            generator=tiny_shared_generator_bundle,
+            threads=1,
+            cache=False,
+            page_features=use,
+        ) as asker:
+            return asker.ask("What does the chart show?", pages=2, max_new_tokens=12)
+
+    stored, fresh = ask(True), ask(False)
+    assert [s.features for s in stored.sources] == ["index"] * 2 and not stored.notes
+    assert [s.features for s in fresh.sources] == ["computed"] * 2
+    assert [(s.file, s.page) for s in stored.sources] == [(s.file, s.page) for s in fresh.sources]
+    assert len(set(fresh.token_ids)) >= 3 and stored.token_ids == fresh.token_ids
+    for path in (tmp_path / "q" / "features").glob("*.feat"):
+        raw = bytearray(path.read_bytes())
+        raw[-2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    damaged = ask(True)
+    assert [s.features for s in damaged.sources] == ["computed"] * 2 and damaged.token_ids == fresh.token_ids
+    assert len(damaged.notes) == 1 and "corrupt" in damaged.notes[0]
