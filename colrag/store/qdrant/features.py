@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ...bundle import atomic_write_bytes
+from ...fsutil import atomic_write_bytes
 from ...image_features import ImageFeatures
 from .. import features as pf
 from .schema import point_id
