@@ -27,7 +27,8 @@ from __future__ import annotations
 import gc
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,8 @@ class Asker:
         self.keep_retriever = keep_retriever  # a resident Asker (serve, -i) keeps the retriever loaded
         self.load_s = load_s
         self.backend, self.precision = backend, precision  # colrag.vlm.backends: onnxruntime / openvino, f32 / bf16
+        # loading(what) -> a context around each model load; the CLI shows "loading the generator…" with it
+        self.loading: Callable[[str], AbstractContextManager[Any]] = lambda what: nullcontext()
         self._retriever: Any = None
 
     @classmethod
@@ -209,13 +212,14 @@ class Asker:
             from .vlm.generator import Generator
 
             t0 = time.perf_counter()
-            self._generator = Generator.load(
-                Path(str(self.generator_bundle)),
-                threads=self.threads,
-                prefix_cache=self._prefix_cache,
-                backend=self.backend,
-                precision=self.precision,
-            )
+            with self.loading("the generator"):
+                self._generator = Generator.load(
+                    Path(str(self.generator_bundle)),
+                    threads=self.threads,
+                    prefix_cache=self._prefix_cache,
+                    backend=self.backend,
+                    precision=self.precision,
+                )
             self.load_s += time.perf_counter() - t0
         return self._generator
 
@@ -342,9 +346,10 @@ class Asker:
                 import faiss
 
                 faiss.omp_set_num_threads(self.threads)
-            self._retriever = Retriever.load(
-                bundle, threads=self.threads, backend=self.backend, precision=self.precision
-            )
+            with self.loading("the retriever"):
+                self._retriever = Retriever.load(
+                    bundle, threads=self.threads, backend=self.backend, precision=self.precision
+                )
             self.load_s += time.perf_counter() - t0
         return self._retriever
 

@@ -31,6 +31,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,8 +84,13 @@ class Indexer:
         retry_failed: bool = False,
         render_timeout: float = DEFAULT_RENDER_TIMEOUT,
         render_command: list[str] | None = None,
+        pages_source: Any = None,
     ):
+        """pages_source: render and embed pages elsewhere (colrag.ray_pages.RayPages: a Ray cluster);
+        its run(path, page_numbers, features=...) yields outcomes in page order, which are stored
+        here, through this one writer, exactly as pages embedded in this process."""
         self.index = index
+        self.pages_source = pages_source
         self.retriever = retriever
         self.password = password
         self.progress = progress or NullProgress()
@@ -239,10 +245,13 @@ class Indexer:
             pages: list[tuple[int, int, int, np.ndarray]] = []
             errors: list[tuple[int, str, str]] = []
             feats: list[ImageFeatures | None] = []
-            for number in range(1, job.n_pages + 1):
-                if number in job.done_pages:
-                    continue
-                stored = self._one_page(job.path, number, key, pages, errors, report, feats)
+            wanted = [n for n in range(1, job.n_pages + 1) if n not in job.done_pages]
+            if self.pages_source is not None:
+                outcomes = self.pages_source.run(job.path, wanted, features=self._with_features)
+                done = (self._take_outcome(out, key, pages, errors, report, feats) for out in outcomes)
+            else:
+                done = (self._one_page(job.path, n, key, pages, errors, report, feats) for n in wanted)
+            for number, stored in zip(wanted, done, strict=True):
                 self.progress.advance(1, f"{job.path.name} p.{number}")
                 if len(pages) >= self.commit_pages or (errors and not stored):
                     self.index.add_pages(doc_id, pages, errors, features=self._features_arg(feats))
@@ -295,6 +304,27 @@ class Indexer:
         width, height = rendered.image.size  # type: ignore[attr-defined]  # a PIL image
         pages.append((number, width, height, vectors))
         feats.append(features)
+        report.pages += 1
+        return True
+
+    def _take_outcome(self, out, key: str, pages: list, errors: list, report: IndexReport, feats: list) -> bool:
+        """A page rendered and embedded by the pages_source: recorded as _one_page records its own."""
+        number = out.page_no
+        if out.warnings:
+            errors.append((number, "warning", out.warnings))
+            report.warnings.append(Failure(key, number, out.warnings))
+        vectors = np.asarray(out.vectors if out.vectors is not None else np.zeros((0, 0), dtype=np.float32))
+        reason = out.error
+        if reason is None and (vectors.ndim != 2 or vectors.shape[1] != self.index.dim or len(vectors) == 0):
+            reason = f"cannot embed: ValueError: the retriever returned an array of shape {vectors.shape}"
+        elif reason is None and not np.all(np.isfinite(vectors)):
+            reason = "cannot embed: ValueError: the retriever returned non-finite values"
+        if reason is not None:
+            errors.append((number, "error", reason))
+            report.failures.append(Failure(key, number, reason))
+            return False
+        pages.append((number, out.width, out.height, vectors))
+        feats.append(out.features)
         report.pages += 1
         return True
 

@@ -1,8 +1,13 @@
 """Pages rendered and embedded on a Ray cluster (`colrag index --ray [ADDRESS]`).
 
     with RayPages(bundle_dir, address=None, workers=2) as pool:   # None: a local Ray on this machine
-        for out in pool.run(pdf_path, [1, 2, 3]):                  # PageOutcome, in page order
+        for out in pool.run(pdf_path, [1, 2, 3], features=True):   # PageOutcome, in page order
             ...
+
+`features=True`: each page also comes back with its vision-tower output (ImageFeatures, from
+the same pass that embeds it: Retriever.embed_pages), for an index that keeps page features.
+The Indexer (`Indexer(pages_source=pool)`, `colrag index --ray`) stores the outcomes through
+its one writer exactly as pages embedded in its own process.
 
 Install with `pip install 'colrag[ray]'`; nothing imports ray until a RayPages is made.
 
@@ -32,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ColragError
-from .render import RenderOptions
+from .image_features import ImageFeatures
+from .render import DOCUMENT_KINDS, RenderOptions
 
 WINDOW_PER_WORKER = 2  # pages in flight per worker (one running, one queued)
 RETRIES = 2
@@ -45,6 +51,7 @@ class PageOutcome:
     width: int = 0
     height: int = 0
     vectors: np.ndarray | None = None  # (n_tokens, dim) float32
+    features: ImageFeatures | None = None  # with run(..., features=True)
     warnings: str = ""
     error: str | None = None  # 'cannot render: ...' / 'cannot embed: ...' / 'lost on the Ray cluster: ...'
 
@@ -83,7 +90,7 @@ class PageWorker:
         self._doc: Any = None
         self._doc_key: str | None = None
 
-    def _open(self, data: bytes, key: str) -> Any:
+    def _open(self, data: bytes, key: str, filetype: str) -> Any:
         if self._doc_key != key:
             from .render import PdfError, _pymupdf
 
@@ -92,25 +99,31 @@ class PageWorker:
                 self._doc, self._doc_key = None, None
             pymupdf = _pymupdf()
             try:
-                doc = pymupdf.open(stream=data, filetype="pdf")
+                doc = pymupdf.open(stream=data, filetype=filetype)
             except Exception as exc:  # pymupdf raises assorted errors on damaged files
-                raise PdfError(f"not a readable PDF ({exc})") from exc
+                raise PdfError(f"not a readable {filetype.upper()} ({exc})") from exc
             if doc.needs_pass and not (self.password is not None and doc.authenticate(self.password)):
                 doc.close()
                 raise PdfError("encrypted: the password given does not open it")
             self._doc, self._doc_key = doc, key
         return self._doc
 
-    def page(self, data: bytes, key: str, page_no: int) -> dict:
-        """Render and embed one page; render/embed errors come back as the page's failure."""
+    def page(self, data: bytes, key: str, page_no: int, filetype: str = "pdf", features: bool = False) -> dict:
+        """Render and embed one page (and keep its vision-tower output with `features`);
+        render/embed errors come back as the page's failure."""
         from .render import render_page
 
         try:
-            rendered = render_page(self._open(data, key), page_no - 1, self.render)
+            rendered = render_page(self._open(data, key, filetype), page_no - 1, self.render)
         except Exception as exc:  # the same reasons the single-process indexer records
             return {"page_no": page_no, "error": f"cannot render: {type(exc).__name__}: {exc}"}
+        feats: dict[str, Any] = {}
         try:
-            (vectors,) = self.retriever.embed_images([rendered.image])
+            if features:
+                ((vectors, f),) = self.retriever.embed_pages([rendered.image])
+                feats = {"embeds": f.embeds, "grid": np.asarray(f.grid_thw), "vision_hash": f.vision_hash}
+            else:
+                (vectors,) = self.retriever.embed_images([rendered.image])
             vectors = np.asarray(vectors, dtype=np.float32)
         except (MemoryError, KeyboardInterrupt):
             raise
@@ -122,7 +135,8 @@ class PageWorker:
             }
         image: Any = rendered.image  # a PIL image
         width, height = image.size
-        return {"page_no": page_no, "width": width, "height": height, "vectors": vectors, "warnings": rendered.warnings}
+        out = {"page_no": page_no, "width": width, "height": height, "vectors": vectors, "warnings": rendered.warnings}
+        return {**out, **feats}
 
 
 class RayPages:
@@ -169,10 +183,11 @@ class RayPages:
             raise
         self.retries = retries
 
-    def run(self, pdf: str | os.PathLike, pages: list[int]) -> Iterator[PageOutcome]:
-        """Render and embed `pages` (1-based) of one PDF on the cluster; outcomes in page order."""
+    def run(self, pdf: str | os.PathLike, pages: list[int], *, features: bool = False) -> Iterator[PageOutcome]:
+        """Render and embed `pages` (1-based) of one document on the cluster; outcomes in page order."""
         ray = self.ray
         data = Path(pdf).read_bytes()
+        filetype = (DOCUMENT_KINDS.get(Path(pdf).suffix.lower()) or "PDF").lower()
         key = hashlib.sha256(data).hexdigest()
         ref = ray.put(data)
         todo = deque(pages)
@@ -182,7 +197,8 @@ class RayPages:
         while todo or flight:
             while todo and len(flight) < window:
                 page_no = todo.popleft()
-                flight.append((page_no, self.workers[turn % len(self.workers)].page.remote(ref, key, page_no)))
+                worker = self.workers[turn % len(self.workers)]
+                flight.append((page_no, worker.page.remote(ref, key, page_no, filetype, features)))
                 turn += 1
             page_no, future = flight.popleft()
             try:
@@ -191,8 +207,12 @@ class RayPages:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 yield PageOutcome(page_no, error=f"lost on the Ray cluster after {self.retries} retries: {reason}")
                 continue
+            feats = None
+            if result.get("embeds") is not None:
+                feats = ImageFeatures(result["embeds"], result["grid"], result.get("vision_hash"))
             yield PageOutcome(
                 page_no,
+                features=feats,
                 width=int(result.get("width", 0)),
                 height=int(result.get("height", 0)),
                 vectors=result.get("vectors"),

@@ -277,3 +277,36 @@ def test_ask_on_edge_uses_the_stored_features(tmp_path, tiny_retriever_bundle, t
     damaged = ask(True)
     assert [s.features for s in damaged.sources] == ["computed"] * 2 and damaged.token_ids == fresh.token_ids
     assert len(damaged.notes) == 1 and "corrupt" in damaged.notes[0]
+
+    # the CLI on the same index; on a terminal, stderr says which model is loading (issue 14)
+    import pty
+
+    master, slave = pty.openpty()
+    args = ["ask", "What does the chart show?", "--index", spec, "--top-k", "1", "--max-new-tokens", "4"]
+    args += ["--retriever", str(tiny_retriever_bundle), "--generator", str(tiny_shared_generator_bundle)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "colrag", *args, "--threads", "1", "--no-cache", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    stdout, _ = proc.communicate(timeout=300)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the terminal's other side is closed and drained
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    terminal = b"".join(chunks).decode()
+    assert proc.returncode == 0, terminal
+    assert json.loads(stdout)["sources"][0]["features"] == "computed"  # the features damaged above
+    assert "note: page features from the index not used" in terminal
+    assert "loading the retriever…" in terminal and "loading the generator…" in terminal
+    piped = run_colrag(*args, "--threads", "1", "--no-cache", "--json")
+    assert piped.returncode == 0 and "loading" not in piped.stderr

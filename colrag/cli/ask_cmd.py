@@ -196,6 +196,9 @@ def ask_cmd(
         backend=backend,
         precision=precision,
     )
+    from .progress import loading
+
+    asker.loading = loading  # "loading the retriever…" / "loading the generator…" on a terminal (issue 14)
     prepared = asker.prepare(question, pages=top_k, images=images)
     for note in prepared.notes:
         typer.echo(f"note: {note}", err=True)

@@ -57,6 +57,23 @@ def index_cmd(
         help="Seconds a page may take to render (mupdf can hang on a hostile page); a page over it is "
         "recorded as failed and the run goes on.",
     ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Render and embed the pages on a Ray cluster (pip install 'colrag\\[ray]'); this process stores them.",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        help="With --ray: the cluster to join (auto, ray://HOST:10001, HOST:6379) \\[default: a local Ray here].",
+    ),
+    ray_workers: int | None = typer.Option(
+        None,
+        "--ray-workers",
+        min=1,
+        help="With --ray: workers, each loading the retriever once \\[default: the cluster's CPUs; a local Ray: 2].",
+    ),
 ) -> None:
     """Render, embed and store every page of the given files. Incremental: unchanged files are
     skipped, changed ones re-indexed, files gone from the given folders dropped. Safe to
@@ -73,9 +90,11 @@ def index_cmd(
     from ..indexer import Indexer
     from ..render import KINDS_TEXT, find_pdfs
     from .progress import plural
-    from .scale_cmd import index_target, open_index_writer
+    from .scale_cmd import index_target, open_index_writer, ray_pages_source
 
     target = index_target(index)  # a folder, or a Qdrant spec (docs/SCALE.md), checked before models load
+    if ray_workers and not ray:
+        raise InputError("--ray-workers goes with --ray")
     if not find_pdfs(paths):  # also: a missing path fails now, before the retriever loads
         where = ", ".join(str(p) for p in paths)
         raise InputError(f"no PDF found in {where} (colrag indexes {KINDS_TEXT})")
@@ -85,14 +104,19 @@ def index_cmd(
         for note in idx.repair_notes:
             typer.echo(f"repair: {note}", err=True)
         try:
-            report = Indexer(
-                idx,
-                model,
-                password=password,
-                progress=progress,
-                retry_failed=retry_failed,
-                render_timeout=render_timeout,
-            ).run(paths)
+            with ray_pages_source(
+                ray, model, idx, ray_address, ray_workers, threads, password, backend, precision
+            ) as src:
+                indexer = Indexer(
+                    idx,
+                    model,
+                    password=password,
+                    progress=progress,
+                    retry_failed=retry_failed,
+                    render_timeout=render_timeout,
+                    pages_source=src,
+                )
+                report = indexer.run(paths)
         except KeyboardInterrupt:
             typer.echo("interrupted: the pages committed so far are kept; run the same command to resume", err=True)
             raise typer.Exit(130) from None

@@ -38,6 +38,40 @@ def open_index_writer(target: str | Path, model: Any, page_features: bool) -> An
     return Index.open_writer(target, RetrieverInfo.of(model), page_features=page_features)
 
 
+def ray_pages_source(
+    ray: bool,
+    model: Any,
+    idx: Any,
+    address: str | None,
+    workers: int | None,
+    threads: int | None,
+    password: str | None,
+    backend: str | None,
+    precision: str | None,
+) -> Any:
+    """`colrag index --ray`: a context giving the RayPages pool (colrag.ray_pages), or None without --ray
+    (then nothing imports Ray)."""
+    import contextlib
+
+    if not ray:  # RAY_ADDRESS in the environment alone does not turn Ray on
+        return contextlib.nullcontext(None)
+    from ..ray_pages import RayPages
+
+    bundle = getattr(model, "bundle_dir", None)
+    if bundle is None:
+        raise RuntimeError("--ray needs a retriever loaded from a bundle folder")
+    return RayPages(
+        bundle,
+        address=address,
+        workers=workers,
+        threads=threads,
+        render=idx.render,
+        password=password,
+        backend=backend,
+        precision=precision,
+    )
+
+
 @app.command("export-index")
 def export_index_cmd(
     to: str = typer.Option(
