@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from colrag.image_features import ImageFeatures  # noqa: E402
 from colrag.store.qdrant.features import EdgeFeatures  # noqa: E402
+from colrag.vlm.image_features import ImageFeatures  # noqa: E402
 
 
 def disk(folder: Path) -> int:

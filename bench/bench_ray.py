@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from colrag.indexer import Indexer  # noqa: E402
 from colrag.ray_pages import RayPages  # noqa: E402
-from colrag.retriever import Retriever  # noqa: E402
 from colrag.store import Index, RetrieverInfo  # noqa: E402
 from colrag.store import features as pf  # noqa: E402
+from colrag.vlm.retriever import Retriever  # noqa: E402
 
 
 def open_writer(kind: str, where: Path, info: RetrieverInfo):

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ColragError
-from .image_features import ImageFeatures
 from .render import DOCUMENT_KINDS, RenderOptions
+from .vlm.image_features import ImageFeatures
 
 WINDOW_PER_WORKER = 2  # pages in flight per worker (one running, one queued)
 RETRIES = 2

@@ -39,7 +39,7 @@ def test_cli_index_search_status_remove_on_edge(tmp_path, tiny_retriever_bundle)
     """`colrag index --index qdrant+edge:PATH` is incremental like a local index; search ranks by
     MaxSim over the retriever's vectors; status, remove and the page features follow."""
     from colrag.render import RenderOptions, open_pdf, render_page
-    from colrag.retriever import Retriever
+    from colrag.vlm.retriever import Retriever
 
     docs = tmp_path / "docs"
     make_pdf(docs / "a.pdf", 3, "alpha")
@@ -182,9 +182,9 @@ def test_indexer_on_a_server_collection(tmp_path):
 
 
 def test_edge_features_round_trip_and_refusals(tmp_path):
-    from colrag.image_features import ImageFeatures
     from colrag.store.features import FeaturesUnavailable
     from colrag.store.qdrant.features import EdgeFeatures
+    from colrag.vlm.image_features import ImageFeatures
 
     info = {"vision_hash": "v1", "hidden_size": 16, "encoding": "float16"}
     store = EdgeFeatures(tmp_path, info)
@@ -242,9 +242,9 @@ def test_ask_on_edge_uses_the_stored_features(tmp_path, tiny_retriever_bundle, t
     pytest.importorskip("transformers")
     from colrag.ask import Asker
     from colrag.indexer import Indexer
-    from colrag.retriever import Retriever
     from colrag.store import RetrieverInfo
     from colrag.store.qdrant.catalog import open_catalog
+    from colrag.vlm.retriever import Retriever
 
     docs = tmp_path / "docs"
     make_pdf(docs / "a.pdf", 2, "chart")

@@ -59,9 +59,9 @@ def test_ray_index_equals_single_process_index(ray_pool, tiny_retriever_bundle, 
     """`colrag index --ray` (Indexer with RayPages): the same pages, the same stored vectors and the
     same page features, byte for byte, as indexing in this process."""
     from colrag.indexer import Indexer
-    from colrag.retriever import Retriever
     from colrag.store import Index, RetrieverInfo
     from colrag.store import features as pf
+    from colrag.vlm.retriever import Retriever
 
     docs = _docs(tmp_path)
     model = Retriever.load(tiny_retriever_bundle, threads=1)
@@ -87,9 +87,9 @@ def test_ray_index_into_qdrant_edge_equals_single_process(ray_pool, tiny_retriev
     """`colrag index --ray --index qdrant+edge:PATH`: the same Qdrant pages and page features."""
     pytest.importorskip("qdrant_edge")
     from colrag.indexer import Indexer
-    from colrag.retriever import Retriever
     from colrag.store import RetrieverInfo
     from colrag.store.qdrant.catalog import open_catalog
+    from colrag.vlm.retriever import Retriever
 
     docs = _docs(tmp_path)
     model = Retriever.load(tiny_retriever_bundle, threads=1)

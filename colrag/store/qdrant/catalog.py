@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from ...errors import IndexStoreError
-from ...image_features import ImageFeatures
 from ...render import RenderOptions
 from ...search import Hit
+from ...vlm.image_features import ImageFeatures
 from .. import features as pf
 from ..catalog import Document
 from ..manifest import RetrieverInfo

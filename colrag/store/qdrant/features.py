@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ...fsutil import atomic_write_bytes
-from ...image_features import ImageFeatures
+from ...vlm.image_features import ImageFeatures
 from .. import features as pf
 from .schema import point_id
 
