@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
 from .utf8 import fs_path
-from .vlm.constants import RETRIEVER_MAX_PIXELS
+from .vlm.constants import MAX_IMAGE_FILE_PIXELS, RETRIEVER_MAX_PIXELS
 
 DEFAULT_TARGET_PIXELS = 2 * RETRIEVER_MAX_PIXELS  # ~1.2 MP: the retriever downsizes at most 2x in area
 DEFAULT_MAX_SIDE = 4096  # px; a hard cap on either side whatever the page size
@@ -39,6 +40,7 @@ DOCUMENT_KINDS = {
     ".tiff": "TIFF",
 }
 DOCUMENT_SUFFIXES = tuple(DOCUMENT_KINDS)
+IMAGE_KINDS = ("PNG", "JPEG", "TIFF")  # one page per image (per frame of a TIFF), size-checked from the header
 KINDS_TEXT = "PDF, XPS, EPUB and CBZ documents and PNG, JPEG and TIFF images"
 
 
@@ -134,6 +136,8 @@ def open_pdf(path: str | os.PathLike, password: str | None = None):
         raise PdfError(f"cannot read: {exc.strerror or exc}") from exc
     if size == 0:
         raise PdfError("empty file (0 bytes)")
+    if kind in IMAGE_KINDS:
+        _check_image_size(path)
     pymupdf.TOOLS.reset_mupdf_warnings()
     try:
         doc = _open(pymupdf, path, (kind or "PDF").lower())
@@ -157,6 +161,32 @@ def open_pdf(path: str | os.PathLike, password: str | None = None):
             raise refused
         raise PdfError("no pages" + (f" (damaged or truncated: {warnings})" if warnings else ""))
     return doc
+
+
+def _check_image_size(path: Path, limit: int = MAX_IMAGE_FILE_PIXELS) -> None:
+    """An image file's size from its header (every frame of a TIFF), before mupdf decodes it: mupdf
+    decodes an image document at full size whatever the page is rendered at (a 28000x28000 1-bit
+    PNG of 95 KB takes 1 GB), so one over `limit` pixels (as for `ask --image`) is refused."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                for frame in range(getattr(img, "n_frames", 1)):
+                    img.seek(frame)
+                    width, height = img.size
+                    if width * height > limit:
+                        raise PdfError(
+                            f"image too large ({width}x{height} = {width * height:,} pixels; "
+                            f"colrag indexes images up to {limit:,})"
+                        )
+    except Image.DecompressionBombError:
+        raise PdfError(f"image too large (colrag indexes images up to {limit:,} pixels)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error):
+        return  # a header Pillow cannot read: mupdf says whether it is an image at all
 
 
 def _open(pymupdf, path: Path, filetype: str):

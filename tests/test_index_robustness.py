@@ -208,11 +208,15 @@ def test_ctrl_c_while_a_page_hangs_stops_and_leaves_a_consistent_index(tmp_path)
     try:
         assert proc.stdout is not None and proc.stderr is not None
         for line in proc.stdout:
-            if line.startswith("page 3 "):  # a.pdf p.1-2 and b-slow.pdf p.1 are stored; p.2 hangs now
+            if line.startswith("page 3 "):  # a.pdf p.1-2 and b-slow.pdf p.1 are done; p.2 hangs next
                 break
         else:
             pytest.fail(proc.stderr.read())
-        time.sleep(0.5)
+        for _ in range(600):  # until b-slow.pdf p.1 is committed (then p.2 is rendering, forever)
+            with Index.open(tmp_path / "ix") as index:
+                if any(index.stored_page_numbers(d.id) == {1} for d in index.documents("indexing")):
+                    break
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         proc.wait(60)  # a bound, not a timing: without the fix it waits for the page (120 s) or for good
     finally:
@@ -227,6 +231,17 @@ def test_ctrl_c_while_a_page_hangs_stops_and_leaves_a_consistent_index(tmp_path)
         assert index.check().ok
         (indexing,) = index.documents("indexing")
         assert index.stored_page_numbers(indexing.id) == {1}  # committed: the next run resumes there
+
+
+def test_a_page_that_kills_the_render_child_is_recorded_and_the_run_goes_on(tmp_path):
+    docs = tmp_path / "docs"
+    make_pdf(docs / "b-slow.pdf", 3, "b")
+    make_pdf(docs / "c.pdf", 1, "c")
+    report = run(tmp_path / "ix", [docs], render_command=render_child("crash:2"))
+    assert [(Path(f.path).name, f.page, f.reason) for f in report.failures] == [
+        ("b-slow.pdf", 2, "cannot render: the renderer stopped (signal 9)")
+    ]
+    assert visible(tmp_path / "ix") == [("b-slow.pdf", 1), ("b-slow.pdf", 3), ("c.pdf", 1)]
 
 
 def test_a_programming_error_in_the_render_child_is_not_a_page_failure(tmp_path):
@@ -301,3 +316,28 @@ def test_training_the_centroids_holds_the_stored_vectors_once(tmp_path, monkeypa
             want = coarse.page_centroids(quantizer, [index.page_vectors(snap, page)])[0]
             assert stored[page.id] == want, page
     assert peak < 1.6 * rows_bytes, f"{peak / 2**20:.0f} MB for {rows_bytes / 2**20:.0f} MB of stored rows"
+
+
+# -- hostile input stays bounded: a huge image document is refused from its header ----------------------
+
+
+def test_an_image_document_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    """mupdf decodes an image document at full size whatever the render scale: a 28000x28000 1-bit
+    PNG of 95 KB took 1 GB in the render child. Over 64 Mpx (as for `ask --image`) it is refused
+    from the header; a PDF page or a normal image goes on."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_hostile_input import _png_1bit
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    _png_1bit(docs / "huge.png", 10_000, 10_000, full_data=True)  # 100 Mpx in 12 KB
+    pixels = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(docs / "photo.png")
+    make_pdf(docs / "a.pdf", 1, "a")
+    report = run(tmp_path / "ix", [docs])
+    assert [(Path(f.path).name, f.reason) for f in report.failures] == [
+        ("huge.png", "image too large (10000x10000 = 100,000,000 pixels; colrag indexes images up to 64,000,000)")
+    ]
+    assert visible(tmp_path / "ix") == [("a.pdf", 1), ("photo.png", 1)]
