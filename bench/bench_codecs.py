@@ -168,6 +168,7 @@ class Layout:
     name = ""
     code_bytes = 0  # per token, centroid id included
     codec_bytes = 0  # trained tables, once per index
+    tokens = TOKENS  # stored rows per page
 
     def train(self, sample: np.ndarray, quantizer: faiss.Index) -> None: ...
 
@@ -283,10 +284,33 @@ class IvfSq(Layout):
         return self.index.sa_decode(codes)
 
 
+class PooledSQ8(SQ8Fixed):
+    """Token pooling (as ColPali's hierarchical token pooling, with k-means): each page's 783 rows are
+    clustered into 783 // factor groups (FAISS spherical k-means on the page, 10 iterations) and each
+    group is stored as its mean, renormalised, in SQ8 [-1, 1]: factor x fewer rows per page. MaxSim then
+    runs over the pooled rows (an approximation of MaxSim over the page's own tokens). The candidate
+    stage here stays the unpooled one (shared by every layout)."""
+
+    def __init__(self, factor: int):
+        self.factor = factor
+        self.tokens = TOKENS // factor
+        self.name = f"SQ8 [-1, 1], tokens pooled /{factor} (k-means per page)"
+
+    def encode_page(self, rows: np.ndarray) -> np.ndarray:
+        km = faiss.Kmeans(DIM, self.tokens, niter=10, spherical=True, seed=1, min_points_per_centroid=1)
+        km.train(np.ascontiguousarray(rows))
+        _, assign = km.index.search(np.ascontiguousarray(rows), 1)
+        sums = np.zeros((self.tokens, DIM), dtype=np.float32)
+        np.add.at(sums, assign[:, 0], rows)
+        empty = np.linalg.norm(sums, axis=1) == 0
+        sums[empty] = km.centroids[empty]  # (k-means leaves no cluster empty; safety)
+        return self.index.sa_encode(_unit(sums))
+
+
 def maxsim_rows(q: np.ndarray, rows: np.ndarray, n_pages: int) -> np.ndarray:
-    """MaxSim of q against n_pages consecutive pages of TOKENS rows each."""
+    """MaxSim of q against n_pages consecutive pages of equally many rows each."""
     sim = rows @ q.T  # (n_pages * T, n_q)
-    return sim.reshape(n_pages, TOKENS, -1).max(axis=1).sum(axis=1)
+    return sim.reshape(n_pages, len(rows) // n_pages, -1).max(axis=1).sum(axis=1)
 
 
 def run(
@@ -342,6 +366,8 @@ def run(
         IvfSq(8),
         IvfSq(6),
         *(IvfPq(m) for m in pq_sizes),
+        PooledSQ8(2),
+        PooledSQ8(3),
     ]
     layouts = [lay for lay in every if not only or any(lay.name.startswith(o) for o in only)]
     results = []
@@ -352,6 +378,8 @@ def run(
         t = time.perf_counter()
         if isinstance(lay, Fp32):
             codes = x  # no copy of the float32 corpus
+        elif isinstance(lay, PooledSQ8):
+            codes = np.stack([lay.encode_page(page) for page in x])
         else:
             codes = np.concatenate(
                 [lay.encode(np.ascontiguousarray(flat[s : s + (1 << 17)])) for s in range(0, len(flat), 1 << 17)]
@@ -361,7 +389,7 @@ def run(
         row = {
             "layout": lay.name,
             "bytes_per_token": lay.code_bytes,
-            "bytes_per_page": lay.code_bytes * TOKENS + list_bytes_per_page + 60 + lay.codec_bytes / n_pages,
+            "bytes_per_page": lay.code_bytes * lay.tokens + list_bytes_per_page + 60 + lay.codec_bytes / n_pages,
             "train_s": train_s,
             "encode_s_per_1000_pages": encode_s / n_pages * 1000,
             "by_candidates": {},

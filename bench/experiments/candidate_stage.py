@@ -52,12 +52,20 @@ def main() -> int:
     ap.add_argument("--nprobe", type=int, nargs="+", default=[8])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     ap.add_argument("--two-step", type=int, nargs="+", default=[1024, 2048, 4096])
+    ap.add_argument(
+        "--adaptive",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also: probed-zero candidates = pages within this share of the 5th best approximate score, "
+        "at least the smallest --sizes, at most the largest",
+    )
     args = ap.parse_args()
     folder = bs.index_folder(args.corpus, args.pages)
     gen = bs.CORPORA[args.corpus]()
     with Index.open(folder) as index:
         snap = index.snapshot()
-        queries, kinds = gen.queries(args.pages, args.queries)
+        queries, _ = gen.queries(args.pages, args.queries)
         numbers = np.array([bs.page_number(p.path, p.page_no) for p in snap.pages], dtype=np.int64)
         exact = bs.exact_scores(folder, numbers, gen, queries)
         quantizer = index.coarse_quantizer(snap)
@@ -73,6 +81,7 @@ def main() -> int:
         print(f"centroids per page: mean {np.mean([len(s) for s in per_page]):.0f}", file=sys.stderr)
         results: dict[str, list[float]] = {}
         timing: dict[str, list[float]] = {}
+        counts: dict[str, list[int]] = {}
         fifth = -np.partition(-exact, 4, axis=1)[:, 4]
         for qi, q in enumerate(queries):
             good = exact[qi] >= fifth[qi] * (1 - bs.TIE)
@@ -96,6 +105,14 @@ def main() -> int:
                     score = np.full(len(snap.pages), -np.inf, dtype=np.float32)
                     score[order] = sc  # back to snapshot order
                     record(f"probed-{mode} nprobe {nprobe}", score, time.perf_counter() - t)
+                    if mode == "zero":
+                        kth = -np.partition(-score, 4)[4]
+                        for share in args.adaptive:
+                            n = int(np.clip((score >= kth * (1 - share)).sum(), min(args.sizes), max(args.sizes)))
+                            best = np.argpartition(-score, n - 1)[:n]
+                            key = f"adaptive {share} (nprobe {nprobe})"
+                            results.setdefault(key, []).append(min(5, int(good[best].sum())) / 5)
+                            counts.setdefault(key, []).append(n)
                     if mode == "next":
                         for m in args.two_step:
                             t = time.perf_counter()
@@ -112,6 +129,11 @@ def main() -> int:
         for rule in timing:
             cells = [f"{np.mean(results[f'{rule} | {n}']):.3f}" for n in args.sizes]
             print(f"| {rule} | " + " | ".join(cells) + f" | {1000 * np.median(timing[rule]):.1f} |")
+        for key, ns in counts.items():
+            print(
+                f"| {key} | tie recall of the candidates {np.mean(results[key]):.3f} | candidates: "
+                f"mean {np.mean(ns):.0f}, median {np.median(ns):.0f}, max {max(ns)} |"
+            )
         print(json.dumps({k: float(np.mean(v)) for k, v in results.items()}), file=sys.stderr)
     return 0
 
