@@ -68,6 +68,7 @@ def test_cli_index_search_status_remove_on_edge(tmp_path, tiny_retriever_bundle)
 
     status = json.loads(run_colrag("status", "--index", spec, "--json").stdout)
     assert status["index"]["documents"] == 2 and status["index"]["pages"] == 5
+    assert (status["index"]["failed_documents"], status["index"]["documents_indexing"]) == (0, 0)
     assert status["index"]["pages_with_features"] == 5 and status["index"]["feature_bytes"] > 0
     assert len(list((tmp_path / "q" / "features").glob("*.feat"))) == 5
 
@@ -154,6 +155,8 @@ def test_failures_and_known_failures_on_edge(tmp_path):
     assert second.ok and [f.previous for f in second.failures] == [True] and second.skipped_files == 1
     status = run_colrag("status", "--index", spec)
     assert status.returncode == 0 and f"failed     {docs / 'broken.pdf'}" in status.stdout
+    doc = json.loads(run_colrag("status", "--index", spec, "--json").stdout)
+    assert doc["index"]["failed_documents"] == 1 and doc["failures"][0]["file"] == str(docs / "broken.pdf")
 
 
 def test_indexer_on_a_server_collection(tmp_path):

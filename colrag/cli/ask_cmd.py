@@ -67,7 +67,8 @@ def ask_cmd(
         None,
         "--index",
         envvar="COLRAG_INDEX",
-        help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
+        help="Index name (a folder under $COLRAG_HOME/indexes), path to an index folder, or a Qdrant index "
+        "(qdrant+edge:PATH, qdrant:http://HOST:6333/COLLECTION; docs/SCALE.md) \\[default: default].",
     ),
     models_dir: Path | None = MODELS_DIR_OPTION,
     retriever: Path | None = typer.Option(

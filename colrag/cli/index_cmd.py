@@ -15,7 +15,7 @@ import typer
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from ..render_worker import DEFAULT_RENDER_TIMEOUT
 from .common import load_retriever
-from .options import INDEX_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION
+from .options import INDEX_OR_QDRANT_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION
 from .output import printable
 from .progress import ProgressLine
 
@@ -26,7 +26,7 @@ def index_cmd(
         ...,
         help="Files and folders (searched recursively for PDF, XPS, EPUB, CBZ, PNG, JPEG and TIFF files).",
     ),
-    index: str | None = INDEX_OPTION,
+    index: str | None = INDEX_OR_QDRANT_OPTION,
     models_dir: Path | None = MODELS_DIR_OPTION,
     retriever: Path | None = RETRIEVER_OPTION,
     threads: int | None = THREADS_OPTION,

@@ -10,6 +10,13 @@ INDEX_OPTION = typer.Option(
     envvar="COLRAG_INDEX",
     help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
 )
+INDEX_OR_QDRANT_OPTION = typer.Option(
+    None,
+    "--index",
+    envvar="COLRAG_INDEX",
+    help="Index name (a folder under $COLRAG_HOME/indexes), path to an index folder, or a Qdrant index: "
+    "qdrant+edge:PATH or qdrant:http://HOST:6333/COLLECTION (docs/SCALE.md) \\[default: default].",
+)
 MODELS_DIR_OPTION = typer.Option(
     None,
     "--models-dir",

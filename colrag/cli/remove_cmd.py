@@ -9,7 +9,7 @@ import typer
 
 from ..cli import app
 from .common import is_qdrant
-from .options import INDEX_OPTION
+from .options import INDEX_OR_QDRANT_OPTION
 from .output import printable
 
 REMOVE_WITHOUT_ASKING = 5  # more documents than this (or every document) needs a yes
@@ -18,7 +18,7 @@ REMOVE_WITHOUT_ASKING = 5  # more documents than this (or every document) needs 
 @app.command("remove")
 def remove_cmd(
     paths: list[Path] = typer.Argument(..., help="Files, or folders (every indexed file under them), to forget."),
-    index: str | None = INDEX_OPTION,
+    index: str | None = INDEX_OR_QDRANT_OPTION,
     yes: bool = typer.Option(
         False,
         "--yes",

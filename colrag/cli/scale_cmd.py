@@ -156,8 +156,11 @@ def qdrant_status(spec: str, as_json: bool) -> None:
     if as_json:  # docs/JSON.md: the counts a Qdrant index knows
         from ..jsonout import document, dumps, failure
 
-        keys = ("documents", "pages", "bytes_on_disk", "documents_in_progress", "pages_with_features", "feature_bytes")
+        keys = ("documents", "pages", "bytes_on_disk", "pages_with_features", "feature_bytes")
         counts = {k: stats[k] for k in keys if k in stats}
+        counts["failed_documents"] = len(stats["failed"])
+        counts["failed_pages"] = len(stats["page_failures"])
+        counts["documents_indexing"] = stats["documents_in_progress"]  # the local index's name (docs/JSON.md)
         typer.echo(
             dumps(
                 document(

@@ -8,7 +8,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .common import is_qdrant, load_retriever
-from .options import INDEX_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION
+from .options import INDEX_OR_QDRANT_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION
 from .output import printable
 
 
@@ -17,7 +17,7 @@ def search_cmd(
     query: str = typer.Argument(..., help="The question or keywords."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Number of pages to return."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (docs/JSON.md)."),
-    index: str | None = INDEX_OPTION,
+    index: str | None = INDEX_OR_QDRANT_OPTION,
     models_dir: Path | None = MODELS_DIR_OPTION,
     retriever: Path | None = RETRIEVER_OPTION,
     threads: int | None = THREADS_OPTION,

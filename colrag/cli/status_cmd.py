@@ -8,7 +8,7 @@ import typer
 
 from ..cli import app
 from .common import human_bytes, is_qdrant
-from .options import INDEX_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION
+from .options import INDEX_OR_QDRANT_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION
 from .output import printable
 
 
@@ -38,7 +38,7 @@ def _bundle_in_use(built: dict, retriever: Path | None, models_dir: Path | None)
 
 @app.command("status")
 def status_cmd(
-    index: str | None = INDEX_OPTION,
+    index: str | None = INDEX_OR_QDRANT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON (docs/JSON.md)."),
     check: bool = typer.Option(
         False, "--check", help="Also verify catalog <-> vectors consistency (reads every vector)."
