@@ -313,3 +313,57 @@ def test_ask_on_edge_uses_the_stored_features(tmp_path, tiny_retriever_bundle, t
     assert "loading the retriever…" in terminal and "loading the generator…" in terminal
     piped = run_colrag(*args, "--threads", "1", "--no-cache", "--json")
     assert piped.returncode == 0 and "loading" not in piped.stderr
+
+
+KILLED_RUN = """
+import sys
+sys.path.insert(0, {root!r})
+from colrag.indexer import Indexer
+from colrag.store import RetrieverInfo
+from colrag.store.qdrant.catalog import open_catalog
+from tests.index_helpers import FakeRetriever
+
+class Progress:
+    def start(self, total, files): pass
+    def advance(self, pages, label): print(label, flush=True)
+    def finish(self): pass
+
+model = FakeRetriever(slow=0.4)
+with open_catalog({spec!r}, RetrieverInfo.of(model)) as ix:
+    Indexer(ix, model, commit_pages=1, progress=Progress()).run([{docs!r}])
+"""
+
+
+def test_kill_9_during_colrag_index_into_edge_then_resume(tmp_path):
+    """A writer killed with SIGKILL mid-document leaves an Edge index that opens, shows only finished
+    documents to search, and that the next run completes to the index of an uninterrupted run."""
+    import signal
+
+    from colrag.store.qdrant import open_qdrant
+    from colrag.store.qdrant.catalog import open_catalog
+
+    docs = tmp_path / "docs"
+    for name in ("a", "b", "c"):
+        make_pdf(docs / f"{name}.pdf", 4, name)
+    spec = f"qdrant+edge:{tmp_path / 'q'}"
+    code = KILLED_RUN.format(root=str(ROOT), spec=spec, docs=str(docs))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    for _ in range(6):  # a.pdf done, b.pdf half way
+        assert proc.stdout.readline(), "the writer ended early"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    query = FakeRetriever().embed_queries(["b page 1"])[0]
+    with open_catalog(spec, None, create=False) as ix:
+        docs_now = {d.path: d.status for d in ix.documents()}
+        assert docs_now[str(docs / "a.pdf")] == "done" and docs_now[str(docs / "b.pdf")] == "indexing"
+        assert {h.file for h in ix.ix.search(query, k=20)} == {str(docs / "a.pdf")}
+    report = _build(spec, docs, FakeRetriever())
+    assert report.ok and 0 < report.pages < 12
+    _build(f"qdrant+edge:{tmp_path / 'ref'}", docs, FakeRetriever())
+    with open_qdrant(spec, create=False) as a, open_qdrant(f"qdrant+edge:{tmp_path / 'ref'}", create=False) as b:
+        assert a.pages() == b.pages() and len(a.pages()) == 12
+        for f, p in sorted(a.pages()):
+            np.testing.assert_array_equal(a.page_vectors(f, p), b.page_vectors(f, p))
+        assert [(h.file, h.page) for h in a.search(query, k=12)] == [(h.file, h.page) for h in b.search(query, k=12)]
