@@ -11,6 +11,13 @@ taken from its tree (PYTHONPATH). The RSS of the indexing process and of its ren
 (every 10 s) say how many pages are done, so the table gives the RSS at each quarter of
 the run as well as the peak and the page count at which it happened. Variants alternate
 run by run.
+
+    python bench/bench_index_memory.py --store-pages 720 --code before=/tmp/colrag-main --code after=.
+
+measures the index writer alone (no model, no rendering: pages of 783 random unit vectors
+added 4 per commit through Index.add_pages, as the indexer commits them), which is where
+memory could grow with the corpus; it crosses coarse.MIN_ROWS (~670 pages), where the
+writer trains its centroids once.
 """
 
 from __future__ import annotations
@@ -65,7 +72,8 @@ def run(code: Path, bundle: Path, docs: Path, work: Path) -> dict:
     cmd = [sys.executable, "-m", "colrag", "index", str(docs), "--index", str(work / "ix")]
     cmd += ["--retriever", str(bundle), "--json"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    work.mkdir(parents=True)  # the cwd: python puts it first on sys.path, before PYTHONPATH's tree
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = {"self": 0, "child": 0, "at": 0, "done": 0, "total": 0}
     trace: list[tuple[int, int, int]] = []  # (pages done, RSS, render child RSS) at each progress line
 
@@ -101,13 +109,84 @@ def run(code: Path, bundle: Path, docs: Path, work: Path) -> dict:
     return {"wall": wall, "pages": report["pages"], "quarters": quarters, **state}
 
 
+STORE_CHILD = r"""
+import sys
+from pathlib import Path
+import numpy as np
+from colrag.store import Index, RetrieverInfo
+
+def status():
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            out[line.split(":")[0]] = int(line.split()[1]) // 1024
+    return out
+
+class Info:
+    name, bundle_id, dim, max_pixels = "bench", "bench", 128, 602112
+
+n_pages, folder = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+dirs = rng.standard_normal((64, 128)).astype(np.float32)
+with Index.open_writer(folder, RetrieverInfo.of(Info())) as index:
+    import colrag
+    print("start", status()["VmRSS"], colrag.__file__, flush=True)
+    doc = index.begin_document("/bench.pdf", 1, 1, "sha", n_pages)
+    for first in range(0, n_pages, 4):
+        batch = []
+        for no in range(first + 1, min(first + 5, n_pages + 1)):
+            x = dirs[rng.integers(0, 64, 783)] + 0.3 * rng.standard_normal((783, 128)).astype(np.float32)
+            batch.append((no, 965, 1249, x))
+        index.add_pages(doc, batch)
+        st = status()
+        print("page", first + len(batch), st["VmRSS"], st["VmHWM"], flush=True)
+    index.finish_document(doc)
+print("end", status()["VmHWM"], flush=True)
+"""
+
+
+def run_store(code: Path, n_pages: int, work: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code.resolve())}
+    work.mkdir(parents=True)  # the cwd
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", STORE_CHILD, str(n_pages), str(work / "ix")],
+        cwd=work,  # not the caller's folder: python -c puts the cwd first on sys.path
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    trace = [line.split() for line in out.splitlines() if line.startswith("page ")]
+    peak_at, peak, last_hwm = 0, 0, 0
+    for _, page, _, hwm in trace:
+        if int(hwm) > last_hwm:
+            peak_at, peak, last_hwm = int(page), int(hwm), int(hwm)
+    quarters = [int(next(r for r in trace if int(r[1]) >= q * n_pages)[2]) for q in (0.25, 0.5, 0.75, 1.0)]
+    start_line = next(line.split() for line in out.splitlines() if line.startswith("start"))
+    start, module = int(start_line[1]), start_line[2]
+    return {
+        "wall": time.perf_counter() - t0,
+        "pages": n_pages,
+        "quarters": quarters,
+        "self": peak,
+        "at": peak_at,
+        "child": 0,
+        "start": start,
+        "module": module,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, required=True, help="retriever bundle folder")
+    ap.add_argument("--bundle", type=Path, help="retriever bundle folder (colrag index runs)")
+    ap.add_argument("--store-pages", type=int, default=0, help="measure the index writer alone on this many pages")
     ap.add_argument("--code", action="append", required=True, help="NAME=DIR: a colrag source tree (repeatable)")
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
+    if not args.store_pages and args.bundle is None:
+        ap.error("--bundle is needed (or --store-pages)")
     variants = [(spec.split("=", 1)[0], Path(spec.split("=", 1)[1])) for spec in args.code]
     print(f"machine: {machine()}")
     print(f"load average at start: {os.getloadavg()[0]:.1f}")
@@ -123,12 +202,12 @@ def main() -> None:
             for name, code in variants:
                 work = Path(tmp) / f"work-{name}"
                 shutil.rmtree(work, ignore_errors=True)
-                r = run(code, args.bundle, docs, work)
+                r = run_store(code, args.store_pages, work) if args.store_pages else run(code, args.bundle, docs, work)
                 rows[name].append(r)
                 print(
                     f"  {name}: {r['pages']} pages {r['wall']:.1f} s, peak RSS {r['self']} MB at page {r['at']} "
                     f"(+ render child {r['child']} MB); RSS at 1/4, 1/2, 3/4, end: {r['quarters']} MB, "
-                    f"load {os.getloadavg()[0]:.1f}",
+                    f"load {os.getloadavg()[0]:.1f}" + (f"; colrag from {r['module']}" if "module" in r else ""),
                     flush=True,
                 )
     print(f"load average at end: {os.getloadavg()[0]:.1f}\n")
