@@ -58,7 +58,9 @@ def side_by_side_args(description: str, runs: int):
 
 
 def parse_bundle_spec(spec: str) -> tuple[str, str, str, str]:
-    """'NAME@BACKEND/PRECISION=DIR' -> (NAME@BACKEND/PRECISION, DIR, BACKEND, PRECISION); plain specs run on onnxruntime."""
+    """'NAME@BACKEND/PRECISION=DIR' -> (NAME@BACKEND/PRECISION, DIR, BACKEND, PRECISION).
+
+    Plain specs run on onnxruntime."""
     name, _, path = spec.rpartition("=")
     _, _, runtime = name.partition("@")
     backend, _, precision = runtime.partition("/")
@@ -93,9 +95,9 @@ def machine() -> str:
                 break
         model = next(
             (
-                l.split(":", 1)[1].strip()
-                for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
             ),
             "",
         )

@@ -355,7 +355,7 @@ def run(
         stage_ms.append((time.perf_counter() - t) * 1000)
         cand.append(best)
     top5 = [np.argsort(-row, kind="stable")[:5] for row in exact]
-    fifth = np.array([row[t5[-1]] for row, t5 in zip(exact, top5)])
+    fifth = np.array([row[t5[-1]] for row, t5 in zip(exact, top5, strict=True)])
     every: list[Layout] = [
         Fp32(),
         Int8(),
@@ -437,11 +437,13 @@ def run(
 def print_table(res: dict) -> None:
     cs = list(res["layouts"][0]["by_candidates"])
     print(
-        f"\n### {res['corpus']}: {res['pages']:,} pages, {res['queries']} queries, {res['nlist']} centroids, nprobe {res['nprobe']}"
+        f"\n### {res['corpus']}: {res['pages']:,} pages, {res['queries']} queries, {res['nlist']} centroids, "
+        f"nprobe {res['nprobe']}"
     )
     print(
         f"k-means {res['kmeans_s']:.0f} s, assignment {res['assign_s_per_1000_pages']:.1f} s / 1000 pages, "
-        f"{res['list_entries_per_page']:.0f} list entries / page, candidate stage p50 {res['candidate_stage_p50_ms']:.1f} ms, "
+        f"{res['list_entries_per_page']:.0f} list entries / page, candidate stage "
+        f"p50 {res['candidate_stage_p50_ms']:.1f} ms, "
         f"load after {', '.join(f'{v:.2f}' for v in res['load'])}\n"
     )
     head = " | ".join(f"{c} cand.: tie / strict recall@5, drift p99, rerank p50" for c in cs)
@@ -452,7 +454,8 @@ def print_table(res: dict) -> None:
         for c in cs:
             b = r["by_candidates"][c]
             cells.append(
-                f"{b['recall_tie']:.3f} / {b['recall_strict']:.3f}, {100 * b['drift_p99']:.2f} %, {b['rerank_p50_ms']:.0f} ms"
+                f"{b['recall_tie']:.3f} / {b['recall_strict']:.3f}, {100 * b['drift_p99']:.2f} "
+                f"%, {b['rerank_p50_ms']:.0f} ms"
             )
         print(
             f"| {r['layout']} | {r['bytes_per_token']} | {r['bytes_per_page']:,.0f} | {r['train_s']:.1f} | "

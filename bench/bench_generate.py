@@ -106,10 +106,12 @@ def main() -> None:
     variants = bench_variants(args, "bundle")
     print(f"machine: {machine()}")
     print(
-        f"page: {Path(args.pdf).name} p{args.page} at max_pixels {MAX_PIXELS}; {NEW_TOKENS} new tokens greedy; runs: {args.runs} after 1 warm-up\n"
+        f"page: {Path(args.pdf).name} p{args.page} at max_pixels {MAX_PIXELS}; {NEW_TOKENS} new tokens greedy; "
+        f"runs: {args.runs} after 1 warm-up\n"
     )
     print(
-        "| variant | time to first token (s) | decode (tokens/s) | decode (s/token) | follow-up first token (s) | peak RSS (GB) |"
+        "| variant | time to first token (s) | decode (tokens/s) | decode (s/token) | follow-up first token "
+        "(s) | peak RSS (GB) |"
     )
     print("|---|---|---|---|---|---|")
     tokens = {}
@@ -122,7 +124,8 @@ def main() -> None:
         spt = [1 / t for t in res["tps"]]
         follow = summary(res["follow"]) if res["follow"] else "(no cache)"
         print(
-            f"| {name} | {summary(res['ttft'])} | {summary(res['tps'])} | {summary(spt, 3)} | {follow} | {res['peak_gb']:.1f} |",
+            f"| {name} | {summary(res['ttft'])} | {summary(res['tps'])} | {summary(spt, 3)} | {follow} "
+            f"| {res['peak_gb']:.1f} |",
             flush=True,
         )
     print_agreement(tokens)
@@ -140,8 +143,8 @@ def print_agreement(tokens: dict) -> None:
     for name, ids in tokens.items():
         if name == base_name or not ids:
             continue
-        same = sum(a == b for a, b in zip(ids, base))
-        first = next((i for i, (a, b) in enumerate(zip(ids, base)) if a != b), None)
+        same = sum(a == b for a, b in zip(ids, base, strict=False))
+        first = next((i for i, (a, b) in enumerate(zip(ids, base, strict=False)) if a != b), None)
         where = "identical" if first is None else f"first difference at token {first + 1}"
         print(f"- {name}: {same}/{len(base)} positions equal, {where}")
 

@@ -7,17 +7,19 @@ best of 5 runs each, 2 intra-op threads, relative error against numpy fp32.
 Accuracy level 0 and int4 are measured at blocks 32 and 128 only.
 """
 
+import argparse
 import logging
+import tempfile
 import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
 logging.disable(logging.INFO)
-import argparse
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--shape", type=int, nargs=3, default=[1600, 1280, 5120], metavar=("M", "K", "N"))
@@ -32,7 +34,8 @@ ap.add_argument(
     "--outlier-channels",
     type=int,
     default=0,
-    help="scale this many input channels by --outlier-scale (trained transformers have such channels; random inputs do not)",
+    help="scale this many input channels by --outlier-scale (trained transformers have such channels; random "
+    "inputs do not)",
 )
 ap.add_argument("--outlier-scale", type=float, default=30.0)
 args = ap.parse_args()
@@ -69,7 +72,8 @@ def bench(m, name):
         ts.append(time.perf_counter() - t)
     t = min(ts)
     print(
-        f"{name:30s} {t * 1e3:7.1f} ms  {2 * M * K * N / t / 1e9:6.0f} GOP/s  relerr {np.abs(y - ref).max() / np.abs(ref).max():.2e}"
+        f"{name:30s} {t * 1e3:7.1f} ms  {2 * M * K * N / t / 1e9:6.0f} GOP/s  "
+        f"relerr {np.abs(y - ref).max() / np.abs(ref).max():.2e}"
     )
 
 
@@ -83,9 +87,7 @@ for bits in (8, 4):
             q = MatMulNBitsQuantizer(model(), algo_config=cfg)
             q.process()
             bench(q.model.model, f"int{bits} acc{acc} bs{bs}")
-import tempfile
 
-from onnxruntime.quantization import QuantType, quantize_dynamic
 
 with (
     tempfile.TemporaryDirectory() as tmp

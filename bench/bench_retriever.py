@@ -109,7 +109,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"page: {Path(args.pdf).name} p{args.page}; runs: {args.runs} (median ± half range, after 1 warm-up)\n")
     print(
-        "| variant | page embedding (s) | query embedding (s) | peak RSS (GB) | page cosine vs the first row (mean / min) |"
+        "| variant | page embedding (s) | query embedding (s) | peak RSS (GB) | page cosine vs the first row "
+        "(mean / min) |"
     )
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

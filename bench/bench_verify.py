@@ -70,7 +70,8 @@ def main() -> None:
         bundles = args.bundle or [_synthetic_bundle(Path(tmp), args.gb)]
         print(f"load average {os.getloadavg()[0]:.2f}; median of {args.runs} runs")
         print(
-            "| bundle | bytes | first load (sha256), wall | GB/s wall | CPU time | GB/s per CPU-second | later loads (stamps) |"
+            "| bundle | bytes | first load (sha256), wall | GB/s wall | CPU time | GB/s per CPU-second | later "
+            "loads (stamps) |"
         )
         print("|---|---|---|---|---|---|---|")
         for bundle in bundles:

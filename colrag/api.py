@@ -1,7 +1,8 @@
 """colrag's Python API for page vectors: store and search multi-vector pages without any model bundle.
 
     import colrag
-    ix = colrag.open_index("path/or/name", create=True)   # a writer; a new index takes dim from the first page (or dim=128)
+    # a writer; a new index takes dim from the first page (or dim=128)
+    ix = colrag.open_index("path/or/name", create=True)
     ix.add_page("report.pdf", 3, vectors)          # (n_tokens, dim) float32, e.g. embedded on a GPU elsewhere
     ix.commit()
     hits = ix.search(query_vectors, k=5)           # (n_query_tokens, dim) float32 -> [Hit(file, page, score)]

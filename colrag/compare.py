@@ -168,27 +168,29 @@ def compare_retrievers(
     runtime_a: Runtime = Runtime(),
     runtime_b: Runtime = Runtime(),
 ) -> RetrieverDrift:
-    """runtime_a / runtime_b: where each side runs; comparing one bundle on two backends measures the backend's drift."""
+    """runtime_a / runtime_b: where each side runs.
+
+    Comparing one bundle on two backends measures the backend's drift."""
     from .scoring import maxsim
 
     if not queries:
         raise InputError("no queries to compare")
     pa, qa = _embed_all(bundle_a, pages, queries, threads, progress, runtime_a)
     pb, qb = _embed_all(bundle_b, pages, queries, threads, progress, runtime_b)
-    for x, y, what in [(x, y, p.label) for x, y, p in zip(pa, pb, pages)] + [
-        (x, y, q) for x, y, q in zip(qa, qb, queries)
+    for x, y, what in [(x, y, p.label) for x, y, p in zip(pa, pb, pages, strict=True)] + [
+        (x, y, q) for x, y, q in zip(qa, qb, queries, strict=True)
     ]:
         if x.shape != y.shape:
             raise BundleError(
                 f"the two bundles give {what!r} {x.shape[0]} and {y.shape[0]} vectors: they do not "
                 "preprocess alike (different pixel caps or prompts), so they are not variants of one model"
             )
-    page_cos = [row_cosines(x, y) for x, y in zip(pa, pb)]
-    query_cos = [row_cosines(x, y) for x, y in zip(qa, qb)]
+    page_cos = [row_cosines(x, y) for x, y in zip(pa, pb, strict=True)]
+    query_cos = [row_cosines(x, y) for x, y in zip(qa, qb, strict=True)]
     sa, sb = maxsim(qa, pa), maxsim(qb, pb)  # (queries, pages)
     k = min(top_k, len(pages))
     top_a, top_b = np.argsort(-sa, axis=1)[:, :k], np.argsort(-sb, axis=1)[:, :k]
-    overlap = [len(set(x) & set(y)) / k for x, y in zip(top_a, top_b)]
+    overlap = [len(set(x) & set(y)) / k for x, y in zip(top_a, top_b, strict=True)]
     worst = int(np.argmin([c.mean() for c in page_cos]))
     disagreements = [
         {
@@ -197,7 +199,7 @@ def compare_retrievers(
             "page_b": pages[b].label,
             "gap": float((sa[i, a] - sa[i, b]) / abs(sa[i, a])),
         }
-        for i, (q, a, b) in enumerate(zip(queries, sa.argmax(1), sb.argmax(1)))
+        for i, (q, a, b) in enumerate(zip(queries, sa.argmax(1), sb.argmax(1), strict=True))
         if a != b
     ]
     return RetrieverDrift(
@@ -297,8 +299,8 @@ def compare_generators(
     b = _answer_all(bundle_b, pages, questions, max_new_tokens, max_pixels, threads, progress, runtime_b)
     drift = GeneratorDrift()
     labels = [(p.label, q) for p in pages for q in questions]
-    for (label, question), (ids_a, text_a), (ids_b, text_b) in zip(labels, a, b):
-        pairs = list(zip(ids_a, ids_b))
+    for (label, question), (ids_a, text_a), (ids_b, text_b) in zip(labels, a, b, strict=True):
+        pairs = list(zip(ids_a, ids_b, strict=False))
         first = next((i + 1 for i, (x, y) in enumerate(pairs) if x != y), None)
         if first is None and len(ids_a) != len(ids_b):  # one stopped earlier
             first = len(pairs) + 1

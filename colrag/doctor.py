@@ -250,7 +250,8 @@ def check_index(path: Path, retriever_manifest: dict | None, *, full: bool) -> C
                 "index",
                 FAIL,
                 f"{detail}; built with another retriever bundle ({built}) than the installed one",
-                "re-index into a new index (colrag index DIR --index NEW), or reinstall the retriever it was built with",
+                "re-index into a new index (colrag index DIR --index NEW), "
+                "or reinstall the retriever it was built with",
             )
     failed = stats.get("failed_documents", 0) + stats.get("failed_pages", 0)
     if failed:

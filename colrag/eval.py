@@ -312,9 +312,7 @@ def index_corpus(dataset: Dataset, retriever, index_path: Path, *, progress=None
         gone = sorted(p for p in known if p not in wanted)
         if gone:
             idx.remove_documents(gone)
-        return Indexer(idx, retriever, password=password, progress=progress).run(
-            list[str | os.PathLike](sorted(wanted))
-        )
+        return Indexer(idx, retriever, password=password, progress=progress).run(sorted(wanted))
 
 
 def evaluate(

@@ -183,7 +183,8 @@ def check_resources(
         have = free(folder)
         if have < need:
             problems.append(
-                f"not enough free disk: installing {' and '.join(s.part for s in specs)} needs about {need / GB:.1f} GB "
+                f"not enough free disk: installing {' and '.join(s.part for s in specs)} needs "
+                f"about {need / GB:.1f} GB "
                 f"on the filesystem of {folder}, {have / GB:.1f} GB are free"
             )
     ram_need = _env_bytes(MIN_RAM_ENV)
@@ -193,7 +194,8 @@ def check_resources(
         warnings.append("could not tell this machine's memory; exporting a 2B model needs about 14 GB")
     elif ram < ram_need:
         problems.append(
-            f"not enough memory: exporting needs about {ram_need / GB:.0f} GB of RAM, this machine has {ram / GB:.1f} GB"
+            f"not enough memory: exporting needs about {ram_need / GB:.0f} GB of RAM, this machine "
+            f"has {ram / GB:.1f} GB"
         )
     return ResourceCheck(problems, warnings)
 
@@ -253,11 +255,10 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
     where = f"{spec.repo_id} (revision {spec.revision})"
     alternative = LOCAL_CHECKPOINTS_HINT
     offline = hub_offline()
-    _log(
-        f"{spec.part}: {'looking up' if offline else 'downloading'} {where} {'in' if offline else 'into'} {cache_dir or hub_cache_dir()}"
-    )
+    verb, prep = ("looking up", "in") if offline else ("downloading", "into")
+    _log(f"{spec.part}: {verb} {where} {prep} {cache_dir or hub_cache_dir()}")
     try:
-        path = snapshot_download(
+        snapshot = snapshot_download(
             spec.repo_id,
             revision=spec.revision,
             allow_patterns=ALLOW_PATTERNS,
@@ -272,7 +273,8 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
             ) from exc
         raise ColragError(
             f"cannot reach the Hugging Face Hub to download {where}, and the cache does not hold it: "
-            f"check your connection (or HF_ENDPOINT / proxy settings) and run again — finished files are kept — {alternative}"
+            "check your connection (or HF_ENDPOINT / proxy settings) and run again — finished files are kept "
+            f"— {alternative}"
         ) from exc
     except GatedRepoError as exc:
         raise ColragError(
@@ -292,7 +294,7 @@ def download(spec: ModelSpec, *, cache_dir: Path | None = None) -> Path:
                 f"downloading {where} failed: {exc.__class__.__name__}: {_first_line(exc)}; run again to resume"
             ) from exc
         raise
-    path = Path(path)
+    path = Path(snapshot)
     verify_snapshot(path)
     return path
 
@@ -319,7 +321,8 @@ def verify_snapshot(snapshot: Path) -> int:
             blob.unlink(missing_ok=True)
             file.unlink(missing_ok=True)
             raise ColragError(
-                f"{file.relative_to(snapshot)} was downloaded corrupt (sha256 {digest[:12]}…, expected {blob.name[:12]}…); "
+                f"{file.relative_to(snapshot)} was downloaded corrupt (sha256 {digest[:12]}…, "
+                f"expected {blob.name[:12]}…); "
                 "it was removed: run the install again to download it anew"
             )
         checked += 1
@@ -460,7 +463,7 @@ def install(
     from .export import require_export_deps
 
     require_export_deps()  # before gigabytes are downloaded for nothing
-    local = {part: _check_checkpoint_dir(sources[part], part) for part in todo if sources[part] is not None}
+    local = {part: _check_checkpoint_dir(src, part) for part in todo if (src := sources[part]) is not None}
     downloads = [SPECS[p] for p in todo if p not in local]
     cache_dir = None
     if downloads:
@@ -491,7 +494,8 @@ def install(
             generator = _healthy(models_dir / "generator", "generator")
             if generator is not None and generator.get("shared_vision") and "generator" not in todo:
                 _log(
-                    "warning: the installed generator shares this retriever's vision graph: reinstall it too (--reinstall --only generator)"
+                    "warning: the installed generator shares this retriever's vision graph: reinstall it too "
+                    "(--reinstall --only generator)"
                 )
         _log(f"{part}: exporting {checkpoints[part]} to {target} (quantize: {quantize})")
         with contextlib.redirect_stdout(sys.stderr):  # torch.onnx prints its progress: keep stdout for results

@@ -16,10 +16,14 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .utf8 import fs_path
 from .vlm.constants import MAX_IMAGE_FILE_PIXELS, RETRIEVER_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_TARGET_PIXELS = 2 * RETRIEVER_MAX_PIXELS  # ~1.2 MP: the retriever downsizes at most 2x in area
 DEFAULT_MAX_SIDE = 4096  # px; a hard cap on either side whatever the page size
@@ -222,7 +226,7 @@ def page_errors() -> tuple[type[BaseException], ...]:
 @dataclass
 class RenderedPage:
     number: int  # 1-based
-    image: object  # PIL.Image.Image, RGB
+    image: Image.Image  # RGB
     warnings: str  # what mupdf complained about while rendering ('' when nothing)
 
 

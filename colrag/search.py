@@ -240,7 +240,9 @@ def maxsim_sq8(q: np.ndarray, pages: list[np.ndarray], workers: int = 1, block_p
 
 
 def search_workers() -> int:
-    """One rerank thread per core (OMP_NUM_THREADS, as for onnxruntime, else the machine's), at most MAX_SEARCH_WORKERS."""
+    """One rerank thread per core, at most MAX_SEARCH_WORKERS.
+
+    Cores: OMP_NUM_THREADS, as for onnxruntime, else the machine's."""
     return max(1, min(configured_threads() or os.cpu_count() or 1, MAX_SEARCH_WORKERS))
 
 

@@ -28,9 +28,12 @@ def test_add_commit_search_remove(tmp_path):
     vecs = pages(6, 0)
     for i, v in enumerate(vecs):
         ix.add_page("a.pdf" if i < 4 else "b.pdf", i % 4 + 1, v)
-    with colrag.open_index(tmp_path / "ix", readonly=True) as reader:  # nothing visible before commit
-        with pytest.raises(IndexStoreError, match="no pages"):
-            reader.search(vecs[0][:5])
+    # nothing visible before commit
+    with (
+        colrag.open_index(tmp_path / "ix", readonly=True) as reader,
+        pytest.raises(IndexStoreError, match="no pages"),
+    ):
+        reader.search(vecs[0][:5])
     ix.commit()
     assert ix.dim == 64
     q = vecs[2][:7] + 0.01

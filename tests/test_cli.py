@@ -14,7 +14,10 @@ def colrag(*args, env=None):
 
 
 def test_version_is_fast_and_imports_no_runtime():
-    code = "import sys; sys.argv=['colrag','--version']; from colrag.cli import main\ntry:\n main()\nexcept SystemExit: pass\nprint('onnxruntime' in sys.modules, 'torch' in sys.modules)"
+    code = (
+        "import sys; sys.argv=['colrag','--version']; from colrag.cli import main\ntry:\n main()\nexcept "
+        "SystemExit: pass\nprint('onnxruntime' in sys.modules, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
     assert out[:2] == ["colrag", "0.1.0"]
     assert out[-2:] == ["False", "False"]

@@ -30,7 +30,7 @@ def doctor(*args: str):
 
 
 def line_of(stdout: str, name: str) -> str:
-    [line] = [l for l in stdout.splitlines() if l.split()[1:2] == [name]]
+    [line] = [row for row in stdout.splitlines() if row.split()[1:2] == [name]]
     return line
 
 

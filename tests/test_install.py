@@ -85,7 +85,7 @@ def hub_install(tiny_colqwen2_checkpoint, tmp_path_factory):
 
 
 def test_install_downloads_exports_and_records_source(hub_install):
-    tmp, hub, env, proc = hub_install
+    tmp, hub, _env, proc = hub_install
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = tmp / "home" / "models" / "retriever"
     assert (bundle / "manifest.json").is_file()
@@ -106,7 +106,7 @@ def test_install_downloads_exports_and_records_source(hub_install):
 
 
 def test_installed_bundle_verifies_and_lists(hub_install):
-    tmp, hub, env, proc = hub_install
+    _tmp, _hub, env, proc = hub_install
     assert proc.returncode == 0, proc.stderr[-3000:]
     verify = _colrag(env, "models", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -118,7 +118,7 @@ def test_installed_bundle_verifies_and_lists(hub_install):
 
 
 def test_second_install_keeps_the_bundle_without_network(hub_install):
-    tmp, hub, env, proc = hub_install
+    _tmp, hub, env, proc = hub_install
     assert proc.returncode == 0, proc.stderr[-3000:]
     before = len(hub.requests)
     again = _colrag(env, "models", "install", "--only", "retriever", "--json")
@@ -129,7 +129,7 @@ def test_second_install_keeps_the_bundle_without_network(hub_install):
 
 
 def test_offline_install_uses_the_cache(hub_install, tmp_path):
-    tmp, hub, env, proc = hub_install
+    _tmp, hub, env, proc = hub_install
     assert proc.returncode == 0, proc.stderr[-3000:]
     before = len(hub.requests)
     offline = dict(env, HF_HUB_OFFLINE="1", COLRAG_HOME=str(tmp_path / "home"))
@@ -254,7 +254,7 @@ def test_verify_snapshot_removes_a_corrupt_blob(tmp_path):
         blob.write_bytes(data)
         (snap / name).symlink_to(blob)
     (snap / "config.json").write_text("{}")  # a small git file: not hashed
-    with pytest.raises(ColragError, match="b.safetensors was downloaded corrupt"):
+    with pytest.raises(ColragError, match=r"b\.safetensors was downloaded corrupt"):
         verify_snapshot(snap)
     assert not (snap / "b.safetensors").exists()
     assert verify_snapshot(snap) == 1

@@ -36,11 +36,18 @@ def epub(path: Path) -> Path:
         z.writestr("mimetype", "application/epub+zip", compress_type=zipfile.ZIP_STORED)
         z.writestr(
             "META-INF/container.xml",
-            '<?xml version="1.0"?><container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles><rootfile full-path="content.opf" media-type="application/oebps-package+xml"/></rootfiles></container>',
+            '<?xml version="1.0"?><container version="1.0" '
+            'xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles><rootfile '
+            'full-path="content.opf" media-type="application/oebps-package+xml"/></rootfiles></container>',
         )
         z.writestr(
             "content.opf",
-            '<?xml version="1.0"?><package xmlns="http://www.idpf.org/2007/opf" version="2.0" unique-identifier="id"><metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>T</dc:title><dc:identifier id="id">x</dc:identifier><dc:language>en</dc:language></metadata><manifest><item id="c1" href="c1.xhtml" media-type="application/xhtml+xml"/></manifest><spine><itemref idref="c1"/></spine></package>',
+            '<?xml version="1.0"?><package xmlns="http://www.idpf.org/2007/opf" version="2.0" '
+            'unique-identifier="id"><metadata '
+            'xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>T</dc:title><dc:identifier '
+            'id="id">x</dc:identifier><dc:language>en</dc:language></metadata><manifest><item id="c1" '
+            'href="c1.xhtml" media-type="application/xhtml+xml"/></manifest><spine><itemref '
+            'idref="c1"/></spine></package>',
         )
         z.writestr(
             "c1.xhtml",
@@ -56,24 +63,37 @@ def xps(path: Path) -> Path:
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(
             "[Content_Types].xml",
-            '<?xml version="1.0" encoding="utf-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default Extension="fdseq" ContentType="application/vnd.ms-package.xps-fixeddocumentsequence+xml"/><Default Extension="fdoc" ContentType="application/vnd.ms-package.xps-fixeddocument+xml"/><Default Extension="fpage" ContentType="application/vnd.ms-package.xps-fixedpage+xml"/></Types>',
+            '<?xml version="1.0" encoding="utf-8"?><Types '
+            'xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default '
+            'Extension="rels" '
+            'ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default '
+            'Extension="fdseq" '
+            'ContentType="application/vnd.ms-package.xps-fixeddocumentsequence+xml"/><Default '
+            'Extension="fdoc" ContentType="application/vnd.ms-package.xps-fixeddocument+xml"/><Default '
+            'Extension="fpage" ContentType="application/vnd.ms-package.xps-fixedpage+xml"/></Types>',
         )
         z.writestr(
             "_rels/.rels",
-            '<?xml version="1.0" encoding="utf-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Type="http://schemas.microsoft.com/xps/2005/06/fixedrepresentation" Target="/FixedDocSeq.fdseq" Id="R0"/></Relationships>',
+            '<?xml version="1.0" encoding="utf-8"?><Relationships '
+            'xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship '
+            'Type="http://schemas.microsoft.com/xps/2005/06/fixedrepresentation" '
+            'Target="/FixedDocSeq.fdseq" Id="R0"/></Relationships>',
         )
         z.writestr(
             "FixedDocSeq.fdseq",
-            f'<FixedDocumentSequence xmlns="{ns}"><DocumentReference Source="/Documents/1/FixedDoc.fdoc"/></FixedDocumentSequence>',
+            f'<FixedDocumentSequence xmlns="{ns}"><DocumentReference '
+            'Source="/Documents/1/FixedDoc.fdoc"/></FixedDocumentSequence>',
         )
         z.writestr(
             "Documents/1/FixedDoc.fdoc",
-            f'<FixedDocument xmlns="{ns}"><PageContent Source="/Documents/1/Pages/1.fpage"/><PageContent Source="/Documents/1/Pages/2.fpage"/></FixedDocument>',
+            f'<FixedDocument xmlns="{ns}"><PageContent Source="/Documents/1/Pages/1.fpage"/><PageContent '
+            'Source="/Documents/1/Pages/2.fpage"/></FixedDocument>',
         )
         for i, color in ((1, "#FF0000"), (2, "#0000FF")):
             z.writestr(
                 f"Documents/1/Pages/{i}.fpage",
-                f'<FixedPage Width="816" Height="1056" xmlns="{ns}" xml:lang="en-US"><Path Data="M 100,100 L 500,100 L 500,400 L 100,400 Z" Fill="{color}"/></FixedPage>',
+                f'<FixedPage Width="816" Height="1056" xmlns="{ns}" xml:lang="en-US"><Path Data="M 100,100 L '
+                f'500,100 L 500,400 L 100,400 Z" Fill="{color}"/></FixedPage>',
             )
     return path
 

@@ -59,7 +59,8 @@ def make_schema_2_index(path: Path, n_docs: int = 3, pages: int = 4, tokens: int
                 rows.append(q8)
                 codes.append(page_codes)
                 c.execute(
-                    "INSERT INTO pages (doc_id, page_no, width, height, segment_id, row_offset, n_tokens) VALUES (?, ?, 10, 20, 1, ?, ?)",
+                    "INSERT INTO pages (doc_id, page_no, width, height, segment_id, row_offset, n_tokens) "
+                    "VALUES (?, ?, 10, 20, 1, ?, ?)",
                     (d + 1, p + 1, offset, tokens),
                 )
                 spans[(f"/docs/{d}.pdf", p + 1)] = (q8, page_codes)

@@ -33,7 +33,7 @@ def test_int8_embeddings_close_to_fp32(int8_bundle, tiny_retriever_bundle):
     queries = ["revenue by region", "a chart of energy use", "table of contents"]
     p32, p8 = fp32.embed_images(pages), int8.embed_images(pages)
     q32, q8 = fp32.embed_queries(queries), int8.embed_queries(queries)
-    for a, b in zip(p32 + q32, p8 + q8):
+    for a, b in zip(p32 + q32, p8 + q8, strict=True):
         assert a.shape == b.shape
         assert cosines(a, b).mean() >= 0.99
     s32, s8 = colrag.maxsim(q32, p32), colrag.maxsim(q8, p8)
@@ -64,7 +64,7 @@ def test_dynamic_vision_scheme_quantizes_the_vision_tower_per_tensor(
 
     fp32, dyn = colrag.Retriever.load(tiny_retriever_bundle), colrag.Retriever.load(bundle)
     pages = [synthetic_page(640, 820, seed=21), synthetic_page(900, 600, seed=22)]
-    for a, b in zip(fp32.embed_images(pages), dyn.embed_images(pages)):
+    for a, b in zip(fp32.embed_images(pages), dyn.embed_images(pages), strict=True):
         assert a.shape == b.shape and 0.99 <= cosines(a, b).mean() < 0.999999
 
 
@@ -93,7 +93,9 @@ def _one_matmul_graph(path, k=256, n=64):
 
 @pytest.mark.parametrize("vision, bits", [(False, 4), (True, 8)])
 def test_int4_quantizes_only_the_language_model_to_4_bits(tmp_path, vision, bits):
-    """int4 pays in the memory-bound decode steps; a vision tower stays int8 (int4 there is slower and less accurate)."""
+    """int4 pays in the memory-bound decode steps.
+
+    A vision tower stays int8 (int4 there is slower and less accurate)."""
     import numpy as np
     import onnx
     import onnxruntime as ort

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # colrag's own progress lines (colrag.install._log, colrag.export.*._log)
 OWN = re.compile(
-    r"^(retriever|generator): |^loading |^exporting the |^quantizing the |^checking the graphs|^(retriever|generator) bundle written"
+    r"^(retriever|generator): |^loading |^exporting the |^quantizing the |^checking the "
+    r"graphs|^(retriever|generator) bundle written"
     r"|^sharing the vision tower|^note: "
 )
 

@@ -68,7 +68,7 @@ def test_render_three_distinct_pages(tmp_path):
     pages = render_pdf(pdf)
     assert [p.number for p in pages] == [1, 2, 3]
     arrays = [np.asarray(p.image) for p in pages]
-    for p, a in zip(pages, arrays):
+    for p, a in zip(pages, arrays, strict=True):
         assert p.image.mode == "RGB" and a.shape[2] == 3
         assert a.shape[0] * a.shape[1] <= DEFAULT_TARGET_PIXELS * 1.01
     assert not np.array_equal(arrays[0], arrays[1]) and not np.array_equal(arrays[1], arrays[2])

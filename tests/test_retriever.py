@@ -57,7 +57,7 @@ def retriever(tiny_retriever_bundle):
 
 
 def strip(embeddings, mask) -> list[np.ndarray]:
-    return [e[m.bool()].numpy() for e, m in zip(embeddings, mask)]
+    return [e[m.bool()].numpy() for e, m in zip(embeddings, mask, strict=True)]
 
 
 def reference_pages(reference, images, *, rope_3d: bool = True) -> list[np.ndarray]:
@@ -87,7 +87,7 @@ def reference_queries(reference, queries) -> list[np.ndarray]:
 
 def assert_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         assert np.abs(g - w).max() <= TOL
 
@@ -161,20 +161,20 @@ def test_tampered_file_is_refused_by_verify(bundle_copy):
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # same size, different content
     data.write_bytes(bytes(raw))
-    with pytest.raises(BundleError, match="text.onnx.data"):
+    with pytest.raises(BundleError, match=r"text\.onnx\.data"):
         verify_bundle(bundle_copy)
 
 
 def test_truncated_file_is_refused_on_load(bundle_copy):
     data = bundle_copy / "vision.onnx.data"
     data.write_bytes(data.read_bytes()[:100])
-    with pytest.raises(BundleError, match="vision.onnx.data"):
+    with pytest.raises(BundleError, match=r"vision\.onnx\.data"):
         colrag.Retriever.load(bundle_copy)
 
 
 def test_missing_file_is_refused_on_load(bundle_copy):
     (bundle_copy / "embed_tokens.npy").unlink()
-    with pytest.raises(BundleError, match="embed_tokens.npy"):
+    with pytest.raises(BundleError, match=r"embed_tokens\.npy"):
         colrag.Retriever.load(bundle_copy)
 
 

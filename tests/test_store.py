@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -78,7 +79,7 @@ def test_version_1_index_is_refused_with_reindex_hint(tmp_path):
     path = tmp_path / "ix" / MANIFEST_FILE
     path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": 1, "vector_dtype": "float16"}))
     for opener in (lambda: Index.open(tmp_path / "ix"), lambda: Index.open_writer(tmp_path / "ix", INFO)):
-        with pytest.raises(IndexStoreError, match="old schema version 1.*re-index"):
+        with pytest.raises(IndexStoreError, match=r"old schema version 1.*re-index"):
             opener()
 
 
@@ -87,7 +88,7 @@ def test_sq8_rows_drift_from_fp32():
     pages = [clustered_rows(200, seed=i, n_dirs=64) for i in range(40)]
     codec = new_segment(128)
     dec = [decode(encode(codec, p)) for p in pages]
-    for p, d in zip(pages, dec):
+    for p, d in zip(pages, dec, strict=True):
         assert np.abs(d - p).max() <= 1 / 255 + 1e-6  # half a step of 2/255
     queries = [clustered_rows(25, seed=1000 + i, n_dirs=64) for i in range(10)]
     exact, approx = maxsim(queries, pages), maxsim(queries, dec)
@@ -328,7 +329,7 @@ def test_kill_9_while_writing_with_centroids_then_resume(tmp_path):
         report = index.check()
         assert report.ok, report.problems
         assert index.snapshot().coarse is not None  # a.pdf (4 x 24 rows) passed the threshold
-    cmd = cmd[:-4] + ["--codebook-rows", "60"]
+    cmd = [*cmd[:-4], "--codebook-rows", "60"]
     done = subprocess.run(cmd, cwd=env["PYTHONPATH"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     with Index.open(tmp_path / "ix") as index:
@@ -349,7 +350,7 @@ def test_willneed_advises_page_aligned_spans(monkeypatch):
 
     class Libc:
         class madvise_fn:
-            argtypes: list = []
+            argtypes: ClassVar[list] = []
 
             def __call__(self, start, length, advice):
                 calls.append((start, length, advice))

@@ -46,7 +46,7 @@ def test_chat_prompt_equals_checkpoint_template(tokenizers_pair, n_images):
     text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
     counts = [6, 20][:n_images]
     pieces = text.split("<|image_pad|>")
-    expanded = pieces[0] + "".join("<|image_pad|>" * n + rest for n, rest in zip(counts, pieces[1:]))
+    expanded = pieces[0] + "".join("<|image_pad|>" * n + rest for n, rest in zip(counts, pieces[1:], strict=True))
     want = tok(expanded, add_special_tokens=False)["input_ids"]
     got = chat_prompt_ids(ours, "この表の合計は？", counts)
     assert got == want
@@ -131,7 +131,7 @@ def test_decode_skips_special_tokens(tokenizers_pair):
 def test_incremental_decoder_matches_full_decode_on_long_streams(tokenizers_pair):
     ours, _ = tokenizers_pair
     text = ("売上高は前年比12.5%増加しました。" * 12) + "中文测试🙂🎉 done"
-    ids = ours.encode(text) + [151645]
+    ids = [*ours.encode(text), 151645]
     decoder = IncrementalDecoder(ours)
     pieces = [decoder.add(i) for i in ids]
     pieces.append(decoder.flush())
@@ -141,7 +141,7 @@ def test_incremental_decoder_matches_full_decode_on_long_streams(tokenizers_pair
 
 
 def test_bad_tokenizer_dir_is_a_bundle_error(tmp_path):
-    with pytest.raises(BundleError, match="tokenizer.json"):
+    with pytest.raises(BundleError, match=r"tokenizer\.json"):
         Tokenizer.from_dir(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(BundleError, match="unreadable"):

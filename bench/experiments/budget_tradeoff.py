@@ -45,5 +45,6 @@ with tempfile.TemporaryDirectory() as tmp:
             tokens["full"].append(b.n_image_tokens)
 print(f"{same}/{total} pages: identical 16-token greedy answers at the index's budget and at the generator's")
 print(
-    f"image tokens per page: index budget mean {sum(tokens['index']) / total:.0f}, generator budget mean {sum(tokens['full']) / total:.0f}"
+    f"image tokens per page: index budget mean {sum(tokens['index']) / total:.0f}, generator budget "
+    f"mean {sum(tokens['full']) / total:.0f}"
 )

@@ -74,7 +74,8 @@ def main() -> None:
                     times.append(float(out.stdout.strip().splitlines()[-1]))
                 if times:
                     print(
-                        f"  {variant:10s} median {statistics.median(times):.2f} s  (runs {', '.join(f'{t:.2f}' for t in times)})"
+                        f"  {variant:10s} median {statistics.median(times):.2f} s  "
+                        f"(runs {', '.join(f'{t:.2f}' for t in times)})"
                     )
 
 

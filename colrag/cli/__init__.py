@@ -28,7 +28,8 @@ BACKEND_OPTION = typer.Option(
     None,
     "--backend",
     envvar="COLRAG_BACKEND",
-    help="Where the model graphs run: auto, onnxruntime or openvino (pip install 'colrag\\[openvino]') \\[default: auto: "
+    help="Where the model graphs run: auto, onnxruntime or openvino (pip install 'colrag\\[openvino]') "
+    "\\[default: auto: "
     "OpenVINO for the graphs it runs faster on this kind of CPU, when installed; onnxruntime otherwise].",
 )
 PRECISION_OPTION = typer.Option(

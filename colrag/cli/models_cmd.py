@@ -18,7 +18,8 @@ Quantize = Enum("Quantize", {q: q for q in ("none", *QUANT_SCHEMES)}, type=str) 
 QUANTIZE_OPTION = typer.Option(DEFAULT_QUANTIZE, "--quantize", help=QUANTIZE_HELP)
 
 export_app = typer.Typer(
-    help="Export a transformers checkpoint folder to a colrag model bundle (needs the export extra: torch, transformers, onnx).",
+    help="Export a transformers checkpoint folder to a colrag model bundle (needs the export extra: torch, "
+    "transformers, onnx).",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -146,7 +147,8 @@ def compare_cmd(
         None,
         "--query",
         "-q",
-        help="Retriever: a query to rank the pages with (repeat) \\[default: six generic report questions]. Generator: the question asked about each page \\[default: 'What does this page show?'].",
+        help="Retriever: a query to rank the pages with (repeat) \\[default: six generic report questions]. "
+        "Generator: the question asked about each page \\[default: 'What does this page show?'].",
     ),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Retriever: the ranking depth whose overlap is reported."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Generator: greedy tokens per answer."),
@@ -163,7 +165,8 @@ def compare_cmd(
     backend_b: str | None = typer.Option(
         None,
         "--backend-b",
-        help="Run BUNDLE_B on this backend instead of --backend (give the same bundle twice to measure a backend's drift).",
+        help="Run BUNDLE_B on this backend instead of --backend (give the same bundle twice to measure a "
+        "backend's drift).",
     ),
     precision_b: str | None = typer.Option(
         None, "--precision-b", help="Run BUNDLE_B at this precision instead of --precision."
@@ -215,15 +218,18 @@ def compare_cmd(
             return
         typer.echo(f"{drift.pages} pages, {drift.queries} queries")
         typer.echo(
-            f"page embeddings: cosine mean {drift.page_cosine_mean:.5f}, min {drift.page_cosine_min:.5f} (worst page: {drift.worst_page})"
+            f"page embeddings: cosine mean {drift.page_cosine_mean:.5f}, min {drift.page_cosine_min:.5f} "
+            f"(worst page: {drift.worst_page})"
         )
         typer.echo(f"query embeddings: cosine mean {drift.query_cosine_mean:.5f}, min {drift.query_cosine_min:.5f}")
         typer.echo(
-            f"ranking: same best page for {drift.top1_agreement:.0%} of queries, top-{drift.top_k} overlap {drift.top_k_overlap:.0%}"
+            f"ranking: same best page for {drift.top1_agreement:.0%} of queries, top-{drift.top_k} "
+            f"overlap {drift.top_k_overlap:.0%}"
         )
         for d in drift.disagreements:
             typer.echo(
-                f"  {d['query']!r}: A ranks {d['page_a']} first, B {d['page_b']}, which trails it by {d['gap']:.2%} in A's scores"
+                f"  {d['query']!r}: A ranks {d['page_a']} first, B {d['page_b']}, which trails it "
+                f"by {d['gap']:.2%} in A's scores"
             )
         return
     gen = compare_generators(

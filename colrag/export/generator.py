@@ -177,7 +177,8 @@ def export_generator(
     config = AutoConfig.from_pretrained(src)
     if config.model_type != "qwen2_vl":
         raise ColragError(
-            f"{src} holds a {config.model_type!r} checkpoint; the generator export needs Qwen2-VL (e.g. Qwen/Qwen2-VL-2B-Instruct)"
+            f"{src} holds a {config.model_type!r} checkpoint; the generator export needs Qwen2-VL (e.g. "
+            "Qwen/Qwen2-VL-2B-Instruct)"
         )
     check_target(out, "generator", force=force)  # refused before anything is loaded or written
     shared = None
@@ -249,7 +250,7 @@ class _Check:
         outs, cache_shape = self.outputs(work / self.graph)
         worst = max(
             _check(f"{self.label} (step {i + 1})", got, want)
-            for i, (got, (_, want)) in enumerate(zip(outs, self.steps))
+            for i, (got, (_, want)) in enumerate(zip(outs, self.steps, strict=True))
         )
         if self.cache_shape is not None and cache_shape != self.cache_shape:
             raise ColragError(

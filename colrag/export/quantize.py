@@ -44,7 +44,8 @@ QUANTIZE_HELP = (
     "Quantization of the exported graphs: int8 (the default: weight-only, block-wise; about 1.8x faster than fp32, "
     "embedding cosine >= 0.997 vs fp32 on random weights), int4 (4-bit language-model weights, int8 vision: faster "
     "decoding, more drift), int8-dynamic-vision (int8, vision tower on dynamic int8 activations: pages ~20% faster, "
-    "larger drift; check it with `colrag models compare`), or none (fp32). The drift vs fp32 is recorded in the manifest."
+    "larger drift; check it with `colrag models compare`), or none (fp32). The drift vs fp32 is recorded in "
+    "the manifest."
 )
 
 

@@ -119,7 +119,8 @@ def export_retriever(
         raise ColragError(f"cannot read the checkpoint config in {src}: {str(exc).splitlines()[0]}") from exc
     if config.model_type != "colqwen2":
         raise ColragError(
-            f"{src} holds a {config.model_type!r} checkpoint; the retriever export needs ColQwen2 (e.g. vidore/colqwen2-v1.0-hf)"
+            f"{src} holds a {config.model_type!r} checkpoint; the retriever export needs ColQwen2 (e.g. "
+            "vidore/colqwen2-v1.0-hf)"
         )
     check_target(out, "retriever", force=force)  # refused before anything is loaded or written
 

@@ -329,7 +329,8 @@ def check(conn: sqlite3.Connection, root: Path, info: dict[str, Any] | None, dee
     if not has_table(conn):
         return problems, notes
     rows = conn.execute(
-        "SELECT page_id, doc_id, row_offset, n_rows, grid_t, grid_h, grid_w, crc32 FROM page_features ORDER BY doc_id, row_offset"
+        "SELECT page_id, doc_id, row_offset, n_rows, grid_t, grid_h, grid_w, crc32 FROM page_features ORDER BY "
+        "doc_id, row_offset"
     ).fetchall()
     if rows and info is None:
         problems.append("the catalog records page features but the manifest names no vision tower for them")

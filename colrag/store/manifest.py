@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .. import __version__
 from ..errors import IndexStoreError
@@ -83,11 +83,13 @@ def read_manifest(path: Path, *, upgradable: bool = False) -> dict[str, Any]:
     version = manifest.get("schema_version")
     if not _is_int(version) or version > SCHEMA_VERSION:
         raise IndexStoreError(
-            f"index {path} has schema version {version!r}, newer than this colrag reads ({SCHEMA_VERSION}): upgrade colrag"
+            f"index {path} has schema version {version!r}, newer than this colrag reads ({SCHEMA_VERSION}): "
+            "upgrade colrag"
         )
     if version < 2:
         raise IndexStoreError(
-            f"index {path} has the old schema version {version} (float16 vectors); this colrag reads versions 2-{SCHEMA_VERSION}: "
+            f"index {path} has the old schema version {version} (float16 vectors); this colrag reads versions "
+            f"2-{SCHEMA_VERSION}: "
             "re-index your PDFs into a new --index (or delete this folder and run `colrag index` again)"
         )
     if version == 2 and not upgradable:
@@ -96,7 +98,7 @@ def read_manifest(path: Path, *, upgradable: bool = False) -> dict[str, Any]:
     return manifest
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

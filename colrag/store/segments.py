@@ -115,7 +115,8 @@ class SegmentReader:
         codes = cached[1]
         if len(codes) < committed_rows:
             raise IndexStoreError(
-                f"vector file {self.root / name} holds {len(codes)} rows, the catalog expects {committed_rows}: the index is damaged"
+                f"vector file {self.root / name} holds {len(codes)} rows, the catalog "
+                f"expects {committed_rows}: the index is damaged"
             )
         return codes[:committed_rows]
 

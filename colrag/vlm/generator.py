@@ -236,7 +236,8 @@ class Generator:
             other_manifest = load_verified_manifest(other, "retriever")
         except BundleError as exc:
             raise BundleError(
-                f"{bundle_dir} shares the vision tower of the retriever bundle at {other}, which cannot be used ({exc}); "
+                f"{bundle_dir} shares the vision tower of the retriever bundle at {other}, which cannot be "
+                f"used ({exc}); "
                 "keep the two bundles side by side or re-export the generator without --share-vision-with"
             ) from exc
         if other_manifest.get("vision_hash") != manifest.get("vision_hash"):
@@ -248,7 +249,8 @@ class Generator:
         info = other_manifest["files"].get(name)
         if info is None or info.get("sha256") != shared.get("sha256"):
             raise BundleError(
-                f"{bundle_dir}: the shared vision graph {other / name} is not the one exported with; re-export the generator"
+                f"{bundle_dir}: the shared vision graph {other / name} is not the one exported with; re-export "
+                "the generator"
             )
         return bundle_file(other, other_manifest, name)
 
@@ -380,7 +382,8 @@ class Generator:
         ids = np.asarray([self.prompt_ids(prompt, counts, system=system)], dtype=np.int64)  # (1, S)
         if ids.shape[1] > self.max_prompt_tokens:
             raise InputError(
-                f"the prompt is {ids.shape[1]:,} tokens long ({ids.shape[1] - sum(counts):,} of text, {sum(counts):,} for "
+                f"the prompt is {ids.shape[1]:,} tokens long ({ids.shape[1] - sum(counts):,} of "
+                f"text, {sum(counts):,} for "
                 f"{len(counts)} image(s)); the limit is {self.max_prompt_tokens:,} tokens: shorten the question, "
                 "or give fewer pages / a lower --max-pixels"
             )
@@ -428,7 +431,8 @@ class Generator:
             "bundle_id": self.bundle_id,
             "vision_graph": vision,  # a shared vision graph lives in the retriever bundle
             "quantization": (self.manifest.get("quantization") or {}).get("scheme", "none"),
-            "runtimes": self.runtimes,  # backend and precision of the vision and prefill runs (bf16 k/v differ from f32)
+            # backend and precision of the vision and prefill runs (bf16 k/v differ from f32)
+            "runtimes": self.runtimes,
             "image_config": asdict(self.image_config),
             "min_pixels": self.min_pixels,
             "pixel_budget": self._pixel_cap(max_pixels),
@@ -449,7 +453,7 @@ class Generator:
         out as the session's values, so it stays where the runtime keeps it (GPU memory with CUDA)
         instead of a host round trip per token."""
         session = session if session is not None else self._decoder
-        outs = session.run({**feeds, **dict(zip(self._past_names, past))}, self._output_names)
+        outs = session.run({**feeds, **dict(zip(self._past_names, past, strict=True))}, self._output_names)
         return as_numpy(outs[0]), list(outs[1:])  # logits (1, 1, V) on the host; present k/v as they are
 
     def _tokens(

@@ -50,7 +50,8 @@ def smart_resize(
         raise InputError(f"image has no pixels ({width}x{height})")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise InputError(
-            f"image aspect ratio {max(height, width) / min(height, width):.0f}:1 is too extreme (the limit is {MAX_ASPECT_RATIO}:1)"
+            f"image aspect ratio {max(height, width) / min(height, width):.0f}:1 is too extreme (the limit "
+            f"is {MAX_ASPECT_RATIO}:1)"
         )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor

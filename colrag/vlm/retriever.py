@@ -105,7 +105,9 @@ class Retriever:
 
     @property
     def _vision(self):
-        """The vision graph's session, created on first use (a query never needs it: ~0.7 s of loading saved per `ask`)."""
+        """The vision graph's session, created on first use.
+
+        A query never needs it: ~0.7 s of loading saved per `ask`."""
         if self._vision_session is None:
             if self._vision_factory is None:
                 raise BundleError(f"{self.bundle_dir}: no vision graph")
@@ -125,7 +127,8 @@ class Retriever:
         ids = retriever_query_ids(self.tokenizer, query, self._prompts["query_prefix"], self._prompts["query_suffix"])
         if len(ids) > MAX_QUERY_TOKENS:  # see constants.py for why this limit
             raise InputError(
-                f"the query is {len(ids):,} tokens long with the retriever's prompt; the limit is {MAX_QUERY_TOKENS} tokens "
+                f"the query is {len(ids):,} tokens long with the retriever's prompt; the limit "
+                f"is {MAX_QUERY_TOKENS} tokens "
                 "(about 2,000 characters): shorten it"
             )
         return ids
@@ -151,7 +154,7 @@ class Retriever:
             feats = [self.image_features(_check_image(img)) for img in batch]
             seqs = [self.page_ids(len(f[0])) for f in feats]
             vectors = self._embed_sequences(seqs, [f[0] for f in feats], np.stack([f[1] for f in feats]))
-            out += [(v, ImageFeatures(e, g, self.vision_hash)) for v, (e, g) in zip(vectors, feats)]
+            out += [(v, ImageFeatures(e, g, self.vision_hash)) for v, (e, g) in zip(vectors, feats, strict=True)]
         return out
 
     def embed_queries(self, texts: Sequence[str], *, batch_size: int = 8) -> list[np.ndarray]:

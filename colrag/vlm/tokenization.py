@@ -100,11 +100,12 @@ def expand_image_pads(ids: Sequence[int], image_token_counts: Sequence[int]) -> 
     slots = [i for i, t in enumerate(ids) if t == IMAGE_PAD_ID]
     if len(slots) != len(image_token_counts):
         raise InputError(
-            f"the prompt has {len(slots)} image slots for {len(image_token_counts)} images (is there an image token in the text?)"
+            f"the prompt has {len(slots)} image slots for {len(image_token_counts)} images (is there an image "
+            "token in the text?)"
         )
     out: list[int] = []
     prev = 0
-    for slot, count in zip(slots, image_token_counts):
+    for slot, count in zip(slots, image_token_counts, strict=True):
         out += list(ids[prev:slot]) + [IMAGE_PAD_ID] * int(count)
         prev = slot + 1
     return out + list(ids[prev:])
@@ -142,5 +143,8 @@ def chat_prompt_ids(
     _check_user_text(question)
     _check_user_text(system)
     images = "<|vision_start|><|image_pad|><|vision_end|>" * len(image_token_counts)
-    text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n"
+    text = (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start"
+        "|>assistant\n"
+    )
     return expand_image_pads(tokenizer.encode(text), image_token_counts)

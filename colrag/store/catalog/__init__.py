@@ -259,7 +259,7 @@ def page_errors(conn: sqlite3.Connection, doc_id: int | None = None) -> list[tup
         + ("WHERE d.id = ? " if doc_id is not None else "WHERE d.status = 'done' ")
         + "ORDER BY d.path, e.page_no"
     )
-    return [tuple(r) for r in conn.execute(q, (doc_id,) if doc_id is not None else ())]  # type: ignore[misc]
+    return [tuple(r) for r in conn.execute(q, (doc_id,) if doc_id is not None else ())]
 
 
 def stored_page_numbers(conn: sqlite3.Connection, doc_id: int) -> set[int]:
@@ -278,7 +278,8 @@ def counts(conn: sqlite3.Connection) -> dict[str, Any]:
     """The numbers `colrag status` shows (call inside a snapshot)."""
     by_status = dict(conn.execute("SELECT status, COUNT(*) FROM documents GROUP BY status").fetchall())
     pages, tokens = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(n_tokens), 0) FROM pages p JOIN documents d ON d.id = p.doc_id WHERE d.status = 'done'"
+        "SELECT COUNT(*), COALESCE(SUM(n_tokens), 0) FROM pages p JOIN documents d ON d.id = p.doc_id WHERE "
+        "d.status = 'done'"
     ).fetchone()
     stored_tokens = conn.execute("SELECT COALESCE(SUM(n_tokens), 0) FROM pages").fetchone()[0]
     failed = [
@@ -286,7 +287,8 @@ def counts(conn: sqlite3.Connection) -> dict[str, Any]:
         for r in conn.execute("SELECT path, error FROM documents WHERE status = 'failed' ORDER BY path")
     ]
     page_failures = conn.execute(
-        "SELECT COUNT(*) FROM page_errors e JOIN documents d ON d.id = e.doc_id WHERE d.status = 'done' AND e.kind = 'error'"
+        "SELECT COUNT(*) FROM page_errors e JOIN documents d ON d.id = e.doc_id WHERE d.status = 'done' AND "
+        "e.kind = 'error'"
     ).fetchone()[0]
     return {
         "by_status": by_status,
@@ -330,7 +332,8 @@ def insert_document(
     error: str | None = None,
 ) -> int:
     cur = conn.execute(
-        "INSERT INTO documents (path, size, mtime_ns, sha256, n_pages, status, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO documents (path, size, mtime_ns, sha256, n_pages, status, error, updated_at) VALUES (?, "
+        "?, ?, ?, ?, ?, ?, ?)",
         (text(path), size, mtime_ns, sha256, n_pages, status, None if error is None else text(error), now()),
     )
     return int(cur.lastrowid or 0)
@@ -339,7 +342,7 @@ def insert_document(
 def delete_documents(
     conn: sqlite3.Connection, path: str, *, status: str | None = None, except_id: int | None = None
 ) -> int:
-    q, args = "DELETE FROM documents WHERE path = ?", [text(path)]
+    q, args = "DELETE FROM documents WHERE path = ?", list[str | int]([text(path)])
     if status is not None:
         q, args = q + " AND status = ?", [*args, status]
     if except_id is not None:

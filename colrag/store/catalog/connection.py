@@ -23,7 +23,8 @@ def store_error(exc: sqlite3.Error, file: str | os.PathLike) -> IndexStoreError:
     msg = str(exc) or type(exc).__name__
     if "malformed" in msg or "not a database" in msg or "file is encrypted" in msg:
         return IndexStoreError(
-            f"the catalog {file} cannot be read ({msg}): the index is damaged; move its folder aside and run `colrag index` again"
+            f"the catalog {file} cannot be read ({msg}): the index is damaged; move its folder aside and run "
+            "`colrag index` again"
         )
     if "locked" in msg or "busy" in msg:
         hint = "another process holds it; try again when it has finished"

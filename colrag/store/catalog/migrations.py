@@ -5,7 +5,7 @@ append a function at the end of this file:
 
     @migration(4)
     def _m004_page_features(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE page_features (page_id INTEGER PRIMARY KEY REFERENCES pages (id) ON DELETE CASCADE, ...)")
+        conn.execute("CREATE TABLE page_features (page_id INTEGER PRIMARY KEY REFERENCES pages (id), ...)")
 
 and add a test that upgrades a catalog of the previous version. Migration 3 (FAISS vectors)
 changes files as well as tables: colrag.store.migrate writes the files first and hands
@@ -160,7 +160,8 @@ def _m003_page_features(conn: sqlite3.Connection) -> None:
             crc32 INTEGER NOT NULL
         )""",
         "CREATE INDEX IF NOT EXISTS page_features_doc ON page_features (doc_id, row_offset)",
-        "CREATE TABLE IF NOT EXISTS feature_repairs (doc_id INTEGER PRIMARY KEY REFERENCES documents (id) ON DELETE CASCADE)",
+        "CREATE TABLE IF NOT EXISTS feature_repairs (doc_id INTEGER PRIMARY KEY REFERENCES documents (id) ON "
+        "DELETE CASCADE)",
     ):
         conn.execute(statement)
 
