@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import bench_search as bs  # noqa: E402
+import bench_search as bs  # noqa: E402  (after the sys.path line: runs as a script)
 
 DIM = 128
 TOKENS = bs.IMAGE_TOKENS + bs.TEXT_TOKENS

@@ -34,8 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_search import Synth  # noqa: E402
-from colrag.store.qdrant import EDGE_PREFIX, open_qdrant  # noqa: E402
+from bench.bench_search import Synth  # noqa: E402  (after the sys.path line: runs as a script)
+from colrag.store.qdrant import EDGE_PREFIX, open_qdrant  # noqa: E402  (after the sys.path line: runs as a script)
 
 PAGES_PER_DOC = 500
 PAGES_PER_COMMIT = 250

@@ -41,8 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from colrag.search import Searcher  # noqa: E402
-from colrag.store import Index, RetrieverInfo  # noqa: E402
+from colrag.search import Searcher  # noqa: E402  (after the sys.path line: runs as a script)
+from colrag.store import Index, RetrieverInfo  # noqa: E402  (after the sys.path line: runs as a script)
 
 DIM = 128
 IMAGE_TOKENS = 768

@@ -218,7 +218,7 @@ def hub_offline() -> bool:
 
 def _require_hub():
     try:
-        import huggingface_hub  # noqa: F401
+        import huggingface_hub  # noqa: F401  (is it installed?)
     except ImportError:
         raise ColragError("downloading models needs huggingface_hub: pip install 'colrag[install]'") from None
 

@@ -5,10 +5,8 @@ safetensors from `save_pretrained`, a Qwen2VLProcessor with the real tokenizer a
 chat template, and the real generation_config.json. Weights are N(0, 0.2) with untied
 embeddings so that greedy tokens vary from step to step.
 
-Test modules import the fixtures they use:
-    from tests.generator_fixtures import tiny_generator_bundle  # noqa: F401
-pytest registers an imported fixture once per importing module, so a session fixture
-would be built once per module; `_once` memoises each build for the whole session.
+tests/conftest.py registers this module as a plugin (`pytest_plugins`), so a test names
+a fixture and gets it, built once per session; `_once` memoises each build as well.
 """
 
 from __future__ import annotations

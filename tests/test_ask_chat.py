@@ -12,10 +12,10 @@ pytest.importorskip("transformers")
 
 from typer.testing import CliRunner
 
-from tests.test_ask_cli import SMALL, cli, tiny_index  # noqa: F401
+from tests.test_ask_cli import SMALL, cli, tiny_index  # noqa: F401  (fixtures, used by name)
 
 
-def _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F811
+def _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F811  (fixtures imported above)
     return [
         "--index",
         str(tiny_index),
@@ -33,7 +33,7 @@ def _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F8
     ]
 
 
-def test_top_k_means_pages(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F811
+def test_top_k_means_pages(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F811  (fixtures imported above)
     base = _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle)
     r = CliRunner().invoke(cli, ["ask", "Which page?", *base, "--top-k", "2", "--json"])
     assert r.exit_code == 0, r.output
@@ -43,7 +43,7 @@ def test_top_k_means_pages(cli, tiny_index, tiny_retriever_bundle, tiny_generato
         assert r.exit_code == 2 and "No such option" in r.output
 
 
-def test_interactive_is_a_conversation(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle, monkeypatch):  # noqa: F811
+def test_interactive_is_a_conversation(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle, monkeypatch):  # noqa: F811  (fixtures imported above)
     from colrag.ask import Asker
 
     asked: list[str] = []

@@ -62,7 +62,7 @@ def _root(
 
 def _register_commands() -> None:
     # Importing a module registers its commands on `app` / `models_app`.
-    from . import models_cmd  # noqa: F401
+    from . import models_cmd  # noqa: F401  (imported to register its commands)
 
     for optional in (
         "index_cmd",

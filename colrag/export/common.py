@@ -75,7 +75,7 @@ def quiet_export(verbose: bool = False) -> Iterator[None]:
         yield
         return
     with contextlib.suppress(ImportError):  # torch sets its loggers' levels when imported: let it do so first
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (imported for its side effect on logging)
     root = logging.getLogger()
     guard = logging.NullHandler()  # a handler on root makes a library's logging.basicConfig() a no-op
     saved = {name: logging.getLogger(name).level for name in ("", *_FOREIGN_LOGGERS)}
