@@ -78,6 +78,24 @@ class Answer:
     prefix_cached: bool = False  # the pages' part of the prompt came from the page-prefix cache
     notes: list[str] = field(default_factory=list)  # e.g. why the index's page features were not used
 
+    def as_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready (what `colrag serve` sends; `from_dict` reads it back)."""
+        return {
+            **asdict(self),
+            "sources": [s.as_dict() for s in self.sources],
+            "timings": self.timings.as_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Answer:
+        return cls(
+            **{k: d[k] for k in ("text", "finish_reason", "n_prompt_tokens", "prefix_cached")},
+            sources=[Source(**s) for s in d["sources"]],
+            timings=Timings(**d["timings"]),
+            token_ids=list(d["token_ids"]),
+            notes=list(d["notes"]),
+        )
+
 
 @dataclass
 class Pages:

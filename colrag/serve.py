@@ -134,7 +134,7 @@ def _handle(conn: socket.socket, asker, identity: dict[str, Any], log) -> None:
         answer = Answer()
         for piece in asker.stream(request["question"], prepared, answer, **(request.get("options") or {})):
             send({"piece": piece})
-        send({"answer": answer_to_dict(answer)})
+        send({"answer": answer.as_dict()})
         log(f"answered in {answer.timings.first_token_s + answer.timings.decode_s:.2f}s: {request['question'][:60]!r}")
     except ColragError as exc:
         with contextlib.suppress(OSError):
@@ -142,34 +142,6 @@ def _handle(conn: socket.socket, asker, identity: dict[str, Any], log) -> None:
     except (OSError, ValueError, KeyError, TypeError) as exc:  # a client that went away or sent nonsense
         with contextlib.suppress(OSError):
             send({"error": f"bad request: {exc}", "exit_code": 2})
-
-
-def answer_to_dict(answer) -> dict[str, Any]:
-    return {
-        "text": answer.text,
-        "sources": [s.as_dict() for s in answer.sources],
-        "timings": answer.timings.as_dict(),
-        "token_ids": answer.token_ids,
-        "finish_reason": answer.finish_reason,
-        "n_prompt_tokens": answer.n_prompt_tokens,
-        "prefix_cached": answer.prefix_cached,
-        "notes": answer.notes,
-    }
-
-
-def answer_from_dict(d: dict[str, Any]):
-    from .ask import Answer, Source, Timings
-
-    return Answer(
-        text=d["text"],
-        sources=[Source(**s) for s in d["sources"]],
-        timings=Timings(**d["timings"]),
-        token_ids=list(d["token_ids"]),
-        finish_reason=d["finish_reason"],
-        n_prompt_tokens=d["n_prompt_tokens"],
-        prefix_cached=d["prefix_cached"],
-        notes=list(d["notes"]),
-    )
 
 
 # -- client -----------------------------------------------------------------------------------

@@ -216,7 +216,7 @@ def test_compiled_models_are_cached_per_precision(tiny_retriever_bundle, tmp_pat
     root = tmp_path / "home" / "cache" / "openvino" / first.bundle_id
     assert [p.name for p in root.iterdir()] == ["f32-t1"]
     assert len(list((root / "f32-t1").glob("*.blob"))) == 1  # text: the vision graph loads at the first page
-    first._vision  # noqa: B018  (the property loads the vision graph)
+    first._vision  # noqa: B018  (the attribute opens the vision graph)
     assert len(list((root / "f32-t1").glob("*.blob"))) == 2  # vision and text
     again = colrag.Retriever.load(
         tiny_retriever_bundle, backend="openvino", precision="f32", threads=1

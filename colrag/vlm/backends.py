@@ -208,6 +208,25 @@ def open_session(
     return OnnxruntimeSession(path, threads=threads, device=device)
 
 
+class LazyVision:
+    """A model's vision-graph session, opened on first use: `_vision = LazyVision()` in the class.
+
+    The instance keeps the session in `_vision_session` (None until then) and opens it with
+    `_vision_factory()`; a query, or an answer from stored page features, never pays for it."""
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if obj._vision_session is None:
+            if obj._vision_factory is None:
+                raise BundleError(f"{obj.bundle_dir}: no vision graph")
+            obj._vision_session = obj._vision_factory()
+        return obj._vision_session
+
+    def __set__(self, obj: Any, session: Any) -> None:
+        obj._vision_session = session
+
+
 def _shape(dims) -> tuple:
     return tuple(d if isinstance(d, int) else (str(d) if d is not None else None) for d in dims)
 

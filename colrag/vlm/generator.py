@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InputError
-from .backends import as_numpy, open_session, runs_on
+from .backends import LazyVision, as_numpy, open_session, runs_on
 from .bundle import bundle_file, bundle_id, load_verified_manifest
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_PROMPT_TOKENS, SYSTEM_PROMPT
 from .image_features import ImageFeatures
@@ -210,18 +210,7 @@ class Generator:
             vision_factory=lambda: open_session(vision_path, graph="vision", cache_key=vision_key, **opts),
         )
 
-    @property
-    def _vision(self):
-        """The vision graph's session (created on first use: answers from stored features never need it)."""
-        if self._vision_session is None:
-            if self._vision_factory is None:
-                raise BundleError(f"{self.bundle_dir}: no vision graph")
-            self._vision_session = self._vision_factory()
-        return self._vision_session
-
-    @_vision.setter
-    def _vision(self, session) -> None:
-        self._vision_session = session
+    _vision = LazyVision()  # answers from stored page features never open it
 
     @staticmethod
     def _vision_graph(bundle_dir: Path, manifest: dict) -> Path:

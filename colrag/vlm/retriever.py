@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError, InputError
-from .backends import as_numpy, open_session
+from ..errors import InputError
+from .backends import LazyVision, as_numpy, open_session
 from .bundle import bundle_file, bundle_id, load_embedding_table, load_verified_manifest
 from .constants import IMAGE_PAD_ID, MAX_QUERY_TOKENS, PAD_ID
 from .image_features import ImageFeatures
@@ -103,20 +103,7 @@ class Retriever:
             vision_factory=lambda: open_session(vision_path, graph="vision", **opts),
         )
 
-    @property
-    def _vision(self):
-        """The vision graph's session, created on first use.
-
-        A query never needs it: ~0.7 s of loading saved per `ask`."""
-        if self._vision_session is None:
-            if self._vision_factory is None:
-                raise BundleError(f"{self.bundle_dir}: no vision graph")
-            self._vision_session = self._vision_factory()
-        return self._vision_session
-
-    @_vision.setter
-    def _vision(self, session) -> None:
-        self._vision_session = session
+    _vision = LazyVision()  # a query never opens it: ~0.7 s of loading saved per `ask`
 
     # -- prompts -----------------------------------------------------------------
     def page_ids(self, n_image_tokens: int) -> list[int]:
