@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# colrag's own progress lines (colrag.install._log, colrag.export.*._log)
+# colrag's own progress lines (colrag.install._log, colrag.export.steps.log)
 OWN = re.compile(
     r"^(retriever|generator): |^loading |^exporting the |^quantizing the |^checking the "
     r"graphs|^(retriever|generator) bundle written"

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import gc
 import hashlib
 import io
 import json
@@ -177,7 +178,6 @@ def export_graph(
     optimised IR graph alive and, through its initializers, every weight of the module
     (the whole 6 GB decoder at full size, still resident while checks and quantization run).
     """
-    import gc
 
     import torch
 

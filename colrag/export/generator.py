@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -37,31 +35,16 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ColragError
-from ..vlm.bundle import load_manifest, write_manifest
+from ..vlm.bundle import load_manifest
 from ..vlm.constants import EOS_IDS, GENERATOR_MAX_PIXELS, GENERATOR_MIN_PIXELS
-from . import require_export_deps
+from . import steps
 from .common import (
-    CONFIG_FILES,
-    TOKENIZER_FILES,
-    check_target,
-    copy_checkpoint_files,
     export_graph,
-    max_abs_diff,
-    new_work_dir,
     quiet_unless_verbose,
     read_source_identity,
-    replace_with,
     save_embedding_table,
     vision_hash,
 )
-
-EXPORT_GRID = (1, 16, 12)
-CHECK_GRID = (1, 10, 22)
-TOLERANCE = 1e-4
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -109,17 +92,6 @@ def _decoder_module(language_model, lm_head):
     return _decoder_class()(language_model, lm_head).eval()
 
 
-def _vision_inputs(grid_thw, seed: int):
-    import torch
-    from transformers.vision_utils import get_vision_position_ids
-
-    n = grid_thw[0] * grid_thw[1] * grid_thw[2]
-    gen = torch.Generator().manual_seed(seed)
-    pixel_values = torch.randn(n, 1176, generator=gen)  # (N, 1176)
-    rot_pos_ids = get_vision_position_ids(torch.tensor([grid_thw]), 2)  # (N, 2)
-    return pixel_values, rot_pos_ids
-
-
 def _text_positions(mask):
     """Text-like 3-D positions (3, B, T) from a left-padded mask (B, T), the three axes made to differ."""
     import torch
@@ -129,16 +101,6 @@ def _text_positions(mask):
     pos[1] += torch.arange(pos.shape[-1]) % 3  # as for image tokens, whose h/w positions differ
     pos[2] += (torch.arange(pos.shape[-1]) % 2) * 2
     return pos
-
-
-def _check(name: str, got, want) -> float:
-    diff = max_abs_diff(got, want)
-    scale = max(1.0, float(np.abs(np.asarray(want)).max()))
-    if not diff <= TOLERANCE * scale:
-        raise ColragError(
-            f"export check failed: {name} differs from torch by {diff:.3g} (tolerance {TOLERANCE * scale:.3g})"
-        )
-    return diff
 
 
 @quiet_unless_verbose
@@ -163,24 +125,12 @@ def export_generator(
     share_vision_with: a retriever bundle folder; when its manifest's vision_hash equals
     this checkpoint's, its vision graph is referenced instead of exporting a copy.
     """
-    from .quantize import QUANT_SCHEMES
-
-    if quantize != "none" and quantize not in QUANT_SCHEMES:
-        raise ColragError(f"unknown quantization {quantize!r}: choose none, {', '.join(QUANT_SCHEMES)}")
-    require_export_deps()
+    src, out = steps.check_request(
+        src, out, "generator", "qwen2_vl", "Qwen2-VL (e.g. Qwen/Qwen2-VL-2B-Instruct)", quantize, force
+    )
     import torch
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
 
-    src, out = Path(src).expanduser(), Path(out).expanduser()
-    if not (src / "config.json").is_file():
-        raise ColragError(f"{src} is not a checkpoint folder (no config.json)")
-    config = AutoConfig.from_pretrained(src)
-    if config.model_type != "qwen2_vl":
-        raise ColragError(
-            f"{src} holds a {config.model_type!r} checkpoint; the generator export needs Qwen2-VL (e.g. "
-            "Qwen/Qwen2-VL-2B-Instruct)"
-        )
-    check_target(out, "generator", force=force)  # refused before anything is loaded or written
     shared = None
     if share_vision_with is not None:
         shared = Path(share_vision_with).expanduser()
@@ -191,9 +141,8 @@ def export_generator(
             )
 
     started = time.perf_counter()
-    work = new_work_dir(out)
-    try:
-        _log(f"loading {src} ...")
+    with steps.work_folder(out) as work:
+        steps.log(f"loading {src} ...")
         model = Qwen2VLForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
         try:  # tokenizer and image processor only: a full Qwen2VLProcessor would need torchvision
             tokenizer = AutoTokenizer.from_pretrained(src)
@@ -203,18 +152,11 @@ def export_generator(
         fields, checks = _export_into(model, tokenizer, image_processor, src, out, work, shared, opset)
         del model  # free torch before onnxruntime loads the graphs: the two never share memory
         gc.collect()
-        _log("checking the graphs against transformers ...")
+        steps.log("checking the graphs against transformers ...")
         fields["export_checks"] = {f"{check.label}_max_abs_diff": check.run(work) for check in checks}
         if quantize != "none":
             fields["quantization"] = _quantize_bundle(work, quantize, checks)
-        fields["export_seconds"] = round(time.perf_counter() - started, 1)
-        manifest = write_manifest(work, "generator", fields)
-        replace_with(work, out, "generator", force=force)
-        _log(f"generator bundle written to {out} in {fields['export_seconds']} s")
-        return manifest
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        return steps.finish_bundle(work, out, "generator", fields, started, force=force)
 
 
 def _ort_session(path: Path):
@@ -249,7 +191,7 @@ class _Check:
         """Max abs difference to torch over the steps; raises when over the tolerance."""
         outs, cache_shape = self.outputs(work / self.graph)
         worst = max(
-            _check(f"{self.label} (step {i + 1})", got, want)
+            steps.check_close(f"{self.label} (step {i + 1})", got, want)
             for i, (got, (_, want)) in enumerate(zip(outs, self.steps, strict=True))
         )
         if self.cache_shape is not None and cache_shape != self.cache_shape:
@@ -274,29 +216,13 @@ class _Check:
 def _export_vision(visual, work: Path, opset: int) -> list[_Check]:
     import torch
 
-    from .modules import VisionTower
-
-    _log("exporting the vision tower ...")
-    tower = VisionTower(visual).eval()
-    auto = torch.export.Dim.AUTO
-    pv, rot = _vision_inputs(EXPORT_GRID, seed=0)
-    export_graph(
-        tower,
-        (pv, rot),
-        work / "vision.onnx",
-        input_names=["pixel_values", "rot_pos_ids"],
-        output_names=["image_embeds"],
-        dynamic_shapes=({0: auto}, {0: auto}),
-        opset=opset,
-    )
+    steps.export_vision_tower(visual, work, opset)
     checks = []
-    for label, grid, seed in (("vision_export_grid", EXPORT_GRID, 0), ("vision_check_grid", CHECK_GRID, 1)):
-        pv, rot = _vision_inputs(grid, seed=seed)
+    for label, grid, seed in (("vision_export_grid", steps.EXPORT_GRID, 0), ("vision_check_grid", steps.CHECK_GRID, 1)):
+        pv, rot = steps.vision_inputs(grid, seed=seed)
         with torch.no_grad():  # transformers' own vision forward is the reference
             want = visual(pv, grid_thw=torch.tensor([grid]), return_dict=True).pooler_output.numpy()  # (N/4, H)
         checks.append(_Check(label, "vision.onnx", [({"pixel_values": pv.numpy(), "rot_pos_ids": rot.numpy()}, want)]))
-    del tower
-    gc.collect()
     return checks
 
 
@@ -311,7 +237,7 @@ def _export_decoder(model, work: Path, opset: int) -> list[_Check]:
     hidden = text_cfg.hidden_size
     auto = torch.export.Dim.AUTO
 
-    _log("exporting the decoder ...")
+    steps.log("exporting the decoder ...")
     decoder = _decoder_module(lm, model.lm_head)
     # trace with B=2, S=5, P=3 (sizes 0 and 1 would be specialised by torch.export)
     gen = torch.Generator().manual_seed(4)
@@ -388,7 +314,7 @@ def _quantize_bundle(work: Path, scheme: str, checks: list[_Check]) -> dict:
     info: dict = {"scheme": scheme, "graphs": {}}
     for graph in dict.fromkeys(check.graph for check in checks):
         name = graph.removesuffix(".onnx")
-        _log(f"quantizing the {name} graph ({scheme}) ...")
+        steps.log(f"quantizing the {name} graph ({scheme}) ...")
         q_path = work / f"{name}.q.onnx"
         stats = quantize_graph(work / graph, q_path, scheme, vision=name == "vision")
         for check in checks:
@@ -406,7 +332,7 @@ def _shared_vision(shared: Path, out: Path, vhash: str) -> dict | None:
     """The manifest entry referencing a retriever's vision graph, or None when the weights differ."""
     manifest = load_manifest(shared, "retriever")
     if manifest.get("vision_hash") != vhash:
-        _log(f"note: the vision tower of {shared} differs from this checkpoint's; exporting a separate copy")
+        steps.log(f"note: the vision tower of {shared} differs from this checkpoint's; exporting a separate copy")
         return None
     name = manifest.get("graphs", {}).get("vision", "vision.onnx")
     graph = shared.resolve() / name
@@ -434,7 +360,7 @@ def _export_into(model, tokenizer, image_processor, src: Path, out: Path, work: 
         checks += _export_vision(model.model.visual, work, opset)
         graphs["vision"] = "vision.onnx"
     else:
-        _log(f"sharing the vision tower of {shared}")
+        steps.log(f"sharing the vision tower of {shared}")
     # free each part once it is exported: vision first, then the embedding table (saved to .npy)
     model.model.visual = None
     lm = model.model.language_model
@@ -443,16 +369,9 @@ def _export_into(model, tokenizer, image_processor, src: Path, out: Path, work: 
     gc.collect()
     checks += _export_decoder(model, work, opset)
 
-    copied = copy_checkpoint_files(src, work, TOKENIZER_FILES + CONFIG_FILES)
-    if "tokenizer.json" not in copied:
-        tokenizer.save_pretrained(work)  # a fast tokenizer can always write tokenizer.json
-        (work / "chat_template.jinja").unlink(missing_ok=True)
-    if not (work / "tokenizer.json").is_file():
-        raise ColragError(f"{src} has no tokenizer.json and none could be built")
-    if not (work / "preprocessor_config.json").is_file():
-        image_processor.save_pretrained(work)
-    min_pixels = getattr(image_processor, "min_pixels", None) or GENERATOR_MIN_PIXELS
-    max_pixels = getattr(image_processor, "max_pixels", None) or GENERATOR_MAX_PIXELS
+    min_pixels, max_pixels = steps.write_processor_files(
+        src, work, tokenizer, image_processor, (GENERATOR_MIN_PIXELS, GENERATOR_MAX_PIXELS)
+    )
 
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     if eos is None:

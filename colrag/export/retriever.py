@@ -15,7 +15,6 @@ differ from the ones used for export, so a failed export never leaves a bundle.
 from __future__ import annotations
 
 import gc
-import shutil
 import time
 from pathlib import Path
 
@@ -23,47 +22,16 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ColragError
-from ..vlm.bundle import write_manifest
 from ..vlm.constants import RETRIEVER_MAX_PIXELS, RETRIEVER_MIN_PIXELS
-from . import require_export_deps
+from . import steps
 from .common import (
-    CONFIG_FILES,
-    TOKENIZER_FILES,
-    check_target,
-    copy_checkpoint_files,
     export_graph,
-    max_abs_diff,
-    new_work_dir,
     quiet_unless_verbose,
     read_source_identity,
-    replace_with,
     save_embedding_table,
     vision_hash,
 )
-from .quantize import QUANT_SCHEMES, quantize_graph
-
-# Grids used to trace the graphs and, different on purpose, to check them.
-EXPORT_GRID = (1, 16, 12)
-CHECK_GRID = (1, 10, 22)
-TOLERANCE = 1e-4
-
-
-def _log(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _vision_inputs(grid_thw, seed: int):
-    import torch
-    from transformers.vision_utils import get_vision_position_ids
-
-    grid = torch.tensor([grid_thw])
-    n = grid_thw[0] * grid_thw[1] * grid_thw[2]
-    gen = torch.Generator().manual_seed(seed)
-    pixel_values = torch.randn(n, 1176, generator=gen)  # (N, 1176)
-    rot_pos_ids = get_vision_position_ids(grid, 2)  # (N, 2)
-    return pixel_values, rot_pos_ids
+from .quantize import quantize_graph
 
 
 def _text_inputs(batch: int, seq: int, hidden: int, seed: int):
@@ -81,16 +49,6 @@ def _text_inputs(batch: int, seq: int, hidden: int, seed: int):
     return embeds, pos, mask
 
 
-def _check(name: str, got, want) -> float:
-    diff = max_abs_diff(got, want)
-    scale = max(1.0, float(np.abs(np.asarray(want)).max()))
-    if not diff <= TOLERANCE * scale:
-        raise ColragError(
-            f"export check failed: {name} differs from torch by {diff:.3g} (tolerance {TOLERANCE * scale:.3g})"
-        )
-    return diff
-
-
 @quiet_unless_verbose
 def export_retriever(
     src: str | Path, out: str | Path, *, opset: int = 18, quantize: str = "none", force: bool = False
@@ -103,31 +61,16 @@ def export_retriever(
     quantize: "none" (fp32 graphs) or a scheme of colrag.export.quantize.QUANT_SCHEMES
     (weight-only, block-wise); the drift against fp32 is measured and recorded.
     """
-    if quantize != "none" and quantize not in QUANT_SCHEMES:
-        raise ColragError(f"unknown quantization {quantize!r}: choose none, {', '.join(QUANT_SCHEMES)}")
-    require_export_deps()
+    src, out = steps.check_request(
+        src, out, "retriever", "colqwen2", "ColQwen2 (e.g. vidore/colqwen2-v1.0-hf)", quantize, force
+    )
     import onnxruntime as ort
     import torch
-    from transformers import AutoConfig, AutoProcessor, ColQwen2ForRetrieval
-
-    src, out = Path(src).expanduser(), Path(out).expanduser()
-    if not (src / "config.json").is_file():
-        raise ColragError(f"{src} is not a checkpoint folder (no config.json)")
-    try:
-        config = AutoConfig.from_pretrained(src)
-    except (OSError, ValueError) as exc:
-        raise ColragError(f"cannot read the checkpoint config in {src}: {str(exc).splitlines()[0]}") from exc
-    if config.model_type != "colqwen2":
-        raise ColragError(
-            f"{src} holds a {config.model_type!r} checkpoint; the retriever export needs ColQwen2 (e.g. "
-            "vidore/colqwen2-v1.0-hf)"
-        )
-    check_target(out, "retriever", force=force)  # refused before anything is loaded or written
+    from transformers import AutoProcessor, ColQwen2ForRetrieval
 
     started = time.perf_counter()
-    work = new_work_dir(out)
-    try:
-        _log(f"loading {src} ...")
+    with steps.work_folder(out) as work:
+        steps.log(f"loading {src} ...")
         try:
             model = ColQwen2ForRetrieval.from_pretrained(src, dtype=torch.float32).eval()
         except (OSError, ValueError) as exc:  # missing or unreadable weight files
@@ -141,18 +84,11 @@ def export_retriever(
         gc.collect()
         if quantize != "none":
             manifest_fields["quantization"] = _quantize_bundle(work, quantize, ort, manifest_fields["hidden_size"])
-        manifest_fields["export_seconds"] = round(time.perf_counter() - started, 1)
-        manifest = write_manifest(work, "retriever", manifest_fields)
-        replace_with(work, out, "retriever", force=force)
-        _log(f"retriever bundle written to {out} in {manifest_fields['export_seconds']} s")
-        return manifest
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        return steps.finish_bundle(work, out, "retriever", manifest_fields, started, force=force)
 
 
 def _export_into(model, processor, src: Path, work: Path, opset: int, ort, torch) -> dict:
-    from .modules import RetrieverHead, VisionTower
+    from .modules import RetrieverHead
 
     vlm = model.vlm
     text_cfg = vlm.config.text_config
@@ -163,29 +99,18 @@ def _export_into(model, processor, src: Path, work: Path, opset: int, ort, torch
     checks = {}
 
     # -- vision tower -------------------------------------------------------------
-    _log("exporting the vision tower ...")
-    tower = VisionTower(vlm.visual).eval()
-    pv, rot = _vision_inputs(EXPORT_GRID, seed=0)
-    export_graph(
-        tower,
-        (pv, rot),
-        work / "vision.onnx",
-        input_names=["pixel_values", "rot_pos_ids"],
-        output_names=["image_embeds"],
-        dynamic_shapes=({0: auto}, {0: auto}),
-        opset=opset,
-    )
-    pv, rot = _vision_inputs(CHECK_GRID, seed=1)
+    steps.export_vision_tower(vlm.visual, work, opset)
+    pv, rot = steps.vision_inputs(steps.CHECK_GRID, seed=1)
     with torch.no_grad():
-        want = vlm.visual(pv, grid_thw=torch.tensor([CHECK_GRID]), return_dict=True).pooler_output.numpy()
+        want = vlm.visual(pv, grid_thw=torch.tensor([steps.CHECK_GRID]), return_dict=True).pooler_output.numpy()
     sess = ort.InferenceSession(str(work / "vision.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"pixel_values": pv.numpy(), "rot_pos_ids": rot.numpy()})[0]
-    checks["vision_max_abs_diff"] = _check("vision tower", got, want)
-    del sess, tower
+    checks["vision_max_abs_diff"] = steps.check_close("vision tower", got, want)
+    del sess
     gc.collect()
 
     # -- language model + projection ---------------------------------------------------
-    _log("exporting the language model ...")
+    steps.log("exporting the language model ...")
     head = RetrieverHead(vlm.language_model, model.embedding_proj_layer).eval()
     args = _text_inputs(2, 12, hidden, seed=2)
     export_graph(
@@ -204,25 +129,15 @@ def _export_into(model, processor, src: Path, work: Path, opset: int, ort, torch
     got = sess.run(
         None, {"inputs_embeds": args[0].numpy(), "position_ids": args[1].numpy(), "attention_mask": args[2].numpy()}
     )[0]
-    checks["text_max_abs_diff"] = _check("language model", got, want)
+    checks["text_max_abs_diff"] = steps.check_close("language model", got, want)
     del sess, head
     gc.collect()
 
     # -- tables, tokenizer, configs ----------------------------------------------------
     save_embedding_table(vlm.language_model.embed_tokens.weight, work / "embed_tokens.npy")
-    copied = copy_checkpoint_files(src, work, TOKENIZER_FILES + CONFIG_FILES)
-    if "tokenizer.json" not in copied:
-        processor.tokenizer.save_pretrained(work)  # a fast tokenizer can always write tokenizer.json
-        for extra in ("chat_template.jinja",):
-            (work / extra).unlink(missing_ok=True)
-    if not (work / "tokenizer.json").is_file():
-        raise ColragError(f"{src} has no tokenizer.json and none could be built")
-
-    image_processor = processor.image_processor
-    min_pixels = getattr(image_processor, "min_pixels", None) or RETRIEVER_MIN_PIXELS
-    max_pixels = getattr(image_processor, "max_pixels", None) or RETRIEVER_MAX_PIXELS
-    if not (work / "preprocessor_config.json").is_file():
-        image_processor.save_pretrained(work)
+    min_pixels, max_pixels = steps.write_processor_files(
+        src, work, processor.tokenizer, processor.image_processor, (RETRIEVER_MIN_PIXELS, RETRIEVER_MAX_PIXELS)
+    )
     aug = processor.query_augmentation_token
     prompts = {
         "page": processor.visual_prompt_prefix,
@@ -252,7 +167,7 @@ def _export_into(model, processor, src: Path, work: Path, opset: int, ort, torch
 
 def _quantize_bundle(work: Path, scheme: str, ort, hidden: int) -> dict:
     """Quantize both graphs in place; record how far outputs moved from fp32 on check inputs."""
-    pv, rot = _vision_inputs(CHECK_GRID, seed=1)
+    pv, rot = steps.vision_inputs(steps.CHECK_GRID, seed=1)
     embeds, pos, mask = _text_inputs(2, 29, hidden, seed=3)
     feeds = {
         "vision": {"pixel_values": pv.numpy(), "rot_pos_ids": rot.numpy()},
@@ -260,7 +175,7 @@ def _quantize_bundle(work: Path, scheme: str, ort, hidden: int) -> dict:
     }
     info: dict = {"scheme": scheme, "graphs": {}}
     for name in ("vision", "text"):
-        _log(f"quantizing the {name} graph ({scheme}) ...")
+        steps.log(f"quantizing the {name} graph ({scheme}) ...")
         fp32_path, q_path = work / f"{name}.onnx", work / f"{name}.q.onnx"
         want = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(None, feeds[name])[0]
         stats = quantize_graph(fp32_path, q_path, scheme, vision=name == "vision")
