@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import pytest
 import colrag
 from colrag.errors import BundleError
 from colrag.vlm.bundle import MANIFEST, load_manifest, write_manifest
+from tests.cli_helpers import run_colrag as _colrag
 from tests.index_helpers import make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,19 +85,6 @@ def test_unwritable_stamp_folder_only_costs_speed(bundle_copy, monkeypatch, tmp_
     colrag.Retriever.load(bundle_copy, threads=1)
     colrag.Retriever.load(bundle_copy, threads=1)
     assert hashed.count("vision.onnx.data") == 2
-
-
-def _colrag(*args, home: Path):
-    env = {**os.environ, "COLRAG_HOME": str(home)}
-    env.pop("COLRAG_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "colrag", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_index_refuses_a_retriever_whose_verified_identity_differs(tiny_retriever_bundle, tmp_path):

@@ -9,7 +9,6 @@ import os
 import pty
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,39 +18,11 @@ from colrag.export import common
 from colrag.indexer import Indexer
 from colrag.install import MIN_FREE_ENV, MIN_RAM_ENV, install
 from colrag.store import Index, RetrieverInfo
+from tests.cli_helpers import assert_untouched, user_files
+from tests.cli_helpers import run_colrag as colrag
 from tests.index_helpers import FakeRetriever, make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def user_files(folder: Path, files: dict[str, bytes]) -> dict[Path, bytes]:
-    out = {}
-    for rel, data in files.items():
-        p = folder / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-        out[p] = data
-    return out
-
-
-def assert_untouched(files: dict[Path, bytes]) -> None:
-    for p, data in files.items():
-        assert p.is_file() and p.read_bytes() == data, f"{p} was deleted or changed"
-
-
-def colrag(*args: object, stdin=None, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "COLRAG_DEBUG"}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "colrag", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        stdin=stdin if stdin is not None else subprocess.DEVNULL,
-    )
 
 
 def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:

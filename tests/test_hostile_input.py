@@ -4,10 +4,7 @@ malformed images, over-long questions, absurd thread counts, file names that for
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -16,22 +13,10 @@ import pytest
 from PIL import Image
 
 from colrag.errors import InputError
+from tests.cli_helpers import run_colrag as _colrag
 from tests.index_helpers import FakeRetriever, make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _colrag(*args, home: Path, env_extra: dict | None = None):
-    env = {**os.environ, "COLRAG_HOME": str(home), **(env_extra or {})}
-    env.pop("COLRAG_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "colrag", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def _one_line(text: str) -> bool:

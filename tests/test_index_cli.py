@@ -18,6 +18,7 @@ from colrag.errors import IndexStoreError
 from colrag.indexer import Indexer, remove
 from colrag.search import Searcher
 from colrag.store import Index, RetrieverInfo
+from tests.cli_helpers import run_colrag as colrag
 from tests.index_helpers import SHARED_PDFS, FakeRetriever, make_pdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,19 +204,6 @@ def test_second_writer_refused_while_first_runs_and_search_works(tmp_path):
 
 
 # -- the CLI, end to end with the tiny exported retriever ---------------------------------
-
-
-def colrag(*args, env_extra=None, timeout=600):
-    env = {**os.environ, "COLRAG_DEBUG": "", **(env_extra or {})}
-    env.pop("COLRAG_DEBUG")
-    return subprocess.run(
-        [sys.executable, "-m", "colrag", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_cli_messages_without_a_bundle(tmp_path):

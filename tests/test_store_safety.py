@@ -10,7 +10,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -25,6 +24,8 @@ from colrag.store import catalog as cat
 from colrag.store.catalog import migrations as mig
 from colrag.store.index import MANIFEST_FILE
 from colrag.store.segments import SEGMENTS_DIR
+from tests.cli_helpers import assert_untouched, user_files
+from tests.cli_helpers import run_colrag as colrag
 from tests.index_helpers import FakeRetriever
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,37 +91,8 @@ def make_index(path: Path, n_docs: int = 1) -> Path:
     return path
 
 
-def user_files(folder: Path, files: dict[str, bytes]) -> dict[Path, bytes]:
-    out = {}
-    for rel, data in files.items():
-        p = folder / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-        out[p] = data
-    return out
-
-
-def assert_untouched(files: dict[Path, bytes]) -> None:
-    for p, data in files.items():
-        assert p.is_file() and not p.is_symlink(), f"{p} is gone"
-        assert p.read_bytes() == data, f"{p} was changed"
-
-
 def tree(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
-
-
-def colrag(*args: object) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "COLRAG_DEBUG"}
-    return subprocess.run(
-        [sys.executable, "-m", "colrag", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
