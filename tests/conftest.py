@@ -27,6 +27,28 @@ def _onnxruntime_backend():
         yield
 
 
+# Fixtures that build a tiny checkpoint with torch or export one: a test that names one (directly
+# or through another fixture) is marked `slow`, like the modules that import torch themselves
+# (`pytestmark`). `pytest -m "not slow"` runs the rest in about a minute (README).
+TORCH_FIXTURES = frozenset(
+    {
+        "tiny_colqwen2_checkpoint",
+        "tiny_retriever_bundle",
+        "tiny_retriever_int8_bundle",
+        "tiny_qwen2vl_checkpoint",
+        "tiny_generator_bundle",
+        "tiny_qwen2vl_shared_checkpoint",
+        "tiny_shared_generator_bundle",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if TORCH_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def require_shared() -> None:
     if not TOKENIZER_DIR.is_dir():
         pytest.skip(f"{SHARED} is absent: the real tokenizer and PDFs live there")

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from tests.test_ask_cli import SMALL, cli, tiny_index  # noqa: F401  (fixtures, used by name)
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 
 def _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F811  (fixtures imported above)
     return [

@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from colrag.errors import BundleError, IndexStoreError
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 SMALL = str(64 * 28 * 28)  # --max-pixels: keeps the tiny runs quick
 
 

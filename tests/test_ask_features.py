@@ -20,6 +20,8 @@ pytest.importorskip("transformers")
 
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 PDFS = ["01_chart_paper_tracemonkey.pdf", "03_chart_usda_ag_energy_roundup.pdf", "12_rotated90_nics_table.pdf"]
 QUESTIONS = ["What does the chart show?", "この表の合計はいくつですか?"]
 

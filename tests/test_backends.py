@@ -25,6 +25,8 @@ from colrag.vlm.constants import SYSTEM_PROMPT
 from colrag.vlm.generator import Generation
 from tests.test_retriever import synthetic_page
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 F32_TOL = 1e-4
 BF16_MIN_COSINE = 0.998
 # the generator's decoder in bf16 vs onnxruntime f32 on the tiny model, teacher-forced (measured: see

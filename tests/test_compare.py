@@ -12,6 +12,8 @@ pytest.importorskip("torch")
 from tests.test_cli import colrag
 from tests.test_generator import synthetic_image
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 
 def compare(*args) -> dict:
     result = colrag("models", "compare", *map(str, args), "--json")

@@ -22,6 +22,8 @@ import colrag  # noqa: E402
 from colrag.errors import BundleError, InputError  # noqa: E402
 from colrag.vlm.bundle import load_manifest, verify_bundle  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 N_NEW = 24
 IMAGE_PAD = "<|image_pad|>"
 

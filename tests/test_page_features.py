@@ -19,6 +19,8 @@ from colrag.errors import InputError
 from colrag.vlm.image_features import ImageFeatures
 from tests.test_generator import synthetic_image
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 N_NEW = 16
 
 

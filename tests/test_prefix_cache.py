@@ -15,6 +15,8 @@ import colrag  # noqa: E402
 from colrag.vlm.prefix_cache import Prefix, PrefixCache  # noqa: E402
 from tests.test_generator import N_NEW, Reference, synthetic_image  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 
 @pytest.fixture(scope="module")
 def reference(tiny_qwen2vl_checkpoint):

@@ -66,6 +66,7 @@ def test_pixel_values_equal_transformers(case, cap):
     assert got.n_tokens == got.pixel_values.shape[0] // 4
 
 
+@pytest.mark.slow  # imports torch
 @pytest.mark.parametrize("grid", [(1, 4, 6), (1, 16, 12), (1, 2, 40), (2, 6, 4)])
 def test_rot_pos_ids_equal_transformers(grid):
     torch = pytest.importorskip("torch")

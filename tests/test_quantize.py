@@ -10,6 +10,8 @@ import colrag
 from colrag.compare import row_cosines as cosines
 from tests.test_retriever import synthetic_page
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 
 @pytest.fixture
 def int8_bundle(tiny_retriever_int8_bundle):

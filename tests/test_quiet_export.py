@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 

@@ -22,6 +22,8 @@ import colrag  # noqa: E402
 from colrag.errors import BundleError  # noqa: E402
 from colrag.vlm.bundle import verify_bundle  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 TOL = 1e-4
 
 

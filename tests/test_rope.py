@@ -9,6 +9,8 @@ from colrag.vlm.constants import IMAGE_PAD_ID
 from colrag.vlm.rope import decode_position_ids, get_rope_index
 from colrag.vlm.tokenization import pad_left
 
+pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
+
 torch = pytest.importorskip("torch")
 
 
