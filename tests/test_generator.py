@@ -9,6 +9,7 @@ the reference prompt built independently (chat template + the processor's expans
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -16,11 +17,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402  (after importorskip: no torch, no test)
 
-import colrag  # noqa: E402
-from colrag.errors import BundleError, InputError  # noqa: E402
-from colrag.vlm.bundle import load_manifest, verify_bundle  # noqa: E402
+import colrag  # noqa: E402  (after importorskip: no torch, no test)
+from colrag.errors import BundleError, InputError  # noqa: E402  (after importorskip: no torch, no test)
+from colrag.vlm.bundle import load_manifest, verify_bundle  # noqa: E402  (after importorskip: no torch, no test)
 
 pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
 
@@ -250,7 +251,7 @@ def test_bad_sampling_options_are_input_errors(generator):
 class ForcedSampler:
     """Stands in for colrag.vlm.sampling.Sampler: emits a fixed token sequence."""
 
-    tokens: list[int] = []
+    tokens: ClassVar[list[int]] = []
 
     def __init__(self, *args, **kwargs):
         self.i = 0
@@ -265,18 +266,18 @@ def test_japanese_answer_streams_without_replacement_characters(generator, monke
     answer = "この図は2023年の売上高を示しています。🙂"
     ids = generator.tokenizer.encode(answer)
     assert len(ids) < len(answer.encode("utf-8"))  # byte-level pieces: some characters span several tokens
-    ForcedSampler.tokens = ids + [colrag.vlm.constants.IM_END_ID]
+    ForcedSampler.tokens = [*ids, colrag.vlm.constants.IM_END_ID]
     monkeypatch.setattr("colrag.vlm.generator.Sampler", ForcedSampler)
     result = colrag.vlm.generator.Generation()
     pieces = list(generator.stream("日本語で答えてください。", result=result, max_new_tokens=100))
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == answer == result.text
     assert result.finish_reason == "eos"
-    assert result.token_ids == ids + [colrag.vlm.constants.IM_END_ID]
+    assert result.token_ids == [*ids, colrag.vlm.constants.IM_END_ID]
 
 
 def test_generation_stops_on_eos(generator, monkeypatch):
-    ForcedSampler.tokens = generator.tokenizer.encode("Hello world") + [colrag.vlm.constants.ENDOFTEXT_ID, 11, 12]
+    ForcedSampler.tokens = [*generator.tokenizer.encode("Hello world"), colrag.vlm.constants.ENDOFTEXT_ID, 11, 12]
     monkeypatch.setattr("colrag.vlm.generator.Sampler", ForcedSampler)
     out = generator.generate("hi", max_new_tokens=50)
     assert out.finish_reason == "eos"

@@ -234,7 +234,7 @@ def test_cli_messages_without_a_bundle(tmp_path):
 @pytest.fixture(scope="module")
 def real_bundle(request):
     try:
-        import colrag.vlm.retriever  # noqa: F401
+        import colrag.vlm.retriever  # noqa: F401  (can the retriever import?)
     except ImportError as exc:
         pytest.skip(f"the retriever runtime is not importable yet: {exc}")
     return request.getfixturevalue("tiny_retriever_bundle")

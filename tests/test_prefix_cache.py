@@ -9,11 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402  (after importorskip: no torch, no test)
 
-import colrag  # noqa: E402
-from colrag.vlm.prefix_cache import Prefix, PrefixCache  # noqa: E402
-from tests.test_generator import N_NEW, Reference, synthetic_image  # noqa: E402
+import colrag  # noqa: E402  (after importorskip: no torch, no test)
+from colrag.vlm.prefix_cache import Prefix, PrefixCache  # noqa: E402  (after importorskip: no torch, no test)
+from tests.test_generator import N_NEW, Reference, synthetic_image  # noqa: E402  (after importorskip: no torch, no test)
 
 pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
 

@@ -16,11 +16,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402  (after importorskip: no torch, no test)
 
-import colrag  # noqa: E402
-from colrag.errors import BundleError  # noqa: E402
-from colrag.vlm.bundle import verify_bundle  # noqa: E402
+import colrag  # noqa: E402  (after importorskip: no torch, no test)
+from colrag.errors import BundleError  # noqa: E402  (after importorskip: no torch, no test)
+from colrag.vlm.bundle import verify_bundle  # noqa: E402  (after importorskip: no torch, no test)
 
 pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
 

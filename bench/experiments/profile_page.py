@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import colrag.vlm.retriever as retriever_mod  # noqa: E402
-from bench._util import PDF_DIR, render_page  # noqa: E402
-from colrag.vlm.runtime import configured_threads  # noqa: E402
+import colrag.vlm.retriever as retriever_mod  # noqa: E402  (after the sys.path line: runs as a script)
+from bench._util import PDF_DIR, render_page  # noqa: E402  (after the sys.path line: runs as a script)
+from colrag.vlm.runtime import configured_threads  # noqa: E402  (after the sys.path line: runs as a script)
 
 PROFILE_DIR = Path(tempfile.mkdtemp(prefix="colrag-profile-"))
 

@@ -17,6 +17,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 import colrag
 from colrag.render import render_pdf
 from colrag.vlm.preprocess import preprocess_image, vision_rot_pos_ids
+from colrag.vlm.runtime import create_session
 
 logging.disable(logging.WARNING)
 B = os.path.expanduser("~/.cache/colrag-bench/bundles")
@@ -38,7 +39,6 @@ img = render_pdf("/work/shared/data/pdfs/03_chart_usda_ag_energy_roundup.pdf")[0
 pre = preprocess_image(img, r.image_config, min_pixels=r.min_pixels, max_pixels=r.max_pixels)
 feeds = {"pixel_values": pre.pixel_values, "rot_pos_ids": vision_rot_pos_ids(pre.grid_thw)}
 del r
-from colrag.vlm.runtime import create_session
 
 outs = {}
 for name, path in [
@@ -47,11 +47,11 @@ for name, path in [
     ("MatMulInteger dynamic int8", dst),
 ]:
     if not os.path.exists(path):
-        path = [
+        path = next(
             os.path.join(os.path.dirname(path), f)
             for f in os.listdir(os.path.dirname(path))
             if f.startswith("vision") and f.endswith(".onnx")
-        ][0]
+        )
     s = create_session(path)
     s.run(None, feeds)
     ts = []

@@ -9,6 +9,7 @@ the conversation kept in the prompt (colrag.vlm.chat). The pipeline itself is co
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _show(images, names: list[str], out: Path | None) -> None:
 
     folder = out or output_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    for image, name in zip(images, names):
+    for image, name in zip(images, names, strict=True):
         path = folder / f"page-{name}.png"
         image.save(path)
         typer.echo(f"page image: {printable(path)}", err=True)
@@ -119,12 +120,14 @@ def ask_cmd(
     stats: bool = typer.Option(
         False,
         "--stats",
-        help="Print timings (load, retrieve, vision, prefill, first token, decode) and where the page features came from on stderr.",
+        help="Print timings (load, retrieve, vision, prefill, first token, decode) and where the page features "
+        "came from on stderr.",
     ),
     page_features: bool = typer.Option(
         True,
         "--page-features/--no-page-features",
-        help="Use the page features the index stored (no rendering, no vision tower) when the generator has the index's "
+        help="Use the page features the index stored (no rendering, no vision tower) when the generator has "
+        "the index's "
         "vision tower; --no-page-features renders the page(s) and computes them.",
     ),
     cache: bool = typer.Option(
@@ -136,13 +139,15 @@ def ask_cmd(
     use_server: bool = typer.Option(
         True,
         "--server/--no-server",
-        help="Use a running `colrag serve` (models already loaded) when it has the same bundles \\[default: when running].",
+        help="Use a running `colrag serve` (models already loaded) when it has the same bundles \\[default: "
+        "when running].",
     ),
     interactive: bool = typer.Option(
         False,
         "--interactive",
         "-i",
-        help="After the answer, ask follow-up questions about the same page(s), with line editing and history where the "
+        help="After the answer, ask follow-up questions about the same page(s), with line editing and history "
+        "where the "
         'platform has readline; the conversation stays in the prompt ("and in 2021?" works). /new starts a new '
         "conversation, /pages shows the sources, Ctrl-C stops the current answer, Ctrl-D (or /quit) leaves.",
     ),
@@ -226,10 +231,8 @@ def _chat(asker, prepared, question: str, first, options: dict, stats: bool) -> 
 
     tty = sys.stdin.isatty()
     if tty:
-        try:
+        with contextlib.suppress(ImportError):  # readline is not on every platform
             import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:  # not on every platform
-            pass
     conversation = Conversation()
     conversation.add(question, first.text)
     typer.echo(

@@ -41,7 +41,8 @@ def is_qdrant(index: str | None) -> bool:
     return bool(index) and str(index).startswith(("qdrant:", "qdrant+edge:"))
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(count: int) -> str:
+    n = float(count)
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -131,7 +131,8 @@ def index_cmd(
     if report.kept_files:
         typer.echo(
             f"warning: kept {report.kept_files} indexed document{'s' if report.kept_files != 1 else ''} whose folder "
-            "could not be read or is empty (an unmounted share?); `colrag remove PATH` forgets them if they are gone for good",
+            "could not be read or is empty (an unmounted share?); `colrag remove PATH` forgets them if they "
+            "are gone for good",
             err=True,
         )
     known = [f for f in report.failures if f.previous]

@@ -263,7 +263,8 @@ def export_generator_cmd(
     share_vision_with: Path | None = typer.Option(
         None,
         "--share-vision-with",
-        help="A retriever bundle folder: when its vision tower has the same weights, reference its vision graph instead of storing a copy.",
+        help="A retriever bundle folder: when its vision tower has the same weights, reference its vision "
+        "graph instead of storing a copy.",
     ),
     opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
     quantize: Quantize = QUANTIZE_OPTION,
@@ -274,7 +275,9 @@ def export_generator_cmd(
         help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
     ),
 ) -> None:
-    """Export a Qwen2-VL generator checkpoint: vision + decoder (KV cache) graphs, embedding table, tokenizer, manifest."""
+    """Export a Qwen2-VL generator checkpoint.
+
+    Writes the vision and decoder (KV cache) graphs, embedding table, tokenizer and manifest."""
     from ..export.generator import export_generator
     from ..paths import generator_dir
 

@@ -31,7 +31,9 @@ RETRIEVER_OPTION = typer.Option(
 
 
 def check_threads_option(value: int | None) -> int | None:
-    """--threads is checked as it is parsed: one line above a few threads per core (colrag.vlm.runtime.check_threads)."""
+    """--threads is checked as it is parsed: one line above a few threads per core.
+
+    (colrag.vlm.runtime.check_threads)"""
     from ..vlm.runtime import check_threads
 
     return check_threads(value)
@@ -42,5 +44,6 @@ THREADS_OPTION = typer.Option(
     "--threads",
     min=1,
     callback=check_threads_option,
-    help="CPU threads for onnxruntime, FAISS and the rerank \\[default: OMP_NUM_THREADS, else all cores]; results do not depend on it.",
+    help="CPU threads for onnxruntime, FAISS and the rerank \\[default: OMP_NUM_THREADS, else all cores]; "
+    "results do not depend on it.",
 )

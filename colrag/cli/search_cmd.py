@@ -26,7 +26,8 @@ def search_cmd(
     explain: bool = typer.Option(
         False,
         "--explain",
-        help="Also write, for each result, a PNG of the page with a heatmap of the image patches that matched the query (late-interaction similarity map); paths go to stderr.",
+        help="Also write, for each result, a PNG of the page with a heatmap of the image patches that matched "
+        "the query (late-interaction similarity map); paths go to stderr.",
     ),
     out: Path | None = typer.Option(
         None,
@@ -106,7 +107,8 @@ def _explain_hits(idx, model, query: str, hits, out: Path | None, password: str 
     for file, reason in unusable.items():
         if not os.path.exists(file):
             typer.echo(
-                f"warning: {printable(file)} is missing (moved or deleted since it was indexed), so its pages have no heatmap: "
+                f"warning: {printable(file)} is missing (moved or deleted since it was indexed), so its pages "
+                "have no heatmap: "
                 f"index its new location with `colrag index DIR`, or forget it with `colrag remove {printable(file)}`",
                 err=True,
             )

@@ -111,12 +111,14 @@ def status_cmd(
         typer.echo(f"documents  {', '.join(docs)}")
         typer.echo(f"pages      {stats['pages']} indexed, {stats['failed_pages']} failed")
         typer.echo(
-            f"on disk    {human_bytes(stats['bytes_on_disk'])} (dead vectors {human_bytes(stats['dead_vector_bytes'])}: "
+            f"on disk    {human_bytes(stats['bytes_on_disk'])} (dead "
+            f"vectors {human_bytes(stats['dead_vector_bytes'])}: "
             "removed or replaced pages, reclaimed by `colrag compact`, or automatically past a quarter of the vectors)"
         )
         if stats["features"] is not None or stats["pages_with_features"]:
             typer.echo(
-                f"features   {stats['pages_with_features']} of {stats['pages']} pages, {human_bytes(stats['feature_bytes'])} "
+                f"features   {stats['pages_with_features']} of {stats['pages']} "
+                f"pages, {human_bytes(stats['feature_bytes'])} "
                 f"({human_bytes(stats['feature_bytes_per_page'])} per page)"
             )
         else:
