@@ -52,7 +52,7 @@ def record(bundle: Path, kind: str, image) -> dict:
     g._vision, g._decoder = Recorder(g._vision), Recorder(g._decoder)
     g._prefill = g._decoder  # one onnxruntime session serves both
     g.generate("What does the chart show?", [image], max_new_tokens=2, min_new_tokens=2)
-    vision = type(g)._vision_graph(bundle, g.manifest)
+    vision = type(g).vision_graph(bundle, g.manifest)
     decoder = bundle / g.manifest["graphs"]["decoder"]
     return {
         "vision": (vision, *g._vision.calls[0]),

@@ -202,9 +202,7 @@ def _check_shared_vision(bundle: Path, manifest: dict) -> None:
         return
     from .vlm.generator import Generator
 
-    resolve = getattr(Generator, "_vision_graph", None)
-    if resolve is not None:
-        resolve(bundle, manifest)
+    Generator.vision_graph(bundle, manifest)  # a BundleError says what is wrong with the shared graph
 
 
 def check_index(path: Path, retriever_manifest: dict | None, *, full: bool) -> Check:

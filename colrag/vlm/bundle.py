@@ -14,11 +14,18 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..errors import BundleError
 from ..fsutil import atomic_write_json
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .preprocess import ImageProcessorConfig
+    from .tokenization import Tokenizer
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
@@ -236,6 +243,44 @@ def load_embedding_table(bundle_dir: str | os.PathLike, manifest: dict[str, Any]
             f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})"
         )
     return table
+
+
+class RuntimeOptions(TypedDict, total=False):
+    """Where a bundle's graphs run (colrag.vlm.backends): Retriever.load's and Generator.load's keywords."""
+
+    threads: int | None
+    device: str | None
+    backend: str | None  # auto | onnxruntime | openvino (None: COLRAG_BACKEND, else auto)
+    precision: str | None  # auto | f32 | bf16 (None: COLRAG_PRECISION, else auto)
+
+
+@dataclass
+class OpenedBundle:
+    """What every model bundle holds besides its graphs, checked and loaded."""
+
+    dir: Path
+    manifest: dict[str, Any]
+    table: np.ndarray  # (vocab, hidden) float32, memory-mapped
+    tokenizer: Tokenizer
+    image_config: ImageProcessorConfig
+
+    @property
+    def id(self) -> str:
+        return bundle_id(self.manifest)
+
+
+def open_bundle(bundle_dir: str | os.PathLike, kind: str) -> OpenedBundle:
+    """A bundle's manifest (sha256 of every file on first load, then stamps), embedding table,
+    tokenizer and image processor config; the graphs are the model's to open."""
+    from .preprocess import ImageProcessorConfig
+    from .tokenization import Tokenizer
+
+    folder = Path(bundle_dir).expanduser()
+    manifest = load_verified_manifest(folder, kind)
+    table = load_embedding_table(folder, manifest)
+    tokenizer = Tokenizer.from_dir(folder)
+    image_config = ImageProcessorConfig.from_json(folder / "preprocessor_config.json")
+    return OpenedBundle(folder, manifest, table, tokenizer, image_config)
 
 
 def bundle_id(manifest: dict[str, Any]) -> str:

@@ -29,43 +29,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from ..errors import BundleError, InputError
 from .backends import LazyVision, as_numpy, open_session, runs_on
-from .bundle import bundle_file, bundle_id, load_verified_manifest
+from .bundle import RuntimeOptions, bundle_file, bundle_id, load_verified_manifest, open_bundle
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_PROMPT_TOKENS, SYSTEM_PROMPT
+from .generation import Generation, GenerationConfig, PrefillInputs
 from .image_features import ImageFeatures
 from .prefix_cache import Prefix, PrefixCache, prefix_key
-from .sampling import Sampler, SamplingParams
-
-
-@dataclass
-class Generation:
-    """One answer: its text and ids, and where the time went."""
-
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)  # generated ids; ends with the eos id when it stopped on one
-    finish_reason: str = ""  # "eos" or "length"
-    n_prompt_tokens: int = 0
-    n_image_tokens: int = 0
-    vision_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    prefix_cached: bool = False  # the images' part of the prompt came from the prefix cache (no vision, short prefill)
-
-    @property
-    def n_new_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        steps = max(0, len(self.token_ids) - 1)  # the first token comes from the prefill
-        return steps / self.decode_s if self.decode_s > 0 else 0.0
+from .sampling import Sampler
 
 
 def _load_image(image, target_pixels: int | None = None):
@@ -157,35 +133,19 @@ class Generator:
         cls,
         bundle_dir: str | os.PathLike,
         *,
-        threads: int | None = None,
-        device: str | None = None,
         prefix_cache: PrefixCache | bool | None = True,
-        backend: str | None = None,
-        precision: str | None = None,
+        **runtime: Unpack[RuntimeOptions],
     ) -> Generator:
         """prefix_cache: True (default) keeps recent pages' prompt k/v in memory, so a second
         question on the same image skips the vision tower and most of the prefill; pass a
         PrefixCache (e.g. with a folder, to keep them across processes) or False for none.
-        backend: auto | onnxruntime | openvino, precision: auto | f32 | bf16 (None: COLRAG_BACKEND /
-        COLRAG_PRECISION, else auto; colrag.vlm.backends says what auto picks per graph)."""
-        from .preprocess import ImageProcessorConfig
-        from .tokenization import Tokenizer
-
-        bundle_dir = Path(bundle_dir).expanduser()
-        manifest = load_verified_manifest(bundle_dir, "generator")  # sha256 on first load, then stamps
-        graphs = manifest["graphs"]
-        try:
-            table = np.load(
-                bundle_file(bundle_dir, manifest, graphs["embed_tokens"]), mmap_mode="r", allow_pickle=False
-            )
-        except ValueError as exc:
-            raise BundleError(f"{bundle_dir}: unreadable embedding table: {exc}") from exc
-        if table.ndim != 2 or table.shape[1] != manifest["hidden_size"]:
-            raise BundleError(
-                f"{bundle_dir}: embedding table has shape {table.shape}, expected (vocab, {manifest['hidden_size']})"
-            )
-        opts: dict[str, Any] = dict(backend=backend, precision=precision, threads=threads, device=device)
-        vision_path = cls._vision_graph(bundle_dir, manifest)  # checked now, loaded when an image needs it
+        runtime: threads, device, backend (auto | onnxruntime | openvino), precision (auto | f32 |
+        bf16); None: COLRAG_BACKEND / COLRAG_PRECISION, else auto (colrag.vlm.backends)."""
+        b = open_bundle(bundle_dir, "generator")
+        bundle_dir, manifest, graphs = b.dir, b.manifest, b.manifest["graphs"]
+        backend, precision = runtime.get("backend"), runtime.get("precision")
+        opts: dict[str, Any] = dict(runtime)
+        vision_path = cls.vision_graph(bundle_dir, manifest)  # checked now, loaded when an image needs it
         shared = manifest.get("shared_vision") if "vision" not in graphs else None
         vision_key = str(shared["sha256"])[:32] if shared else bundle_id(manifest)  # the shared graph's own identity
         decoder_path = bundle_file(bundle_dir, manifest, graphs["decoder"])
@@ -193,8 +153,6 @@ class Generator:
         prefill = decoder  # one session serves both, unless the prefill is chosen to run elsewhere
         if runs_on("prefill", backend, precision) != runs_on("decode", backend, precision):
             prefill = open_session(decoder_path, graph="prefill", cache_key=bundle_id(manifest), **opts)
-        tokenizer = Tokenizer.from_dir(bundle_dir)
-        image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
         if prefix_cache is True:
             prefix_cache = PrefixCache()
         return cls(
@@ -202,9 +160,9 @@ class Generator:
             manifest,
             None,
             decoder,
-            table,
-            tokenizer,
-            image_config,
+            b.table,
+            b.tokenizer,
+            b.image_config,
             prefix_cache or None,
             prefill=prefill,
             vision_factory=lambda: open_session(vision_path, graph="vision", cache_key=vision_key, **opts),
@@ -213,7 +171,7 @@ class Generator:
     _vision = LazyVision()  # answers from stored page features never open it
 
     @staticmethod
-    def _vision_graph(bundle_dir: Path, manifest: dict) -> Path:
+    def vision_graph(bundle_dir: Path, manifest: dict) -> Path:
         """This bundle's vision graph, or the retriever bundle's one it shares (after checking it is the same tower)."""
         if "vision" in manifest["graphs"]:
             return bundle_file(bundle_dir, manifest, manifest["graphs"]["vision"])
@@ -273,32 +231,13 @@ class Generator:
 
     # -- generation ------------------------------------------------------------------
     def generate(
-        self,
-        prompt: str,
-        images: Sequence = (),
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-        min_new_tokens: int = 0,
-        max_pixels: int | None = None,
-        system: str = SYSTEM_PROMPT,
+        self, prompt: str, images: Sequence = (), config: GenerationConfig | None = None, **options
     ) -> Generation:
-        """Answer `prompt` about `images` (PIL images or paths; none for text only)."""
+        """Answer `prompt` about `images` (PIL images or paths; none for text only).
+
+        config and/or options: GenerationConfig's fields (max_new_tokens=..., temperature=..., ...)."""
         result = Generation()
-        for _ in self._tokens(
-            prompt,
-            images,
-            result,
-            max_new_tokens=max_new_tokens,
-            max_pixels=max_pixels,
-            system=system,
-            params=SamplingParams(temperature, top_p, top_k, repetition_penalty, seed),
-            min_new_tokens=min_new_tokens,
-        ):
+        for _ in self._tokens(prompt, images, result, GenerationConfig.of(config, options)):
             pass
         result.text = self._decode_text(result.token_ids)
         return result
@@ -307,37 +246,22 @@ class Generator:
         self,
         prompt: str,
         images: Sequence = (),
+        config: GenerationConfig | None = None,
         *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-        min_new_tokens: int = 0,
-        max_pixels: int | None = None,
-        system: str = SYSTEM_PROMPT,
         result: Generation | None = None,
+        **options,
     ) -> Iterator[str]:
         """Yield the answer's text as it is produced, in pieces that are whole UTF-8 characters.
 
-        Pass a `Generation` as `result` to get the ids and timings once the stream ends.
+        Options as for `generate`. Pass a `Generation` as `result` to get the ids and timings once
+        the stream ends.
         """
         from .tokenization import IncrementalDecoder
 
         result = result if result is not None else Generation()
         decoder = IncrementalDecoder(self.tokenizer)
         pieces: list[str] = []
-        for token in self._tokens(
-            prompt,
-            images,
-            result,
-            max_new_tokens=max_new_tokens,
-            max_pixels=max_pixels,
-            system=system,
-            params=SamplingParams(temperature, top_p, top_k, repetition_penalty, seed),
-            min_new_tokens=min_new_tokens,
-        ):
+        for token in self._tokens(prompt, images, result, GenerationConfig.of(config, options)):
             if token in self.eos_ids:
                 continue
             piece = decoder.add(token)
@@ -353,9 +277,10 @@ class Generator:
     def _decode_text(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode([t for t in token_ids if t not in self.eos_ids])
 
-    def _prefill_inputs(self, prompt: str, images: Sequence, result: Generation, max_pixels: int | None, system: str):
-        """Everything the prefill needs. With a prefix cache hit, only the tokens after the
-        images are left to run: (prompt ids, embeds (1, S', H), positions (3, 1, S'), rope delta, past or None, key)."""
+    def _prefill_inputs(
+        self, prompt: str, images: Sequence, result: Generation, max_pixels: int | None, system: str
+    ) -> PrefillInputs:
+        """Everything the prefill needs (a prefix cache hit leaves only the tokens after the images)."""
         from .rope import get_rope_index
 
         if not isinstance(prompt, str):
@@ -408,7 +333,8 @@ class Generator:
         result.n_image_tokens = int(slots.sum())
         result.prefix_cached = past is not None
         positions = np.asarray(position_ids, dtype=np.int64)[:, :, first:]  # (3, 1, S - first)
-        return ids[0], embeds, positions, int(np.asarray(rope_deltas).reshape(-1)[0]), past, (key, n_prefix)
+        rope_delta = int(np.asarray(rope_deltas).reshape(-1)[0])
+        return PrefillInputs(ids[0], embeds, positions, rope_delta, past, key, n_prefix)
 
     def _prefix_key(self, prefix_ids: np.ndarray, pres: Sequence, max_pixels: int | None, system: str) -> str:
         """The prefix cache key: this bundle and every setting that changes the prefix's k/v,
@@ -445,26 +371,16 @@ class Generator:
         outs = session.run({**feeds, **dict(zip(self._past_names, past, strict=True))}, self._output_names)
         return as_numpy(outs[0]), list(outs[1:])  # logits (1, 1, V) on the host; present k/v as they are
 
-    def _tokens(
-        self,
-        prompt,
-        images,
-        result: Generation,
-        *,
-        max_new_tokens: int,
-        max_pixels,
-        system: str,
-        params: SamplingParams,
-        min_new_tokens: int,
-    ) -> Iterator[int]:
+    def _tokens(self, prompt, images, result: Generation, config: GenerationConfig) -> Iterator[int]:
         """Run prefill then decode; yield each new token id as soon as it is chosen."""
+        max_new_tokens = config.max_new_tokens
         if max_new_tokens < 1:
             raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
         images = _as_list(images)
-        prompt_ids, embeds, position_ids, rope_delta, past, (key, n_prefix) = self._prefill_inputs(
-            prompt, images, result, max_pixels, system
-        )
-        sampler = Sampler(params, self.eos_ids, min_new_tokens)
+        prompt_ids, embeds, position_ids, rope_delta, past, key, n_prefix = self._prefill_inputs(
+            prompt, images, result, config.max_pixels, config.system
+        )  # PrefillInputs
+        sampler = Sampler(config.sampling(), self.eos_ids, config.min_new_tokens)
         seen = list(prompt_ids)  # the repetition penalty covers the prompt too, as in transformers
 
         start = time.perf_counter()

@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from ..errors import InputError
 from .backends import LazyVision, as_numpy, open_session
-from .bundle import bundle_file, bundle_id, load_embedding_table, load_verified_manifest
+from .bundle import RuntimeOptions, bundle_file, bundle_id, open_bundle
 from .constants import IMAGE_PAD_ID, MAX_QUERY_TOKENS, PAD_ID
 from .image_features import ImageFeatures
 from .preprocess import ImageProcessorConfig, preprocess_image, vision_rot_pos_ids
@@ -68,38 +68,23 @@ class Retriever:
         return {name: f"{s.backend} {s.precision}" for name, s in (("vision", self._vision), ("text", self._text))}
 
     @classmethod
-    def load(
-        cls,
-        bundle_dir: str | os.PathLike,
-        *,
-        threads: int | None = None,
-        device: str | None = None,
-        backend: str | None = None,
-        precision: str | None = None,
-    ) -> Retriever:
-        """backend: auto | onnxruntime | openvino, precision: auto | f32 | bf16 (None: COLRAG_BACKEND /
-        COLRAG_PRECISION, else auto; colrag.vlm.backends says what auto picks per graph)."""
-        bundle_dir = Path(bundle_dir).expanduser()
-        manifest = load_verified_manifest(bundle_dir, "retriever")  # sha256 on first load, then stamps
-        graphs = manifest["graphs"]
-        table = load_embedding_table(bundle_dir, manifest)
-        opts: dict[str, Any] = dict(
-            backend=backend, precision=precision, threads=threads, device=device, cache_key=bundle_id(manifest)
-        )
-        vision_path = bundle_file(
-            bundle_dir, manifest, graphs["vision"]
-        )  # a bundle without it fails now, not at the first page
-        text = open_session(bundle_file(bundle_dir, manifest, graphs["text"]), graph="text", **opts)
-        tokenizer = Tokenizer.from_dir(bundle_dir)
-        image_config = ImageProcessorConfig.from_json(bundle_dir / "preprocessor_config.json")
+    def load(cls, bundle_dir: str | os.PathLike, **runtime: Unpack[RuntimeOptions]) -> Retriever:
+        """runtime: threads, device, backend (auto | onnxruntime | openvino), precision (auto | f32 |
+        bf16); None: COLRAG_BACKEND / COLRAG_PRECISION, else auto (colrag.vlm.backends)."""
+        b = open_bundle(bundle_dir, "retriever")
+        graphs = b.manifest["graphs"]
+        opts: dict[str, Any] = {**runtime, "cache_key": b.id}
+        # the vision graph's file is checked now (a bundle without it fails here, not at the first page)
+        vision_path = bundle_file(b.dir, b.manifest, graphs["vision"])
+        text = open_session(bundle_file(b.dir, b.manifest, graphs["text"]), graph="text", **opts)
         return cls(
-            bundle_dir,
-            manifest,
+            b.dir,
+            b.manifest,
             None,
             text,
-            table,
-            tokenizer,
-            image_config,
+            b.table,
+            b.tokenizer,
+            b.image_config,
             vision_factory=lambda: open_session(vision_path, graph="vision", **opts),
         )
 
