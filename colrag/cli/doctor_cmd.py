@@ -8,18 +8,13 @@ from pathlib import Path
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
-from .models_cmd import MODELS_DIR_OPTION
+from .options import INDEX_OPTION, MODELS_DIR_OPTION
 from .output import printable
 
 
 @app.command("doctor")
 def doctor_cmd(
-    index: str | None = typer.Option(
-        None,
-        "--index",
-        envvar="COLRAG_INDEX",
-        help="Index name (a folder under $COLRAG_HOME/indexes) or path to an index folder \\[default: default].",
-    ),
+    index: str | None = INDEX_OPTION,
     models_dir: Path | None = MODELS_DIR_OPTION,
     full: bool = typer.Option(
         False, "--full", help="Also re-hash every bundle file (sha256) and read every index vector: slower."

@@ -10,7 +10,8 @@ import typer
 
 from ..cli import models_app
 from ..install import PARTS, SPECS
-from .models_cmd import MODELS_DIR_OPTION, QUANTIZE_OPTION, Quantize
+from .models_cmd import QUANTIZE_OPTION, Quantize
+from .options import EXPORT_VERBOSE_OPTION, MODELS_DIR_OPTION
 from .output import printable
 
 # Built from install.PARTS so the CLI's choices cannot drift from the installer's;
@@ -54,11 +55,7 @@ def install_cmd(
         False, "--reinstall", help="Replace bundles that are already installed (they are kept otherwise)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    verbose: bool = typer.Option(
-        False,
-        "--verbose",
-        help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
-    ),
+    verbose: bool = EXPORT_VERBOSE_OPTION,
 ) -> None:
     from ..install import install
     from ..paths import models_dir as default_models_dir

@@ -11,7 +11,13 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, models_app
 from ..export.quantize import DEFAULT_QUANTIZE, QUANT_SCHEMES, QUANTIZE_HELP
-from .options import MODELS_DIR_OPTION
+from .options import (
+    EXPORT_VERBOSE_OPTION,
+    MODEL_THREADS_OPTION,
+    MODELS_DIR_OPTION,
+    OPSET_OPTION,
+    REPLACE_BUNDLE_OPTION,
+)
 from .output import printable
 
 Quantize = Enum("Quantize", {q: q for q in ("none", *QUANT_SCHEMES)}, type=str)  # type: ignore[misc]
@@ -31,14 +37,10 @@ def export_retriever_cmd(
     src: Path = typer.Argument(..., help="ColQwen2 checkpoint folder (e.g. a download of vidore/colqwen2-v1.0-hf)."),
     out: Path | None = typer.Option(None, "--out", help="Bundle folder to write \\[default: <models-dir>/retriever]."),
     models_dir: Path | None = MODELS_DIR_OPTION,
-    opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
+    opset: int = OPSET_OPTION,
     quantize: Quantize = QUANTIZE_OPTION,
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
-    verbose: bool = typer.Option(
-        False,
-        "--verbose",
-        help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
-    ),
+    force: bool = REPLACE_BUNDLE_OPTION,
+    verbose: bool = EXPORT_VERBOSE_OPTION,
 ) -> None:
     """Export a ColQwen2 retriever checkpoint: vision + text graphs, embedding table, tokenizer, manifest."""
     from ..export.retriever import export_retriever
@@ -48,12 +50,6 @@ def export_retriever_cmd(
     target.parent.mkdir(parents=True, exist_ok=True)
     export_retriever(src, target, opset=opset, quantize=Quantize(quantize).value, force=force, verbose=verbose)
     typer.echo(str(target))
-
-
-def _check_threads(value: int | None) -> int | None:
-    from ..vlm.runtime import check_threads
-
-    return check_threads(value)
 
 
 def _bundles(models_dir: Path | None) -> list[Path]:
@@ -153,13 +149,7 @@ def compare_cmd(
     top_k: int = typer.Option(5, "--top-k", min=1, help="Retriever: the ranking depth whose overlap is reported."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Generator: greedy tokens per answer."),
     password: str | None = typer.Option(None, "--password", help="Password for encrypted PDFs."),
-    threads: int | None = typer.Option(
-        None,
-        "--threads",
-        min=1,
-        callback=_check_threads,
-        help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores].",
-    ),
+    threads: int | None = MODEL_THREADS_OPTION,
     backend: str | None = BACKEND_OPTION,
     precision: str | None = PRECISION_OPTION,
     backend_b: str | None = typer.Option(
@@ -266,14 +256,10 @@ def export_generator_cmd(
         help="A retriever bundle folder: when its vision tower has the same weights, reference its vision "
         "graph instead of storing a copy.",
     ),
-    opset: int = typer.Option(18, help="ONNX opset of the exported graphs."),
+    opset: int = OPSET_OPTION,
     quantize: Quantize = QUANTIZE_OPTION,
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
-    verbose: bool = typer.Option(
-        False,
-        "--verbose",
-        help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
-    ),
+    force: bool = REPLACE_BUNDLE_OPTION,
+    verbose: bool = EXPORT_VERBOSE_OPTION,
 ) -> None:
     """Export a Qwen2-VL generator checkpoint.
 

@@ -47,3 +47,23 @@ THREADS_OPTION = typer.Option(
     help="CPU threads for onnxruntime, FAISS and the rerank \\[default: OMP_NUM_THREADS, else all cores]; "
     "results do not depend on it.",
 )
+MODEL_THREADS_OPTION = typer.Option(
+    None,
+    "--threads",
+    min=1,
+    callback=check_threads_option,
+    help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores].",
+)
+GENERATOR_OPTION = typer.Option(
+    None,
+    "--generator",
+    help="Generator bundle folder to use \\[default: <models-dir>/generator].",
+)
+# `models export retriever|generator` and `models install`
+OPSET_OPTION = typer.Option(18, help="ONNX opset of the exported graphs.")
+REPLACE_BUNDLE_OPTION = typer.Option(False, "--force", help="Replace an existing bundle at --out.")
+EXPORT_VERBOSE_OPTION = typer.Option(
+    False,
+    "--verbose",
+    help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
+)

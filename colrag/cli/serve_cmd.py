@@ -7,27 +7,17 @@ from pathlib import Path
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
+from .options import GENERATOR_OPTION, MODEL_THREADS_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION
 
 
 @app.command("serve")
 def serve_cmd(
-    models_dir: Path | None = typer.Option(
-        None,
-        "--models-dir",
-        envvar="COLRAG_MODELS",
-        help="Folder holding the retriever/ and generator/ bundles \\[default: $COLRAG_HOME/models].",
-    ),
-    retriever: Path | None = typer.Option(
-        None, "--retriever", help="Retriever bundle folder \\[default: <models-dir>/retriever]."
-    ),
-    generator: Path | None = typer.Option(
-        None, "--generator", help="Generator bundle folder \\[default: <models-dir>/generator]."
-    ),
+    models_dir: Path | None = MODELS_DIR_OPTION,
+    retriever: Path | None = RETRIEVER_OPTION,
+    generator: Path | None = GENERATOR_OPTION,
     backend: str | None = BACKEND_OPTION,
     precision: str | None = PRECISION_OPTION,
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores]."
-    ),
+    threads: int | None = MODEL_THREADS_OPTION,
 ) -> None:
     """Load the models once and answer `colrag ask` questions from them (Ctrl-C stops). `ask` finds the server on
     $COLRAG_HOME/run/serve.sock and uses it when its bundles and --threads are the same; it saves loading the models
