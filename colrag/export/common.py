@@ -1,4 +1,6 @@
-"""Helpers shared by the retriever and generator exporters (torch side)."""
+"""Helpers shared by the retriever and generator exporters (torch side): quiet exports, graph export,
+checkpoint files and identity, and the bundle folder (replaced only when empty or a bundle of the same kind).
+The steps both exporters take in the same order are in colrag.export.steps."""
 
 from __future__ import annotations
 
