@@ -95,3 +95,31 @@ def tiny_retriever_int8_bundle(tiny_colqwen2_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "retriever-int8"
     export_retriever(tiny_colqwen2_checkpoint, out, quantize="int8")
     return out
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """The typer app with every command registered (for CliRunner)."""
+    from colrag.cli import _register_commands, app
+
+    _register_commands()
+    return app
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_retriever_bundle, tmp_path_factory):
+    """Two small PDFs indexed with the tiny retriever."""
+    from colrag.indexer import Indexer
+    from colrag.store import Index, RetrieverInfo
+    from colrag.vlm.retriever import Retriever
+    from tests.index_helpers import make_pdf
+
+    root = tmp_path_factory.mktemp("ask")
+    docs = root / "docs"
+    make_pdf(docs / "alpha.pdf", n_pages=2, tag="alpha", size=(300, 400))
+    make_pdf(docs / "beta.pdf", n_pages=1, tag="beta", size=(400, 300))
+    model = Retriever.load(tiny_retriever_bundle, threads=1)
+    with Index.open_writer(root / "index", RetrieverInfo.of(model)) as idx:
+        report = Indexer(idx, model).run([docs])
+    assert report.ok and report.pages == 3
+    return root / "index"

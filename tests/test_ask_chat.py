@@ -12,12 +12,12 @@ pytest.importorskip("transformers")
 
 from typer.testing import CliRunner
 
-from tests.test_ask_cli import SMALL, cli, tiny_index  # noqa: F401  (fixtures, used by name)
+from tests.tiny_models import SMALL
 
 pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
 
 
-def _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F811  (fixtures imported above)
+def _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle):
     return [
         "--index",
         str(tiny_index),
@@ -35,7 +35,7 @@ def _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F8
     ]
 
 
-def test_top_k_means_pages(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle):  # noqa: F811  (fixtures imported above)
+def test_top_k_means_pages(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle):
     base = _base(tiny_index, tiny_retriever_bundle, tiny_generator_bundle)
     r = CliRunner().invoke(cli, ["ask", "Which page?", *base, "--top-k", "2", "--json"])
     assert r.exit_code == 0, r.output
@@ -45,7 +45,7 @@ def test_top_k_means_pages(cli, tiny_index, tiny_retriever_bundle, tiny_generato
         assert r.exit_code == 2 and "No such option" in r.output
 
 
-def test_interactive_is_a_conversation(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle, monkeypatch):  # noqa: F811  (fixtures imported above)
+def test_interactive_is_a_conversation(cli, tiny_index, tiny_retriever_bundle, tiny_generator_bundle, monkeypatch):
     from colrag.ask import Asker
 
     asked: list[str] = []

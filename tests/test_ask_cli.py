@@ -16,37 +16,9 @@ pytest.importorskip("transformers")
 from typer.testing import CliRunner
 
 from colrag.errors import BundleError, IndexStoreError
+from tests.tiny_models import SMALL
 
 pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
-
-SMALL = str(64 * 28 * 28)  # --max-pixels: keeps the tiny runs quick
-
-
-@pytest.fixture(scope="module")
-def cli():
-    from colrag.cli import _register_commands, app
-
-    _register_commands()
-    return app
-
-
-@pytest.fixture(scope="module")
-def tiny_index(tiny_retriever_bundle, tmp_path_factory):
-    """Two small PDFs indexed with the tiny retriever."""
-    from colrag.indexer import Indexer
-    from colrag.store import Index, RetrieverInfo
-    from colrag.vlm.retriever import Retriever
-    from tests.index_helpers import make_pdf
-
-    root = tmp_path_factory.mktemp("ask")
-    docs = root / "docs"
-    make_pdf(docs / "alpha.pdf", n_pages=2, tag="alpha", size=(300, 400))
-    make_pdf(docs / "beta.pdf", n_pages=1, tag="beta", size=(400, 300))
-    model = Retriever.load(tiny_retriever_bundle, threads=1)
-    with Index.open_writer(root / "index", RetrieverInfo.of(model)) as idx:
-        report = Indexer(idx, model).run([docs])
-    assert report.ok and report.pages == 3
-    return root / "index"
 
 
 def _ask(cli, *args):

@@ -27,14 +27,6 @@ QUESTIONS = ["What does the chart show?", "この表の合計はいくつです�
 
 
 @pytest.fixture(scope="module")
-def cli():
-    from colrag.cli import _register_commands, app
-
-    _register_commands()
-    return app
-
-
-@pytest.fixture(scope="module")
 def shared_index(pdf_dir, tiny_retriever_bundle, tmp_path_factory):
     """Three of the shared PDFs (16 pages) indexed with the tiny retriever, page features on."""
     from colrag.indexer import Indexer

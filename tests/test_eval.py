@@ -261,14 +261,6 @@ def tiny_dataset(pdf_dir, tmp_path_factory):
     )
 
 
-@pytest.fixture(scope="module")
-def cli():
-    from colrag.cli import _register_commands, app
-
-    _register_commands()
-    return app
-
-
 def run_cli(cli, *args):
     from typer.testing import CliRunner
 

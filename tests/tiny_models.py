@@ -13,6 +13,7 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOKENIZER_DIR = SHARED / "data" / "tokenizer" / "qwen2-vl-2b-instruct"
 PDF_DIR = SHARED / "data" / "pdfs"
+SMALL = str(64 * 28 * 28)  # --max-pixels of the tiny `ask` runs: keeps them quick
 
 VOCAB = 151936  # the real vocabulary size, so the real tokenizer's ids are valid
 INIT_STD = 0.2
