@@ -324,7 +324,8 @@ def open_time(folder: Path, query_file: Path, repeats: int = 3) -> dict:
     code = (
         "import time, sys, numpy as np; t0 = time.perf_counter()\n"
         "from colrag.store import Index; from colrag.search import Searcher\n"
-        "t1 = time.perf_counter(); ix = Index.open(sys.argv[1]); s = Searcher(ix, None); snap = s._current_view().snap\n"
+        "t1 = time.perf_counter(); ix = Index.open(sys.argv[1]); s = Searcher(ix, None); snap = "
+        "s._current_view().snap\n"
         "t2 = time.perf_counter(); s.search_vectors(np.load(sys.argv[2]), 5); t3 = time.perf_counter()\n"
         "print(t1 - t0, t2 - t1, t3 - t2)"
     )
@@ -533,7 +534,8 @@ def main() -> int:
         )
         print("| metric | value |\n|---|---|")
         print(
-            f"| search p50 / p95 (after embedding) | {res['p50_ms']:.1f} ms / {res['p95_ms']:.1f} ms (p50 per run: {res['p50_runs_ms']}) |"
+            f"| search p50 / p95 (after embedding) | {res['p50_ms']:.1f} ms / {res['p95_ms']:.1f} ms (p50 per "
+            f"run: {res['p50_runs_ms']}) |"
         )
         print(
             "| recall@5 vs exact float32 MaxSim: tie-tolerant / strict | "
@@ -555,17 +557,21 @@ def main() -> int:
         )
         if "open_import_s" in res:
             print(
-                f"| open (new process) | import {res['open_import_s'] * 1000:.0f} ms, Index.open + snapshot {res['open_open_snapshot_s'] * 1000:.0f} ms, first search {res['open_first_search_s'] * 1000:.0f} ms |"
+                f"| open (new process) | import {res['open_import_s'] * 1000:.0f} ms, Index.open + "
+                f"snapshot {res['open_open_snapshot_s'] * 1000:.0f} ms, first "
+                f"search {res['open_first_search_s'] * 1000:.0f} ms |"
             )
         if res["cold_search_s"]:
             c = np.array(res["cold_search_s"]) * 1000
             print(
-                f"| cold: 8 searches in a new process after evicting the index from the page cache | median {np.median(c):.0f} ms, first {c[0]:.0f} ms, max {c.max():.0f} ms |"
+                "| cold: 8 searches in a new process after evicting the index from the page cache | "
+                f"median {np.median(c):.0f} ms, first {c[0]:.0f} ms, max {c.max():.0f} ms |"
             )
         b = res["build"]
         if b:
             print(
-                f"| build | {b.get('build_s', 0):.0f} s (page lists {b.get('ivf_build_s', 0):.1f} s), max RSS {b.get('max_rss_mb', 0):.0f} MB |"
+                f"| build | {b.get('build_s', 0):.0f} s (page lists {b.get('ivf_build_s', 0):.1f} s), max "
+                f"RSS {b.get('max_rss_mb', 0):.0f} MB |"
             )
         print(f"| load average (1, 5, 15 min) after | {', '.join(f'{x:.2f}' for x in res['load'])} |")
         if res["sweep"]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ class Indexer:
         self._worker: RenderWorker | None = None
 
     # -- the run -------------------------------------------------------------------
-    def run(self, paths: list[str | os.PathLike]) -> IndexReport:
+    def run(self, paths: Sequence[str | os.PathLike]) -> IndexReport:
         t0 = time.perf_counter()
         report = IndexReport()
         walk = walk_pdfs(paths)
@@ -301,7 +302,7 @@ class Indexer:
             errors.append((number, "error", reason))
             report.failures.append(Failure(key, number, reason))
             return False
-        width, height = rendered.image.size  # type: ignore[attr-defined]  # a PIL image
+        width, height = rendered.image.size
         pages.append((number, width, height, vectors))
         feats.append(features)
         report.pages += 1
@@ -371,7 +372,7 @@ def _vanished(path: str, listed: dict[str, int]) -> bool:
         return False  # it exists (or a folder above it does, unlisted): not gone
 
 
-def remove_targets(index: Index, paths: list[str | os.PathLike]) -> list[str]:
+def remove_targets(index: Index, paths: Sequence[str | os.PathLike]) -> list[str]:
     """The catalogued paths `remove` would forget: the files given, and every file under a folder given."""
     targets: list[str] = []
     known = {d.path for d in index.documents()}
@@ -383,7 +384,7 @@ def remove_targets(index: Index, paths: list[str | os.PathLike]) -> list[str]:
     return sorted(set(targets))
 
 
-def remove(index: Index, paths: list[str | os.PathLike], targets: list[str] | None = None) -> list[str]:
+def remove(index: Index, paths: Sequence[str | os.PathLike], targets: list[str] | None = None) -> list[str]:
     """Forget files, or every file under a folder; returns the paths removed."""
     if targets is None:
         targets = remove_targets(index, paths)

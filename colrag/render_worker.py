@@ -249,7 +249,10 @@ def _reply(out: BinaryIO, header: dict[str, Any], payload: bytes = b"") -> None:
 
 def serve(stdin: BinaryIO, stdout: BinaryIO, render: Callable[..., RenderedPage] = render_page) -> None:
     """Answer requests until stdin closes."""
-    errors: tuple[type[BaseException], ...] = (*page_errors(), MemoryError)  # a page too big for this process fails; the parent goes on
+    errors: tuple[type[BaseException], ...] = (
+        *page_errors(),
+        MemoryError,
+    )  # a page too big for this process fails; the parent goes on
     _reply(stdout, {"ready": True})
     doc = None
     for line in stdin:

@@ -175,9 +175,11 @@ def test_each_page_finds_itself(small_index):
 
 def test_empty_index_and_bad_arguments(tmp_path):
     retriever = FakeRetriever()
-    with Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index:
-        with pytest.raises(IndexStoreError, match="colrag index DIR"):
-            Searcher(index, retriever).search("anything")
+    with (
+        Index.open_writer(tmp_path / "ix", RetrieverInfo.of(retriever)) as index,
+        pytest.raises(IndexStoreError, match="colrag index DIR"),
+    ):
+        Searcher(index, retriever).search("anything")
     with Index.open(tmp_path / "ix") as index, pytest.raises(InputError):
         Searcher(index, retriever).search("   ")
 

@@ -12,11 +12,18 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
-from .options import MODELS_DIR_OPTION, check_threads_option
+from .options import (
+    GENERATOR_OPTION,
+    INDEX_OR_QDRANT_OPTION,
+    MODEL_THREADS_OPTION,
+    MODELS_DIR_OPTION,
+    RETRIEVER_OPTION,
+)
 from .output import printable
 
 
@@ -64,20 +71,10 @@ def ask_cmd(
         file_okay=False,
         help="Folder for the --show PNGs \\[default: $COLRAG_HOME/out; a file of the same name is replaced].",
     ),
-    index: str | None = typer.Option(
-        None,
-        "--index",
-        envvar="COLRAG_INDEX",
-        help="Index name (a folder under $COLRAG_HOME/indexes), path to an index folder, or a Qdrant index "
-        "(qdrant+edge:PATH, qdrant:http://HOST:6333/COLLECTION; docs/SCALE.md) \\[default: default].",
-    ),
+    index: str | None = INDEX_OR_QDRANT_OPTION,
     models_dir: Path | None = MODELS_DIR_OPTION,
-    retriever: Path | None = typer.Option(
-        None, "--retriever", help="Retriever bundle folder \\[default: <models-dir>/retriever]."
-    ),
-    generator: Path | None = typer.Option(
-        None, "--generator", help="Generator bundle folder \\[default: <models-dir>/generator]."
-    ),
+    retriever: Path | None = RETRIEVER_OPTION,
+    generator: Path | None = GENERATOR_OPTION,
     max_new_tokens: int = typer.Option(
         256, "--max-new-tokens", min=1, help="Stop after this many new tokens (as in `colrag models compare`)."
     ),
@@ -105,13 +102,7 @@ def ask_cmd(
         help="Pixels per page/image for the generator \\[default: for indexed pages the index's own budget (768*28*28, "
         "which lets `ask` use the stored page features); for --image the bundle's, 1280*28*28].",
     ),
-    threads: int | None = typer.Option(
-        None,
-        "--threads",
-        min=1,
-        callback=check_threads_option,
-        help="CPU threads for onnxruntime \\[default: OMP_NUM_THREADS, else all cores].",
-    ),
+    threads: int | None = MODEL_THREADS_OPTION,
     backend: str | None = BACKEND_OPTION,
     precision: str | None = PRECISION_OPTION,
     password: str | None = typer.Option(
@@ -127,8 +118,7 @@ def ask_cmd(
         True,
         "--page-features/--no-page-features",
         help="Use the page features the index stored (no rendering, no vision tower) when the generator has "
-        "the index's "
-        "vision tower; --no-page-features renders the page(s) and computes them.",
+        "the index's vision tower; --no-page-features renders the page(s) and computes them.",
     ),
     cache: bool = typer.Option(
         True,
@@ -147,61 +137,44 @@ def ask_cmd(
         "--interactive",
         "-i",
         help="After the answer, ask follow-up questions about the same page(s), with line editing and history "
-        "where the "
-        'platform has readline; the conversation stays in the prompt ("and in 2021?" works). /new starts a new '
-        "conversation, /pages shows the sources, Ctrl-C stops the current answer, Ctrl-D (or /quit) leaves.",
+        'where the platform has readline; the conversation stays in the prompt ("and in 2021?" works). /new '
+        "starts a new conversation, /pages shows the sources, Ctrl-C stops the current answer, Ctrl-D (or /quit) "
+        "leaves.",
     ),
 ) -> None:
     """Answer a question from the indexed pages (or about --image files), citing the pages used."""
-    from ..ask import Answer, Asker
+    from ..ask import Answer, Asker, GenerationOptions
     from ..errors import InputError
 
     if interactive and as_json:
         raise InputError("--interactive streams answers as text; it cannot be combined with --json")
-    options = dict(
+    options = GenerationOptions(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=sample_top_p,
         top_k=sample_top_k,
         repetition_penalty=repetition_penalty,
         seed=seed,
-    )
+    ).as_kwargs()
     images = [str(p.resolve()) for p in image] if image else None
-    if use_server and cache and not (interactive or show):
-        answer = _ask_server(
-            question,
-            top_k,
-            images,
-            index,
-            models_dir,
-            retriever,
-            generator,
-            threads,
-            page_features,
-            max_pixels,
-            password,
-            options,
-            as_json,
-            backend,
-            precision,
-        )
-        if answer is not None:
-            _print_answer(answer, as_json, image, streamed=True, stats=stats, question=question)
-            return
-    asker = Asker.open(
+    setup: dict[str, Any] = dict(  # Asker.open's arguments, which a running server must match
         models_dir=models_dir,
         index=index,
         retriever=retriever,
         generator=generator,
         threads=threads,
-        cache=cache,
         page_features=page_features,
         max_pixels=max_pixels,
         password=password,
-        keep_retriever=False,
         backend=backend,
         precision=precision,
     )
+    if use_server and cache and not (interactive or show):
+        answer = _ask_server(question, top_k, images, options, as_json, **setup)
+        if answer is not None:
+            _print_answer(answer, as_json, image, streamed=True, stats=stats, question=question)
+            return
+    asker = Asker.open(**setup, cache=cache, keep_retriever=False)
     from .progress import loading
 
     asker.loading = loading  # "loading the retriever…" / "loading the generator…" on a terminal (issue 14)
@@ -274,25 +247,27 @@ def _chat(asker, prepared, question: str, first, options: dict, stats: bool) -> 
 
 
 def _ask_server(
-    question,
-    pages,
-    images,
-    index,
+    question: str,
+    pages: int,
+    images: list[str] | None,
+    options: dict,
+    as_json: bool,
+    *,
     models_dir,
+    index,
     retriever,
     generator,
     threads,
     page_features,
     max_pixels,
     password,
-    options,
-    as_json,
     backend,
     precision,
 ):
     """The answer from a running `colrag serve` (streamed to stdout unless --json), or None to answer here."""
+    from ..ask import Answer
     from ..paths import generator_dir, index_dir, retriever_dir
-    from ..serve import answer_from_dict, ask_server
+    from ..serve import ask_server
     from ..store.qdrant import is_qdrant_spec
 
     if is_qdrant_spec(index):
@@ -320,7 +295,7 @@ def _ask_server(
             sys.stdout.write(event["piece"])
             sys.stdout.flush()
         elif "answer" in event:
-            answer = answer_from_dict(event["answer"])
+            answer = Answer.from_dict(event["answer"])
             answer.notes = [*answer.notes, "answered by colrag serve"]
             answer.timings.load_s = 0.0  # the server loaded the models before this question
             return answer
