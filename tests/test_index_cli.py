@@ -232,12 +232,8 @@ def test_cli_messages_without_a_bundle(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_bundle(request):
-    try:
-        import colrag.vlm.retriever  # noqa: F401  (can the retriever import?)
-    except ImportError as exc:
-        pytest.skip(f"the retriever runtime is not importable yet: {exc}")
-    return request.getfixturevalue("tiny_retriever_bundle")
+def real_bundle(tiny_retriever_bundle):
+    return tiny_retriever_bundle
 
 
 def test_cli_end_to_end_with_tiny_retriever(tmp_path, real_bundle):
