@@ -248,7 +248,8 @@ def test_every_model_command_takes_backend_and_precision():
 def _teacher_forced_logits(g, session, question: str, images: list, tokens: list[int]) -> np.ndarray:
     """Last-position logits of the prefill and of a decode step per given token, on one session
     (the same tokens fed to every runtime, so that a near-tie cannot send two runs apart)."""
-    ids, embeds, positions, delta, _, _ = g._prefill_inputs(question, images, Generation(), None, SYSTEM_PROMPT)
+    pre = g._prefill_inputs(question, images, Generation(), None, SYSTEM_PROMPT)
+    ids, embeds, positions, delta = pre.prompt_ids, pre.embeds, pre.positions, pre.rope_delta
     past = [np.zeros((1, g.num_kv_heads, 0, g.head_dim), np.float32)] * len(g._past_names)
     feeds = {"inputs_embeds": embeds, "position_ids": positions, "attention_mask": np.ones((1, len(ids)), np.int64)}
     logits, past = g._decoder_step(feeds, past, session)
@@ -273,7 +274,8 @@ def test_openvino_decoder_keeps_the_cache_in_its_state(tiny_generator_bundle):
     path = tiny_generator_bundle / g.manifest["graphs"]["decoder"]
     ov = backends.open_session(path, graph="decode", backend="openvino", precision="f32")
     assert isinstance(ov, OpenvinoStatefulDecoder)
-    ids, embeds, positions, _, _, _ = g._prefill_inputs("Write a haiku.", [], Generation(), None, SYSTEM_PROMPT)
+    pre = g._prefill_inputs("Write a haiku.", [], Generation(), None, SYSTEM_PROMPT)
+    ids, embeds, positions = pre.prompt_ids, pre.embeds, pre.positions
     empty = [np.zeros((1, g.num_kv_heads, 0, g.head_dim), np.float32)] * len(g._past_names)
     feeds = {"inputs_embeds": embeds, "position_ids": positions, "attention_mask": np.ones((1, len(ids)), np.int64)}
     want_logits, want_past = g._decoder_step(feeds, empty)
