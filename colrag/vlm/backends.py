@@ -12,11 +12,12 @@
   process skips compilation.
 
 `auto` picks OpenVINO per graph role where it was measured faster on this kind of CPU
-(x86 with AVX-512: docs/BENCHMARKS.md, "OpenVINO"): the vision tower and the retriever's
-language model (AUTO_OPENVINO_GRAPHS). The generator's decode steps stay on onnxruntime
-under `auto`, because OpenVINO's decode step with the k/v cache passed in and out was
-measured slower there. The decoder's prefill is a role of its own: when it runs on another
-backend than decode, the decoder is loaded twice and the prompt's k/v pass from one to the other.
+(x86 with AVX-512: docs/BENCHMARKS.md, "OpenVINO"): the vision tower, the retriever's
+language model, and the generator's decoder for both prefill and decode (AUTO_OPENVINO_GRAPHS).
+On OpenVINO the decoder keeps its k/v cache in the infer request's state (colrag.vlm.ov_decoder);
+passed in and out as arrays at every step, its decode step was slower than onnxruntime's.
+Prefill and decode are roles of their own: when they run on different backends, the decoder
+is loaded twice and the prompt's k/v pass from one to the other.
 Precision `auto` is bf16 where the CPU computes it natively (avx512_bf16 or AMX) and
 OpenVINO is the backend; f32 otherwise. onnxruntime always computes in f32.
 """
@@ -43,9 +44,9 @@ PRECISIONS = ("auto", "f32", "bf16")
 # used two ways: prefill (the prompt, many tokens at once) and decode (one token a step).
 # Prefill and decode run the same decoder file; on different backends it is loaded twice.
 GRAPHS = ("vision", "text", "prefill", "decode")
-# Graphs that `auto` runs on OpenVINO (on a CPU of the measured kind): the vision tower and
-# the retriever LM were faster there; the decoder's decode step was slower (see the module doc).
-AUTO_OPENVINO_GRAPHS = frozenset({"vision", "text"})
+# Graphs that `auto` runs on OpenVINO (on a CPU of the measured kind): every role was faster there
+# in bf16 at full size, the decode step once the k/v cache stays in OpenVINO's state (see the module doc).
+AUTO_OPENVINO_GRAPHS = frozenset({"vision", "text", "prefill", "decode"})
 OPENVINO_HINT = "pip install 'colrag[openvino]'"
 
 
