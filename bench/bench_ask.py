@@ -188,6 +188,7 @@ def build_index(pdf: Path, pages: int, retriever: str, folder: Path, features: b
             check=True,
         ).stdout
     )
+    status = status.get("index", status)  # status --json nests the counts under "index" since its JSON document
     return {"wall": wall, "peak_gb": round(peak / 1e6, 2), "status": status}
 
 

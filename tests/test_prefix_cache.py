@@ -234,3 +234,18 @@ def test_altered_kv_never_changes_the_answer(tiny_generator_bundle, tmp_path, ca
     assert "checksum" in capsys.readouterr().err
     plain = colrag.Generator.load(tiny_generator_bundle, threads=1, prefix_cache=False)
     assert answer.token_ids == _greedy(plain, "What is the title?", images).token_ids
+
+
+def test_answers_from_stored_features_never_load_the_vision_graph(tiny_generator_bundle):
+    """The prefix cache's key names the runtimes; naming the vision graph's must not load it."""
+    from colrag.vlm.image_features import ImageFeatures
+
+    computer = colrag.Generator.load(tiny_generator_bundle, prefix_cache=False)
+    embeds, grid = computer.image_features(synthetic_image(300, 200, 2))
+    features = ImageFeatures(embeds, grid, computer.vision_hash)
+    g = colrag.Generator.load(tiny_generator_bundle)  # with the prefix cache
+    first = g.generate("Describe the image.", [features], max_new_tokens=4)
+    again = g.generate("And the title?", [features], max_new_tokens=4)
+    assert g._vision_session is None  # not loaded
+    assert g.runtimes["vision"] == "onnxruntime f32"  # yet named
+    assert not first.prefix_cached and again.prefix_cached

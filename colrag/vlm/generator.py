@@ -90,12 +90,14 @@ class Generator:
         prefill=None,
         *,
         vision_factory: Callable[[], Any] | None = None,
+        vision_runtime: str = "onnxruntime f32",
     ):
         self.bundle_dir = bundle_dir
         self.prefix_cache = prefix_cache
         self.manifest = manifest
         self._vision_session = vision  # or None: created by vision_factory on the first image that needs it
         self._vision_factory = vision_factory
+        self._vision_runtime = vision_runtime  # "backend precision" the vision graph runs on once loaded
         self._decoder = decoder  # decode steps
         self._prefill = (
             prefill if prefill is not None else decoder
@@ -124,8 +126,11 @@ class Generator:
     @property
     def runtimes(self) -> dict[str, str]:
         """What each graph runs on: {'vision': 'openvino bf16', 'decoder': 'onnxruntime f32'}."""
-        sessions = (("vision", self._vision), ("prefill", self._prefill), ("decode", self._decoder))
-        return {name: f"{s.backend} {s.precision}" for name, s in sessions}
+        out = {"vision": self._vision_runtime}  # without loading the vision graph (stored features never need it)
+        if self._vision_session is not None:
+            out["vision"] = f"{self._vision_session.backend} {self._vision_session.precision}"
+        sessions = (("prefill", self._prefill), ("decode", self._decoder))
+        return out | {name: f"{s.backend} {s.precision}" for name, s in sessions}
 
     # -- loading -------------------------------------------------------------------
     @classmethod
@@ -166,6 +171,7 @@ class Generator:
             prefix_cache or None,
             prefill=prefill,
             vision_factory=lambda: open_session(vision_path, graph="vision", cache_key=vision_key, **opts),
+            vision_runtime=" ".join(runs_on("vision", backend, precision)),
         )
 
     _vision = LazyVision()  # answers from stored page features never open it
