@@ -161,6 +161,24 @@ def test_tie_tolerant_recall_on_topic_mixtures_against_float32(tmp_path, monkeyp
     assert strict >= 0.9 * 5 * n_queries
 
 
+def test_candidate_count_grows_with_the_index_beyond_the_measured_sizes(small_index, monkeypatch):
+    from colrag import search
+
+    assert search.candidates_for(10) == search.candidates_for(30_000) == 256  # measured: 256 holds to 30k
+    sizes = [search.candidates_for(n) for n in (30_001, 50_000, 100_000, 300_000, 10**6, 10**8)]
+    assert sizes == sorted(sizes) and sizes[2] == 480 and sizes[-1] == search.MAX_CANDIDATES
+    assert all(n % search.BLOCK_PAGES == 0 for n in sizes)
+    path, retriever = small_index  # 24 pages: the rule, scaled down, is what a default Searcher uses
+    monkeypatch.setattr(search, "CANDIDATES", 4)
+    monkeypatch.setattr(search, "CANDIDATES_FLAT_PAGES", 6)
+    monkeypatch.setattr(search, "BLOCK_PAGES", 4)
+    assert search.candidates_for(24) == 8
+    with Index.open(path) as index:
+        q = retriever.embed_queries(["revenue"])[0]
+        assert len(Searcher(index, retriever, exact_all_pages=0, nprobe=4).candidates(q, 3)) == 8
+        assert len(Searcher(index, retriever, exact_all_pages=0, nprobe=4, candidates=5).candidates(q, 3)) == 5
+
+
 def test_each_page_finds_itself(small_index):
     """A page's own vectors as the query: that page ranks first (as colpali's tests check)."""
     path, retriever = small_index
