@@ -38,6 +38,7 @@ def test_export_of_a_folder_without_weights_is_one_line(tmp_path, tiny_colqwen2_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_export_of_a_non_checkpoint_is_one_line(tmp_path):
     result = colrag("models", "export", "retriever", str(tmp_path), "--out", str(tmp_path / "out"))
     assert result.returncode != 0

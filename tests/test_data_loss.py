@@ -235,6 +235,7 @@ def documents(index_path: Path) -> int:
         return len(index.documents("done"))
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_remove_of_many_documents_needs_yes_without_a_terminal(seven_docs):
     docs, ix = seven_docs
     for target in (docs / "big", "/"):

@@ -193,6 +193,7 @@ def test_printable_escapes_what_could_forge_output():
     assert printable("line\u2028sep") == "line\\u2028sep"
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_status_and_remove_do_not_print_raw_control_characters(tmp_path):
     from colrag.indexer import Indexer
     from colrag.store import Index, RetrieverInfo

@@ -56,6 +56,7 @@ def visible(index_path: Path) -> list[tuple[str, int]]:
         return sorted((Path(p.path).name, p.page_no) for p in index.snapshot().pages)
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_good_and_hostile_files(tmp_path):
     docs = tmp_path / "docs"
     make_pdf(docs / "a.pdf", 3, "a")
@@ -94,6 +95,7 @@ def test_shared_hostile_pdfs(tmp_path):
     assert any("zlib" in w.reason for w in report.warnings)
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_changed_file_reindexed_and_removed_file_dropped(tmp_path):
     docs = tmp_path / "docs"
     a = make_pdf(docs / "a.pdf", 2, "a")
@@ -145,6 +147,7 @@ def wait_for_pages(proc: subprocess.Popen, n: int, timeout: float = 60) -> None:
     raise AssertionError("indexer too slow")
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_kill_9_mid_index_then_resume(tmp_path):
     docs = tmp_path / "docs"
     make_pdf(docs / "a.pdf", 3, "a")
@@ -206,6 +209,7 @@ def test_second_writer_refused_while_first_runs_and_search_works(tmp_path):
 # -- the CLI, end to end with the tiny exported retriever ---------------------------------
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_cli_messages_without_a_bundle(tmp_path):
     home = {"COLRAG_HOME": str(tmp_path / "home")}
     r = colrag("search", "chart", env_extra=home)

@@ -104,6 +104,7 @@ def test_a_stored_name_that_is_not_utf8_opens_its_file_again(tmp_path):
 @pytest.mark.parametrize(
     "error", [sqlite3.OperationalError("disk I/O error"), IndexStoreError("catalog x: database is locked")]
 )
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_a_storage_error_on_one_file_is_that_files_failure(tmp_path, monkeypatch, error):
     docs = tmp_path / "docs"
     for name in ("a", "b", "c"):
@@ -171,6 +172,7 @@ def test_mupdf_warnings_that_are_not_utf8_come_back_from_the_render_child(tmp_pa
     assert messages == {"unknown font 'Times\\xff\\xfeRoman'"}
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_a_page_that_never_finishes_rendering_is_recorded_and_the_run_goes_on(tmp_path):
     docs = tmp_path / "docs"
     make_pdf(docs / "a.pdf", 1, "a")
@@ -233,6 +235,7 @@ def test_ctrl_c_while_a_page_hangs_stops_and_leaves_a_consistent_index(tmp_path)
         assert index.stored_page_numbers(indexing.id) == {1}  # committed: the next run resumes there
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_a_page_that_kills_the_render_child_is_recorded_and_the_run_goes_on(tmp_path):
     docs = tmp_path / "docs"
     make_pdf(docs / "b-slow.pdf", 3, "b")
@@ -276,6 +279,7 @@ def test_pages_are_identical_through_the_render_child(tmp_path):
 # -- item 17: indexing memory does not jump when the index trains its centroids ------------------------
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_training_the_centroids_holds_the_stored_vectors_once(tmp_path, monkeypatch):
     """When the stored rows first reach coarse.MIN_ROWS (~670 pages) the writer trains the centroids and
     assigns every stored page. It used to hold the sample twice (the per-page parts and their

@@ -111,6 +111,7 @@ def _build(spec: str, docs: Path, model, *, client=None):
         return Indexer(ix, model, commit_pages=1).run([docs])
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_interrupted_document_is_hidden_then_resumed(tmp_path):
     """Pages of a document being indexed are committed but not searchable until it is done; the
     next run resumes at the first page not committed and the index equals an uninterrupted one."""
@@ -143,6 +144,7 @@ def test_interrupted_document_is_hidden_then_resumed(tmp_path):
         ]
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_failures_and_known_failures_on_edge(tmp_path):
     """A file that cannot be read is recorded as a failed document: skipped while unchanged."""
     docs = tmp_path / "docs"
@@ -159,6 +161,7 @@ def test_failures_and_known_failures_on_edge(tmp_path):
     assert doc["index"]["failed_documents"] == 1 and doc["failures"][0]["file"] == str(docs / "broken.pdf")
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_indexer_on_a_server_collection(tmp_path):
     """The same catalog through qdrant-client (its local mode): index, skip unchanged, search, remove."""
     pytest.importorskip("qdrant_client")
@@ -334,6 +337,7 @@ with open_catalog({spec!r}, RetrieverInfo.of(model)) as ix:
 """
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_kill_9_during_colrag_index_into_edge_then_resume(tmp_path):
     """A writer killed with SIGKILL mid-document leaves an Edge index that opens, shows only finished
     documents to search, and that the next run completes to the index of an uninterrupted run."""

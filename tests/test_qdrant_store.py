@@ -135,6 +135,7 @@ def test_edge_search_equals_brute_force_and_remove(tmp_path):
         assert stats["pages"] == 36 and stats["documents"] == 3 and stats["bytes_on_disk"] > 0
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_edge_resume_after_reopen(tmp_path):
     corpus = small_corpus()
     items = list(corpus.items())
@@ -223,6 +224,7 @@ for i in range(10000):
 """
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_edge_kill_9_during_writes_leaves_it_usable(tmp_path):
     pytest.importorskip("qdrant_edge")
     folder = tmp_path / "ix"
@@ -361,6 +363,7 @@ def test_server_reopen_keeps_manifest(tmp_path):
         assert ix.dim == 128 and ix.manifest["format"] == qd.FORMAT and ix.pages() == {("/a.pdf", 1)}
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_copy_local_index_into_edge_is_resumable(tmp_path, monkeypatch):
     pytest.importorskip("qdrant_edge")
     from colrag.store import Index, RetrieverInfo
@@ -401,6 +404,7 @@ def test_copy_local_index_into_edge_is_resumable(tmp_path, monkeypatch):
     assert qd.copy_local_index(tmp_path / "local", target)["copied"] == 0
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_export_index_command(tmp_path):
     """`colrag export-index --to qdrant+edge:PATH` from a local index, run twice (resumable, idempotent)."""
     pytest.importorskip("qdrant_edge")

@@ -69,6 +69,7 @@ def test_centroid_stage_reranks_exactly(small_index, query):
         assert h.score == pytest.approx(exact[(h.file, h.page)], rel=1e-5, abs=1e-5)  # decode applied after the product
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_centroid_stage_recall_on_clustered_pages(tmp_path, monkeypatch):
     """Pages of clustered tokens, queries made of one page's noisy tokens: the FAISS candidate stage
     returns the exact top 5 (scores equal to brute force over the decoded vectors) for nearly every query,
@@ -109,6 +110,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_tie_tolerant_recall_on_topic_mixtures_against_float32(tmp_path, monkeypatch):
     """The harder clustered set (bench_search.py's `clustered` corpus, scaled down): pages mix 2-4 of
     32 topics, queries are drawn from one page's topics (noisy concepts, not copies of its tokens), so
@@ -202,6 +204,7 @@ def test_empty_index_and_bad_arguments(tmp_path):
         Searcher(index, retriever).search("   ")
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_indexer_keeps_the_page_lists_current(tmp_path, monkeypatch):
     monkeypatch.setattr(coarse, "MIN_ROWS", 50)
     monkeypatch.setattr("colrag.search.EXACT_ALL_PAGES", 0)  # lists are kept for indexes above this

@@ -293,6 +293,7 @@ def test_compaction_reclaims_removed_pages_and_keeps_the_rest(tmp_path, monkeypa
         assert index.check().ok and len(index.snapshot().pages) == 16
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_kill_9_while_writing_with_centroids_then_resume(tmp_path):
     """The kill -9 test with coarse centroids: rows and centroid ids become visible only with their commit."""
     docs = tmp_path / "docs"

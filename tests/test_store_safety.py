@@ -215,6 +215,7 @@ def test_a_reader_never_creates_a_catalog(tmp_path, damage):
     assert tree(tmp_path / "ix") == before
 
 
+@pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 @pytest.mark.parametrize("damage", ["random bytes", "cut in half"])
 def test_a_damaged_catalog_is_one_line_naming_the_file(tmp_path, damage):
     make_index(tmp_path / "ix", n_docs=40)
