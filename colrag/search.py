@@ -199,6 +199,10 @@ def centroid_scores(
         best[:] = np.asarray(fill, dtype=np.float32)
     seen = np.zeros(len(ids_sorted), dtype=bool)
     flat = best.reshape(-1)
+    # page id -> position in ids_sorted (-1: not visible): one gather per entry instead of a binary search
+    last = max(int(ids_sorted[-1]) if len(ids_sorted) else 0, int(lists.max_page_id)) + 1  # the -1 sentinel
+    where = np.full(last + 1, -1, dtype=np.int64)
+    where[ids_sorted] = np.arange(len(ids_sorted))
     for r in range(nprobe - 1, -1, -1):  # worst probe first: a better centroid of the same (page, token) overwrites it
         parts = [lists.pages(c) for c in probe[:, r] if c >= 0]
         toks = [t for t in range(n_q) if probe[t, r] >= 0]
@@ -207,10 +211,9 @@ def centroid_scores(
         ids = np.concatenate(parts)
         tok = np.repeat(np.asarray(toks), [len(p) for p in parts])
         sims = np.repeat(probe_sim[toks, r], [len(p) for p in parts])
-        pos = np.searchsorted(ids_sorted, ids)
-        pos_c = np.minimum(pos, len(ids_sorted) - 1)
-        live = ids_sorted[pos_c] == ids  # pages removed since the lists were built are filtered out here
-        pos_c, tok, sims = pos_c[live], tok[live], sims[live]
+        pos = where[np.minimum(ids, last)]
+        live = pos >= 0  # pages removed since the lists were built are filtered out here
+        pos_c, tok, sims = pos[live], tok[live], sims[live]
         flat[pos_c * n_q + tok] = sims
         seen[pos_c] = True
     scores = best @ np.ones(
