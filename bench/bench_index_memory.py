@@ -106,7 +106,7 @@ def run(code: Path, bundle: Path, docs: Path, work: Path) -> dict:
     for q in (0.25, 0.5, 0.75, 1.0):
         at = [r for r in trace if r[0] >= q * max(state["total"], 1)]
         quarters.append(at[0][1] if at else 0)
-    return {"wall": wall, "pages": report["pages"], "quarters": quarters, **state}
+    return {"wall": wall, "pages": report["run"]["pages"], "quarters": quarters, **state}
 
 
 STORE_CHILD = r"""
