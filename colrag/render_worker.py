@@ -78,8 +78,10 @@ class RenderWorker:
             self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0, close_fds=True
         )
         self._doc, self._buffer = None, b""
-        try:  # the child's imports are not the page's time: wait for it to say it is ready
-            ready = json.loads(self._read_line(proc, time.monotonic() + max(STARTUP_TIMEOUT, self.timeout)))
+        try:  # the child's imports are not the page's time (nor a page still rendering): wait for it to be ready
+            ready = json.loads(
+                self._read_line(proc, time.monotonic() + max(STARTUP_TIMEOUT, self.timeout), notes=False)
+            )
         except RenderTimeout:
             self.close()
             raise RendererStopped("the renderer did not start") from None
@@ -126,10 +128,10 @@ class RenderWorker:
         self, path: str | os.PathLike[str], index: int, opts: RenderOptions, password: str | None = None
     ) -> RenderedPage | str:
         """The page, or why it could not be rendered (PdfError when the file itself cannot be opened)."""
-        self._working_on = f"{Path(path).name} page {index + 1}"
         try:
             if self._doc != (os.fsencode(path).hex(), password):
                 self.page_count(path, password)
+            self._working_on = f"{Path(path).name} page {index + 1}"
             return self.render(path, index, opts, password)
         except PageRenderError as exc:  # mupdf's or PIL's complaint about this page
             return str(exc)
@@ -184,7 +186,7 @@ class RenderWorker:
             raise
         return header
 
-    def _wait_readable(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
+    def _wait_readable(self, proc: subprocess.Popen[bytes], deadline: float, notes: bool = True) -> None:
         assert proc.stdout is not None
         started = time.monotonic()
         with selectors.DefaultSelector() as sel:
@@ -195,12 +197,12 @@ class RenderWorker:
                     raise RenderTimeout(f"rendering took longer than {self.timeout:g} s")
                 if sel.select(min(left, NOTE_EVERY)):
                     return
-                if self.on_wait is not None:
+                if notes and self.on_wait is not None:
                     self.on_wait(self._working_on, time.monotonic() - started)
 
-    def _read_some(self, proc: subprocess.Popen[bytes], deadline: float) -> bytes:
+    def _read_some(self, proc: subprocess.Popen[bytes], deadline: float, notes: bool = True) -> bytes:
         assert proc.stdout is not None
-        self._wait_readable(proc, deadline)
+        self._wait_readable(proc, deadline, notes)
         data = os.read(proc.stdout.fileno(), 1 << 20)
         if not data:
             code = proc.wait()
@@ -209,9 +211,9 @@ class RenderWorker:
             raise RendererStopped(f"the renderer stopped ({why})")
         return data
 
-    def _read_line(self, proc: subprocess.Popen[bytes], deadline: float) -> bytes:
+    def _read_line(self, proc: subprocess.Popen[bytes], deadline: float, notes: bool = True) -> bytes:
         while b"\n" not in self._buffer:
-            self._buffer += self._read_some(proc, deadline)
+            self._buffer += self._read_some(proc, deadline, notes)
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
 

@@ -345,3 +345,29 @@ def test_an_image_document_over_the_pixel_limit_is_refused_from_its_header(tmp_p
         ("huge.png", "image too large (10000x10000 = 100,000,000 pixels; colrag indexes images up to 64,000,000)")
     ]
     assert visible(tmp_path / "ix") == [("a.pdf", 1), ("photo.png", 1)]
+
+
+def test_the_progress_line_says_which_page_is_still_rendering(tmp_path, monkeypatch):
+    import io
+
+    from colrag import render_worker
+    from colrag.cli.progress import ProgressLine
+    from colrag.render import RenderOptions
+
+    monkeypatch.setattr(render_worker, "NOTE_EVERY", 0.5)
+    make_pdf(tmp_path / "b-slow.pdf", 3, "b")
+    stream = io.StringIO()
+    progress = ProgressLine(stream, interval=10.0)
+    progress.start(3, 1)
+    progress.last -= 10  # as if the last line were 10 s old
+    waits: list[tuple[str, float]] = []
+
+    def on_wait(what: str, seconds: float) -> None:
+        waits.append((what, seconds))
+        progress.note(f"still rendering {what} after {seconds:.1f} s")
+
+    with render_worker.RenderWorker(2, render_child("hang:2"), on_wait=on_wait) as worker:
+        assert worker.try_render(tmp_path / "b-slow.pdf", 1, RenderOptions()) == "rendering took longer than 2 s"
+    assert waits and {what for what, _ in waits} == {"b-slow.pdf page 2"}
+    notes = [line for line in stream.getvalue().splitlines() if line.startswith("still rendering")]
+    assert len(notes) == 1 and notes[0].startswith("still rendering b-slow.pdf page 2 after ")  # at most every 10 s
