@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from colrag.errors import ColragError, InputError
+from colrag.hub import verify_snapshot
 from colrag.install import (
     GENERATOR,
     MIN_FREE_ENV,
@@ -24,7 +25,6 @@ from colrag.install import (
     RETRIEVER,
     check_resources,
     install,
-    verify_snapshot,
 )
 from tests.hub_server import HubServer
 
