@@ -9,7 +9,7 @@
         features/doc-*.feat            each page's vision-tower output, one file per document (features.py)
         write.lock                     held (fcntl) by the one process writing
 
-Readers (`Index.open`) never lock; a writer (`Index.open_writer`) holds write.lock, repairs
+Readers (`Index.open`) never lock; a writer (`Index.open_writer`, colrag.store.opening) holds write.lock, repairs
 what a crash left (colrag.store.writer) and upgrades a schema-2 index in place
 (colrag.store.migrate). A page becomes visible to search when its document's status turns
 'done', in the same transaction that drops the document's previous version.
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import IndexStoreError
-from ..fsutil import atomic_write_json
 from ..render import RenderOptions
 from ..utf8 import text
 from . import catalog as cat
@@ -34,9 +33,9 @@ from . import coarse, faiss_io, lists
 from . import features as pf
 from .catalog import Document, PageRecord
 from .check import CheckReport, check_index, index_stats
-from .folder import OWN_ENTRIES, not_creation_leftovers, refuse_links
+from .folder import OWN_ENTRIES
 from .lock import WriterLock
-from .manifest import MANIFEST_FILE, SCHEMA_VERSION, RetrieverInfo, check_retriever, manifest_for, read_manifest
+from .manifest import MANIFEST_FILE, SCHEMA_VERSION, RetrieverInfo, check_retriever
 from .segments import SEGMENTS_DIR, SegmentReader, decode
 
 __all__ = [
@@ -62,19 +61,6 @@ class Snapshot:
     lists: dict | None = None  # meta 'lists': the saved page lists ({"file", "generation"})
 
 
-def _features_entry(manifest: dict[str, Any], retriever: RetrieverInfo | None) -> dict[str, Any] | None:
-    """The manifest's "page_features" for a writer with this retriever (None: store no features)."""
-    current = pf.manifest_info(manifest)
-    if retriever is None:
-        return current
-    if not retriever.vision_hash or retriever.hidden_size <= 0:
-        return None  # a retriever that does not name its vision tower: features could never be matched
-    if current is not None:
-        same = current["vision_hash"] == retriever.vision_hash and current["hidden_size"] == retriever.hidden_size
-        return current if same else None
-    return {"vision_hash": retriever.vision_hash, "hidden_size": retriever.hidden_size, "encoding": pf.DEFAULT_ENCODING}
-
-
 class Index:
     def __init__(self, path: Path, manifest: dict[str, Any], conn: sqlite3.Connection | None, lock: WriterLock | None):
         self.path = path
@@ -96,31 +82,14 @@ class Index:
     def has_retriever(self) -> bool:
         return self.manifest.get("retriever") is not None
 
-    # -- opening -------------------------------------------------------------------
+    # -- opening (colrag.store.opening) ----------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, retriever: RetrieverInfo | None = None) -> Index:
         """Open for reading (no lock; works while a writer runs). A schema-2 index is upgraded first
         when no writer holds it."""
-        path = Path(path)
-        manifest = read_manifest(path, upgradable=True)
-        file = path / cat.CATALOG_FILE
-        conn = cat.connect(file, readonly=True)  # never creates or changes a file
-        try:
-            older = 0 < cat.check_version(conn) < cat.latest_version() or manifest["schema_version"] < SCHEMA_VERSION
-        finally:
-            conn.close()
-        if older:
-            _upgrade(path)
-            manifest = read_manifest(path)
-        if retriever is not None:
-            check_retriever(path, manifest, retriever)
-        conn = cat.connect(file, readonly=True)
-        try:
-            cat.check_schema(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return cls(path, manifest, conn, None)
+        from .opening import open_reader
+
+        return open_reader(cls, Path(path), retriever)
 
     @classmethod
     def open_writer(
@@ -138,90 +107,9 @@ class Index:
         maintenance (remove, compact), or creates one for precomputed vectors of `dim` dimensions.
         page_features: keep the pages' vision-tower output (add_pages' `features`) when the
         retriever names its vision tower (vision_hash); False stores none from this run."""
-        from . import migrate
-        from .writer import Writer
+        from .opening import open_writer
 
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise IndexStoreError(f"{path} is a file, not an index folder")
-        fresh = not (path / MANIFEST_FILE).is_file()
-        if fresh and retriever is None and not dim:
-            read_manifest(path)  # raises the "no index" error
-        if fresh and path.is_dir():
-            strangers = not_creation_leftovers(path)
-            if strangers:
-                raise IndexStoreError(
-                    f"{path} exists and is not a colrag index (it holds {', '.join(strangers[:3])}); "
-                    "colrag creates an index only in a new or empty folder: choose another --index"
-                )
-        if not fresh:
-            read_manifest(path, upgradable=True)  # a damaged manifest is refused before anything is touched
-            refuse_links(path)
-            catalog = path / cat.CATALOG_FILE
-            if not catalog.is_file() or catalog.stat().st_size == 0:
-                raise IndexStoreError(
-                    f"index {path} is damaged: its {cat.CATALOG_FILE} is missing or empty, so nothing says which "
-                    "vectors are valid; move the folder aside and run `colrag index` into a new --index"
-                )
-        path.mkdir(parents=True, exist_ok=True)
-        (path / SEGMENTS_DIR).mkdir(exist_ok=True)
-        lock = WriterLock(path).acquire()
-        conn = None
-        try:
-            if fresh:
-                manifest = manifest_for(retriever, render or RenderOptions(), dim)
-            else:
-                manifest = read_manifest(path, upgradable=True)
-                if retriever is not None:
-                    check_retriever(path, manifest, retriever)
-                if dim and int(manifest["dim"]) != dim:
-                    raise IndexStoreError(f"index {path} holds {manifest['dim']}-d vectors, not {dim}-d ones")
-            conn = cat.connect(path / cat.CATALOG_FILE)
-            if 2 <= cat.check_version(conn) < cat.FAISS_VERSION or (
-                not fresh and manifest["schema_version"] < SCHEMA_VERSION
-            ):
-                manifest = migrate.upgrade(path, conn, manifest)  # files first, then the catalog's migration 3
-            cat.migrate(conn)
-            features = _features_entry(manifest, retriever) if page_features else None
-            if features is not None and pf.manifest_info(manifest) is None:
-                manifest = {**manifest, "page_features": features}
-                if not fresh:  # an older index gains features for the pages indexed from now on
-                    atomic_write_json(path / MANIFEST_FILE, manifest)
-            if fresh:  # the manifest is written last: its presence means the index exists
-                atomic_write_json(path / MANIFEST_FILE, manifest)
-            index = cls(path, manifest, conn, lock)
-            index.writer = Writer(index)
-            index.writer.repair()
-            info = pf.manifest_info(manifest)
-            if info is not None:
-                index.repair_notes = pf.repair(
-                    conn, path / pf.FEATURES_DIR, info["hidden_size"], info["encoding"], cat.transaction
-                )
-            if features is not None:
-                index._features = pf.FeatureWriter(
-                    path / pf.FEATURES_DIR, features["hidden_size"], features["encoding"]
-                )
-            return index
-        except BaseException:
-            if conn is not None:
-                conn.close()
-            lock.release()
-            raise
-
-    @staticmethod
-    def _peek(path: Path) -> Any:
-        """A context giving True when the index at path is already of the current format."""
-        from contextlib import closing, contextmanager
-
-        @contextmanager
-        def peek() -> Any:
-            with closing(cat.connect(path / cat.CATALOG_FILE, readonly=True)) as conn:
-                yield (
-                    cat.check_version(conn) == cat.latest_version()
-                    and read_manifest(path, upgradable=True)["schema_version"] == SCHEMA_VERSION
-                )
-
-        return peek()
+        return open_writer(cls, Path(path), retriever, render, dim=dim, page_features=page_features)
 
     def close(self) -> None:
         if self._features is not None:
@@ -448,18 +336,3 @@ class Index:
     def compact(self) -> dict[str, int]:
         """Rewrite the segments holding rows of removed or replaced pages; returns bytes before/after."""
         return dict(self._need_writer().compact())
-
-
-def _upgrade(path: Path) -> None:
-    """Bring an older index up to date for a reader: the upgrade, under the writer lock."""
-    try:
-        Index.open_writer(path, None).close()
-    except IndexStoreError as exc:
-        if "being written by another" in str(exc):
-            with Index._peek(path) as current:  # a writer (which upgrades on open) may hold the lock
-                if current:
-                    return
-        raise IndexStoreError(
-            f"index {path} needs a one-time upgrade to this colrag's format, and {exc}: run `colrag index` on it "
-            "(with write access) once"
-        ) from None
