@@ -26,8 +26,11 @@ reported as that page's failure. Results come back in page order, so the index w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ColragError
-from .render import DOCUMENT_KINDS, RenderOptions
+from .render import DOCUMENT_KINDS, PdfError, RenderOptions
+from .render_worker import DEFAULT_RENDER_TIMEOUT, RenderWorker
 from .vlm.image_features import ImageFeatures
 
 WINDOW_PER_WORKER = 2  # pages in flight per worker (one running, one queued)
@@ -71,7 +75,8 @@ def _import_ray() -> Any:
 
 
 class PageWorker:
-    """Runs inside a Ray actor: one retriever, loaded once; renders and embeds single pages."""
+    """Runs inside a Ray actor: one retriever, loaded once; renders (in a render child, under the
+    time limit, like the single-process indexer) and embeds single pages."""
 
     def __init__(
         self,
@@ -81,42 +86,51 @@ class PageWorker:
         password: str | None,
         backend: str | None,
         precision: str | None,
+        render_timeout: float = DEFAULT_RENDER_TIMEOUT,
+        render_command: list[str] | None = None,
     ):
         from .vlm.retriever import Retriever
 
         self.retriever = Retriever.load(bundle, threads=threads, backend=backend, precision=precision)
         self.render = RenderOptions(**render)
         self.password = password
-        self._doc: Any = None
+        # mupdf can hang on a hostile page: pages render in a child process that is killed after
+        # render_timeout seconds (colrag/render_worker.py); it reads the document from a private
+        # temporary copy of the bytes Ray sent, since nodes share no filesystem.
+        self._renderer = RenderWorker(render_timeout, render_command)
+        self._tmp = tempfile.mkdtemp(prefix="colrag-ray-")
+        self._doc_path: Path | None = None
         self._doc_key: str | None = None
 
-    def _open(self, data: bytes, key: str, filetype: str) -> Any:
-        if self._doc_key != key:
-            from .render import PdfError, _pymupdf
+    def _document(self, data: bytes, key: str, filetype: str, name: str) -> Path:
+        """This document's bytes as a file the render child can open (one file at a time)."""
+        if self._doc_key != key or self._doc_path is None:
+            if self._doc_path is not None:
+                self._doc_path.unlink(missing_ok=True)
+                self._doc_path, self._doc_key = None, None
+            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(name).name)[-80:] or "document"
+            path = Path(self._tmp) / f"{key[:16]}-{safe}"
+            with open(path, "wb") as f:  # our own file, in our own 0700 folder
+                f.write(data)
+            self._doc_path, self._doc_key = path, key
+        return self._doc_path
 
-            if self._doc is not None:
-                self._doc.close()
-                self._doc, self._doc_key = None, None
-            pymupdf = _pymupdf()
-            try:
-                doc = pymupdf.open(stream=data, filetype=filetype)
-            except Exception as exc:  # pymupdf raises assorted errors on damaged files
-                raise PdfError(f"not a readable {filetype.upper()} ({exc})") from exc
-            if doc.needs_pass and not (self.password is not None and doc.authenticate(self.password)):
-                doc.close()
-                raise PdfError("encrypted: the password given does not open it")
-            self._doc, self._doc_key = doc, key
-        return self._doc
+    def close(self) -> None:
+        self._renderer.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def page(self, data: bytes, key: str, page_no: int, filetype: str = "pdf", features: bool = False) -> dict:
+    def page(
+        self, data: bytes, key: str, page_no: int, filetype: str = "pdf", features: bool = False, name: str = ""
+    ) -> dict:
         """Render and embed one page (and keep its vision-tower output with `features`);
-        render/embed errors come back as the page's failure."""
-        from .render import render_page
-
+        render/embed errors come back as the page's failure, with the single-process reasons."""
         try:
-            rendered = render_page(self._open(data, key, filetype), page_no - 1, self.render)
-        except Exception as exc:  # the same reasons the single-process indexer records
-            return {"page_no": page_no, "error": f"cannot render: {type(exc).__name__}: {exc}"}
+            path = self._document(data, key, filetype, name or f"document.{filetype}")
+            rendered = self._renderer.try_render(path, page_no - 1, self.render, self.password)
+        except PdfError as exc:  # the file itself cannot be opened (damaged, wrong password, too slow)
+            return {"page_no": page_no, "error": f"cannot render: PdfError: {exc}"}
+        if isinstance(rendered, str):  # why the page could not be rendered (mupdf, time limit, crash)
+            return {"page_no": page_no, "error": rendered}
         feats: dict[str, Any] = {}
         try:
             if features:
@@ -155,6 +169,8 @@ class RayPages:
         precision: str | None = None,
         retries: int = RETRIES,
         local_options: dict | None = None,
+        render_timeout: float = DEFAULT_RENDER_TIMEOUT,
+        render_command: list[str] | None = None,
     ):
         ray = self.ray = _import_ray()
         self._started = False
@@ -176,7 +192,10 @@ class RayPages:
             n = workers or max(1, int(ray.cluster_resources().get("CPU", LOCAL_WORKERS)))
             bundle_path = str(Path(bundle).resolve())
             self.workers = [
-                actor.remote(bundle_path, threads, render_opts, password, backend, precision) for _ in range(n)
+                actor.remote(
+                    bundle_path, threads, render_opts, password, backend, precision, render_timeout, render_command
+                )
+                for _ in range(n)
             ]
         except BaseException:
             self.close()
@@ -198,7 +217,7 @@ class RayPages:
             while todo and len(flight) < window:
                 page_no = todo.popleft()
                 worker = self.workers[turn % len(self.workers)]
-                flight.append((page_no, worker.page.remote(ref, key, page_no, filetype, features)))
+                flight.append((page_no, worker.page.remote(ref, key, page_no, filetype, features, Path(pdf).name)))
                 turn += 1
             page_no, future = flight.popleft()
             try:
@@ -221,7 +240,10 @@ class RayPages:
             )
 
     def close(self) -> None:
-        for w in getattr(self, "workers", []):
+        workers = getattr(self, "workers", [])
+        with contextlib.suppress(Exception):  # their render children and temporary copies; a dead worker is gone anyway
+            self.ray.get([w.close.remote() for w in workers], timeout=30)
+        for w in workers:
             self.ray.kill(w)
         self.workers = []
         if self._started:

@@ -105,7 +105,7 @@ def index_cmd(
             typer.echo(f"repair: {note}", err=True)
         try:
             with ray_pages_source(
-                ray, model, idx, ray_address, ray_workers, threads, password, backend, precision
+                ray, model, idx, ray_address, ray_workers, threads, password, backend, precision, render_timeout
             ) as src:
                 indexer = Indexer(
                     idx,

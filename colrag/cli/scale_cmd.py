@@ -48,6 +48,7 @@ def ray_pages_source(
     password: str | None,
     backend: str | None,
     precision: str | None,
+    render_timeout: float,
 ) -> Any:
     """`colrag index --ray`: a context giving the RayPages pool (colrag.ray_pages), or None without --ray
     (then nothing imports Ray)."""
@@ -69,6 +70,7 @@ def ray_pages_source(
         password=password,
         backend=backend,
         precision=precision,
+        render_timeout=render_timeout,
     )
 
 
