@@ -77,7 +77,7 @@ def sample_pages(
     A PDF that cannot be opened is reported through `warn` and skipped, like `colrag index` does.
     """
     from .render import PdfError, RenderOptions, find_pdfs, open_pdf, render_page
-    from .vlm.generator import _load_image
+    from .vlm.preprocess import load_image
 
     if max_pages < 1:
         raise InputError(f"--pages must be >= 1, got {max_pages}")
@@ -85,7 +85,7 @@ def sample_pages(
     pdf_paths: list[str | os.PathLike] = []
     for raw in paths:
         if Path(raw).suffix.lower() in IMAGE_SUFFIXES:
-            images.append(Page(Path(raw).name, _load_image(raw)))
+            images.append(Page(Path(raw).name, load_image(raw)))
         else:
             pdf_paths.append(raw)
     docs = []

@@ -43,7 +43,7 @@ def _png_1bit(path: Path, width: int, height: int, *, full_data: bool) -> Path:
 def test_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
     from PIL import ImageFile
 
-    from colrag.vlm.generator import _load_image
+    from colrag.vlm.preprocess import load_image
 
     limit = Image.MAX_IMAGE_PIXELS
 
@@ -53,10 +53,10 @@ def test_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     big = _png_1bit(tmp_path / "big.png", 10_000, 10_000, full_data=True)  # 100 Mpx in 12 KB
     with pytest.raises(InputError, match=r"too large \(10000x10000 = 100,000,000 pixels; the limit is 64,000,000\)"):
-        _load_image(big)
+        load_image(big)
     bomb = _png_1bit(tmp_path / "bomb.png", 28_000, 28_000, full_data=False)  # the 784 Mpx
     with pytest.raises(InputError, match="too large"):
-        _load_image(bomb)
+        load_image(bomb)
     assert limit == Image.MAX_IMAGE_PIXELS  # Pillow's global limit is left alone
 
 
@@ -82,13 +82,13 @@ MALFORMED = [
 
 
 def test_malformed_images_are_one_line_errors(tmp_path):
-    from colrag.vlm.generator import _load_image
+    from colrag.vlm.preprocess import load_image
 
     for i, data in enumerate(MALFORMED):
         path = tmp_path / f"bad-{i}.ppm"
         path.write_bytes(data)
         with pytest.raises(InputError) as info:
-            _load_image(path)
+            load_image(path)
         message = str(info.value)
         assert str(path) in message and "\n" not in message, (data[:20], message)
 

@@ -15,7 +15,8 @@ serves prefill (empty past) and decode; it returns logits for the last position.
 An image may be given as its precomputed vision-tower output (colrag.vlm.image_features:
 merged embeddings + grid, e.g. stored by the index): the prompt and positions are the
 ones the same image's pixels would give, only the vision tower does not run. The vision
-graph's session is created on the first image that needs it.
+graph's session is created on the first image that needs it; which graph that is (the bundle's
+own, or the retriever bundle's it shares) is colrag.vlm.shared_vision's job.
 Greedy by default; temperature / top-p / top-k / repetition penalty follow
 transformers' semantics (colrag.vlm.sampling).
 
@@ -34,46 +35,15 @@ from typing import Any, Unpack
 
 import numpy as np
 
-from ..errors import BundleError, InputError
+from ..errors import InputError
 from .backends import LazyVision, as_numpy, open_session, runs_on
-from .bundle import RuntimeOptions, bundle_file, bundle_id, load_verified_manifest, open_bundle
+from .bundle import RuntimeOptions, bundle_file, bundle_id, open_bundle
 from .constants import EOS_IDS, IMAGE_PAD_ID, MAX_PROMPT_TOKENS, SYSTEM_PROMPT
 from .generation import Generation, GenerationConfig, PrefillInputs
-from .image_features import ImageFeatures
-from .prefix_cache import Prefix, PrefixCache, prefix_key
+from .image_features import ImageFeatures, image_list
+from .prefix_cache import Prefix, PrefixCache, image_cache_input, prefix_key
 from .sampling import Sampler
-
-
-def _load_image(image, target_pixels: int | None = None):
-    """A PIL image in RGB from a PIL image or a path (size checked from the header, see preprocess.open_image)."""
-    from PIL import Image
-
-    from .preprocess import open_image
-
-    if isinstance(image, (str, os.PathLike)):
-        image = open_image(image, target_pixels=target_pixels)
-    if not isinstance(image, Image.Image):
-        raise InputError(f"expected a PIL image or an image path, got {type(image).__name__}")
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _cache_input(pre) -> np.ndarray:
-    """What a prefix's k/v depend on for one image: its preprocessed pixels, or its precomputed features
-    (a (n, hidden) array can never equal a (4n, 1176) pixel array, so the two kinds never share a key)."""
-    if isinstance(pre, ImageFeatures):
-        return np.ascontiguousarray(pre.embeds, dtype=np.float32)  # (n_image_tokens, H)
-    return pre.pixel_values  # (N, 1176)
-
-
-def _as_list(images) -> list:
-    """images as a list: None, one image (PIL or path) or a sequence of them."""
-    from PIL import Image
-
-    if images is None:
-        return []
-    if isinstance(images, (str, os.PathLike, Image.Image, ImageFeatures)):
-        return [images]
-    return list(images)
+from .shared_vision import vision_graph_path, vision_graph_sha256, vision_session_key
 
 
 class Generator:
@@ -151,8 +121,7 @@ class Generator:
         backend, precision = runtime.get("backend"), runtime.get("precision")
         opts: dict[str, Any] = dict(runtime)
         vision_path = cls.vision_graph(bundle_dir, manifest)  # checked now, loaded when an image needs it
-        shared = manifest.get("shared_vision") if "vision" not in graphs else None
-        vision_key = str(shared["sha256"])[:32] if shared else bundle_id(manifest)  # the shared graph's own identity
+        vision_key = vision_session_key(manifest)
         decoder_path = bundle_file(bundle_dir, manifest, graphs["decoder"])
         decoder = open_session(decoder_path, graph="decode", cache_key=bundle_id(manifest), **opts)
         prefill = decoder  # one session serves both, unless the prefill is chosen to run elsewhere
@@ -178,34 +147,8 @@ class Generator:
 
     @staticmethod
     def vision_graph(bundle_dir: Path, manifest: dict) -> Path:
-        """This bundle's vision graph, or the retriever bundle's one it shares (after checking it is the same tower)."""
-        if "vision" in manifest["graphs"]:
-            return bundle_file(bundle_dir, manifest, manifest["graphs"]["vision"])
-        shared = manifest.get("shared_vision")
-        if not isinstance(shared, dict):
-            raise BundleError(f"{bundle_dir}: the manifest names no vision graph")
-        other = (bundle_dir / shared["bundle"]).resolve()
-        try:
-            other_manifest = load_verified_manifest(other, "retriever")
-        except BundleError as exc:
-            raise BundleError(
-                f"{bundle_dir} shares the vision tower of the retriever bundle at {other}, which cannot be "
-                f"used ({exc}); "
-                "keep the two bundles side by side or re-export the generator without --share-vision-with"
-            ) from exc
-        if other_manifest.get("vision_hash") != manifest.get("vision_hash"):
-            raise BundleError(
-                f"{bundle_dir} shares the vision tower of {other}, but that bundle now holds different vision weights; "
-                "re-export the generator"
-            )
-        name = shared["graph"]
-        info = other_manifest["files"].get(name)
-        if info is None or info.get("sha256") != shared.get("sha256"):
-            raise BundleError(
-                f"{bundle_dir}: the shared vision graph {other / name} is not the one exported with; re-export "
-                "the generator"
-            )
-        return bundle_file(other, other_manifest, name)
+        """This bundle's vision graph, or the retriever bundle's one it shares (colrag.vlm.shared_vision)."""
+        return vision_graph_path(bundle_dir, manifest)
 
     # -- inputs ----------------------------------------------------------------------
     def image_features(self, image, *, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -214,10 +157,10 @@ class Generator:
         return self._vision_embeds(pre), np.asarray(pre.grid_thw, dtype=np.int64)
 
     def _preprocess(self, image, max_pixels: int | None):
-        from .preprocess import preprocess_image
+        from .preprocess import load_image, preprocess_image
 
         cap = self._pixel_cap(max_pixels)
-        return preprocess_image(_load_image(image, cap), self.image_config, min_pixels=self.min_pixels, max_pixels=cap)
+        return preprocess_image(load_image(image, cap), self.image_config, min_pixels=self.min_pixels, max_pixels=cap)
 
     def _pixel_cap(self, max_pixels: int | None) -> int:
         cap = self.max_pixels if max_pixels is None else min(int(max_pixels), self.max_pixels)
@@ -347,7 +290,7 @@ class Generator:
         then the prefix's ids and each image's grid and pixels (colrag.vlm.prefix_cache.prefix_key)."""
         from dataclasses import asdict
 
-        vision = self._vision_graph_sha256()
+        vision = vision_graph_sha256(self.manifest)
         identity = {
             "bundle_id": self.bundle_id,
             "vision_graph": vision,  # a shared vision graph lives in the retriever bundle
@@ -361,13 +304,7 @@ class Generator:
             "image_token_id": self.image_token_id,
             "system": system,
         }
-        return prefix_key(identity, prefix_ids, [(_cache_input(p), p.grid_thw) for p in pres])
-
-    def _vision_graph_sha256(self) -> str | None:
-        graphs = self.manifest.get("graphs") or {}
-        if "vision" in graphs:
-            return (self.manifest["files"].get(graphs["vision"]) or {}).get("sha256")
-        return (self.manifest.get("shared_vision") or {}).get("sha256")
+        return prefix_key(identity, prefix_ids, [(image_cache_input(p), p.grid_thw) for p in pres])
 
     def _decoder_step(self, feeds: dict, past: list, session=None) -> tuple[np.ndarray, list]:
         """One decoder run (on the decode session unless another is given). The k/v cache goes in and
@@ -382,7 +319,7 @@ class Generator:
         max_new_tokens = config.max_new_tokens
         if max_new_tokens < 1:
             raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
-        images = _as_list(images)
+        images = image_list(images)
         prompt_ids, embeds, position_ids, rope_delta, past, key, n_prefix = self._prefill_inputs(
             prompt, images, result, config.max_pixels, config.system
         )  # PrefillInputs

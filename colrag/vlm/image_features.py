@@ -16,7 +16,9 @@ such features are recomputed, never fed to the decoder.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,3 +54,14 @@ class ImageFeatures:
             raise InputError("image features from another vision tower")
         if not np.all(np.isfinite(self.embeds)):
             raise InputError("image features with non-finite values")
+
+
+def image_list(images: Any) -> list:
+    """images as a list: None, one image (PIL image, path or ImageFeatures) or a sequence of them."""
+    from PIL import Image
+
+    if images is None:
+        return []
+    if isinstance(images, (str, os.PathLike, Image.Image, ImageFeatures)):
+        return [images]
+    return list(images)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..fsutil import atomic_write
+from .image_features import ImageFeatures
 
 FORMAT = 2  # 2: grid and settings in the key, a checksum in each file
 DEFAULT_MEMORY_BYTES = 1 << 30  # ~13 pages of 1,300 tokens for Qwen2-VL-2B (75 MB each, fp32)
@@ -59,6 +60,14 @@ def _update_array(h: Any, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array)
     h.update(f"{array.dtype.str}{array.shape}".encode())
     h.update(array.tobytes())
+
+
+def image_cache_input(pre: Any) -> np.ndarray:
+    """What a prefix's k/v depend on for one image: its preprocessed pixels, or its precomputed features
+    (a (n, hidden) array can never equal a (4n, 1176) pixel array, so the two kinds never share a key)."""
+    if isinstance(pre, ImageFeatures):
+        return np.ascontiguousarray(pre.embeds, dtype=np.float32)  # (n_image_tokens, H)
+    return pre.pixel_values  # (N, 1176)
 
 
 def prefix_key(

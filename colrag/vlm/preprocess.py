@@ -188,6 +188,17 @@ def open_image(path: str | os.PathLike, *, target_pixels: int | None = None, max
     return image
 
 
+def load_image(image, target_pixels: int | None = None):
+    """A PIL image in RGB from a PIL image or a path (size checked from the header, see open_image)."""
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image, target_pixels=target_pixels)
+    if not isinstance(image, Image.Image):
+        raise InputError(f"expected a PIL image or an image path, got {type(image).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def _reduction(width: int, height: int, target_pixels: int | None) -> int:
     """The integer factor by which an image can shrink and stay at least twice `target_pixels`' size per side."""
     if not target_pixels or width * height <= 4 * target_pixels:
