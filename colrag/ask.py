@@ -8,8 +8,8 @@
 
 Steps, each owned by one module:
   1. retrieve (colrag.search): the question's top `pages` pages of the index;
-  2. page features: for each page, the vision tower's output stored by the index
-     (colrag.store.features) when the generator has the index's vision tower, the
+  2. page features (colrag.page_inputs): for each page, the vision tower's output stored by
+     the index (colrag.store.features) when the generator has the index's vision tower, the
      pixel budget is the index's own and the features are intact; otherwise the page is
      rendered (colrag.render) at the index's budget (or --max-pixels) and the generator's
      vision tower computes them. Why features were not used is said once, in `notes`;
@@ -45,6 +45,7 @@ from .answer import (
     Timings,
 )
 from .errors import BundleError, IndexStoreError, InputError
+from .page_inputs import PageReader, is_qdrant, open_index
 
 __all__ = [
     "FEATURES_COMPUTED",
@@ -216,18 +217,18 @@ class Asker:
 
             for path in images:
                 check_image_file(Path(path))  # missing, malformed or too large: said now, before the model loads
-            cap = self._cap(None)
+            cap = self._reader().cap(None)
             return Pages(list(images), [FEATURES_COMPUTED] * len(images), max_pixels=cap)
         if pages < 1:
             raise InputError(f"--pages must be >= 1, got {pages}")
         with self._open_index() as idx:
-            if not (idx.has_pages() if _is_qdrant(idx) else idx.snapshot().pages):
+            if not (idx.has_pages() if is_qdrant(idx) else idx.snapshot().pages):
                 raise IndexStoreError(f"index {self.index_path} has no pages yet: run `colrag index DIR` first")
             t0 = time.perf_counter()
             hits = self._search(idx, question, pages)
             retrieve_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            prepared = self._page_inputs(idx, hits)
+            prepared = self._reader().page_inputs(idx, hits)
             prepared.retrieve_s = retrieve_s
             prepared.pages_s = time.perf_counter() - t0
         return prepared
@@ -280,7 +281,7 @@ class Asker:
         check_no_retriever(idx.path, idx.manifest)  # an index of precomputed vectors: said before a model loads
         model = self.load_retriever()
         check_retriever(idx.path, idx.manifest, RetrieverInfo.of(model))
-        if _is_qdrant(idx):  # docs/SCALE.md: ranked by Qdrant
+        if is_qdrant(idx):  # docs/SCALE.md: ranked by Qdrant
             hits = idx.search_text(question, model, n_pages)
         else:
             hits = Searcher(idx, model, threads=self.threads).search(question, n_pages)
@@ -309,66 +310,16 @@ class Asker:
             self.load_s += time.perf_counter() - t0
         return self._retriever
 
-    def _cap(self, index_budget: int | None) -> int:
-        """The generator's pixel budget for a computed page: --max-pixels, else the index's, else the generator's."""
-        cap = self.max_pixels if self.max_pixels is not None else index_budget
-        return min(int(cap), self._gen_max_pixels) if cap is not None else self._gen_max_pixels
-
-    def _page_inputs(self, idx, hits) -> Pages:
-        """Stored features for each hit when they can stand for the page, else the rendered page."""
-        from .store import features as page_features
-
-        budget = int(idx.manifest.get("max_pixels") or self._gen_max_pixels)
-        reason = self._features_unusable(idx, budget)
-        snap = idx.snapshot() if reason is None and not _is_qdrant(idx) else None
-        inputs: list = []
-        kinds: list[str] = []
-        problems: list[str] = []
-        for hit in hits:
-            feats = None
-            if reason is None:
-                try:
-                    if _is_qdrant(idx):
-                        feats = idx.read_features(hit.file, hit.page)
-                    else:
-                        feats = page_features.read_hit(idx, snap, hit.file, hit.page)
-                except page_features.FeaturesUnavailable as exc:
-                    problems.append(str(exc))
-            if feats is not None:
-                inputs.append(feats)
-                kinds.append(FEATURES_INDEX)
-            else:
-                inputs.append(self._render(idx, hit))
-                kinds.append(FEATURES_COMPUTED)
-        notes = []
-        if reason is not None and self.page_features:  # --no-page-features is the user's own choice: nothing to say
-            notes.append(
-                f"page features from the index not used ({reason}): rendering the page(s) and running the vision tower"
-            )
-        elif problems:
-            notes.append(
-                f"page features from the index not used for {len(problems)} page(s) ({problems[0]}): computing them"
-            )
-        return Pages(inputs, kinds, hits=hits, notes=notes, max_pixels=self._cap(budget))
-
-    def _features_unusable(self, idx, budget: int) -> str | None:
-        """Why the index's stored features cannot stand for its pages with this generator, or None."""
-        from .store import features as page_features
-
-        if not self.page_features:
-            return "--no-page-features"
-        info = page_features.manifest_info(idx.manifest)
-        if info is None and _is_qdrant(idx) and idx.features is None and str(idx.path).startswith("qdrant:"):
-            return "a Qdrant server index keeps none (docs/SCALE.md)"
-        if info is None:
-            return "this index stores none; `colrag index` adds them for pages it indexes from now on"
-        if not self._gen_vision_hash or info.get("vision_hash") != self._gen_vision_hash:
-            return "the generator's vision tower differs from the one the index used"
-        if int(info.get("hidden_size", -1)) != self._gen_hidden_size:
-            return "the generator's hidden size differs from the stored features'"
-        if self.max_pixels is not None and int(self.max_pixels) != budget:
-            return f"--max-pixels {self.max_pixels} differs from the index's budget {budget}"
-        return None
+    def _reader(self) -> PageReader:
+        """How this Asker turns pages into generator inputs (colrag.page_inputs)."""
+        return PageReader(
+            self._gen_vision_hash,
+            self._gen_hidden_size,
+            self._gen_max_pixels,
+            page_features=self.page_features,
+            max_pixels=self.max_pixels,
+            password=self.password,
+        )
 
     def _index(self) -> Path | str:
         if self.index_path is None:
@@ -377,41 +328,13 @@ class Asker:
 
     def _open_index(self) -> Any:
         """The local Index (read-only), or a Qdrant index's catalog (docs/SCALE.md)."""
-        target = self._index()
-        if isinstance(target, str):
-            from .store.qdrant.catalog import open_catalog
-
-            return open_catalog(target, None, create=False)
-        from .store import Index
-
-        return Index.open(target)
+        return open_index(self._index())
 
     def page_images(self, hits) -> list:
         """The hits' pages as the generator would be shown them when computed (for `ask --show`)."""
+        reader = self._reader()
         with self._open_index() as idx:
-            return [self._render(idx, hit) for hit in hits]
-
-    def _render(self, idx, hit):
-        """The hit's page as an image: rendered exactly as the index rendered it, unless --max-pixels asks otherwise."""
-        from .render import RenderOptions, open_pdf, render_page
-
-        options = idx.render if self.max_pixels is None else RenderOptions(target_pixels=self.max_pixels)
-        try:
-            doc = open_pdf(hit.file, self.password)
-        except InputError as exc:
-            raise InputError(
-                f"cannot open {hit.file} to read page {hit.page} ({exc}); re-index with `colrag index`"
-            ) from exc
-        try:
-            if not 1 <= hit.page <= doc.page_count:
-                raise InputError(f"{hit.file} has no page {hit.page} any more; re-index with `colrag index`")
-            return render_page(doc, hit.page - 1, options).image
-        finally:
-            doc.close()
-
-
-def _is_qdrant(idx: Any) -> bool:
-    return hasattr(idx, "read_features")  # colrag.store.qdrant.catalog.QdrantCatalog
+            return [reader.render(idx, hit) for hit in hits]
 
 
 def ask(question: str, *, pages: int = 1, **kwargs: Any) -> Answer:
