@@ -144,6 +144,85 @@ def test_interrupted_document_is_hidden_then_resumed(tmp_path):
         ]
 
 
+def _interrupted_reindex(tmp_path, backend: str):
+    """a.pdf indexed (2 pages), then changed (3 other pages) and its re-indexing stopped by a Ctrl-C
+    after 2 new pages were committed. Returns (spec, client, a.pdf, old bytes, old vectors)."""
+    from colrag.store.qdrant import open_qdrant
+
+    client = None
+    spec = f"qdrant+edge:{tmp_path / 'q'}"
+    if backend == "server":
+        qdrant_client = pytest.importorskip("qdrant_client")
+        client, spec = qdrant_client.QdrantClient(":memory:"), "qdrant:http://localhost:6333/reports"
+    docs = tmp_path / "docs"
+    a = make_pdf(docs / "a.pdf", 2, "old")
+    old_bytes = a.read_bytes()
+    assert _build(spec, docs, FakeRetriever(), client=client).pages == 2
+    with open_qdrant(spec, create=False, client=client) as ix:
+        old = {p: ix.page_vectors(str(a), p) for p in (1, 2)}
+    make_pdf(docs / "a.pdf", 3, "new")
+    model = Interrupting()
+    model.stop_at = 3  # the new version's pages 1-2 committed, Ctrl-C on its 3rd
+    with pytest.raises(KeyboardInterrupt):
+        _build(spec, docs, model, client=client)
+    return spec, client, a, old_bytes, old
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_changed_file_keeps_its_old_version_searchable_until_the_new_one_is_done(tmp_path, backend):
+    """Like a local index: re-indexing a changed file writes the new version beside the old one
+    (another generation); search, page_vectors and lookup see the old version until the new is
+    done; the resumed run embeds only the missing page and the old pages are gone after it."""
+    from colrag.store.qdrant import open_qdrant
+    from colrag.store.qdrant.catalog import open_catalog
+
+    spec, client, a, _, old = _interrupted_reindex(tmp_path, backend)
+    query = FakeRetriever().embed_queries(["old page 1"])[0]
+    with open_catalog(spec, None, create=False, client=client) as cat:
+        current, indexing = cat.lookup(str(a))
+        assert current is not None and indexing is not None and current.id != indexing.id
+        assert (current.status, current.n_pages, indexing.n_pages) == ("done", 2, 3)
+        assert current.sha256 != indexing.sha256
+        assert sorted((h.file, h.page) for h in cat.ix.search(query, k=10)) == [(str(a), 1), (str(a), 2)]
+        for p in (1, 2):
+            np.testing.assert_array_equal(cat.ix.page_vectors(str(a), p), old[p])
+        assert cat.stored_page_numbers(indexing.id) == {1, 2}  # of the new version only
+    model = Interrupting()
+    report = _build(spec, a.parent, model, client=client)
+    assert report.ok and report.pages == 1 and model.calls == 1  # resumed at the new version's page 3
+    ref = FakeRetriever()
+    with open_qdrant(spec, create=False, client=client) as ix:
+        assert ix.pages() == {(str(a), 1), (str(a), 2), (str(a), 3)} and ix.engine.count_pages() == 3
+        for p in (1, 2, 3):
+            new_page = ix.page_vectors(str(a), p)
+            assert new_page is not None and new_page.shape[1] == ref.dim
+        assert not np.array_equal(ix.page_vectors(str(a), 1), old[1])
+    with open_catalog(spec, None, create=False, client=client) as cat:
+        current, indexing = cat.lookup(str(a))
+        assert indexing is None and current is not None and (current.status, current.n_pages) == ("done", 3)
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_file_changed_back_during_an_unfinished_reindex_keeps_its_pages(tmp_path, backend):
+    """The file is back to the indexed version after an interrupted re-indexing: the partial new
+    pages go, the old version's pages and facts stay, nothing is embedded again."""
+    from colrag.store.qdrant import open_qdrant
+    from colrag.store.qdrant.catalog import open_catalog
+
+    spec, client, a, old_bytes, old = _interrupted_reindex(tmp_path, backend)
+    a.write_bytes(old_bytes)
+    model = Interrupting()
+    report = _build(spec, a.parent, model, client=client)
+    assert report.ok and report.pages == 0 and report.skipped_files == 1 and model.calls == 0
+    with open_qdrant(spec, create=False, client=client) as ix:
+        assert ix.engine.count_pages() == 2
+        for p in (1, 2):
+            np.testing.assert_array_equal(ix.page_vectors(str(a), p), old[p])
+    with open_catalog(spec, None, create=False, client=client) as cat:
+        current, indexing = cat.lookup(str(a))
+        assert indexing is None and current is not None and (current.status, current.n_pages) == ("done", 2)
+
+
 @pytest.mark.slow  # seconds of subprocesses, crashes, time limits or big synthetic corpora
 def test_failures_and_known_failures_on_edge(tmp_path):
     """A file that cannot be read is recorded as a failed document: skipped while unchanged."""

@@ -10,20 +10,24 @@ machines; a catalog on one of them would diverge from it):
 
     document point   id uuid5("doc", file), no vectors, payload {"doc": file, "size", "mtime_ns",
                      "sha256", "n_pages", "status": indexing|done|failed, "error",
-                     "page_errors": [[page, kind, message], ...]}
-    page point       as written by QdrantIndex, plus {"width", "height", "state"}: "indexing"
+                     "page_errors": [[page, kind, message], ...], "generation", "serving"}
+    page point       as written by QdrantIndex, plus {"width", "height", "gen", "state"}: "indexing"
                      while its document is being indexed (search leaves those out), "ready" after
 
 Visibility: a new or changed document's pages are written with state "indexing" and become
 searchable together when finish_document sets its pages' state to "ready" (one Qdrant
-operation on a filter). Qdrant has no multi-point transaction, so unlike the local index the
-*previous* version of a changed file is deleted when its re-indexing starts, not when it ends.
+operation on a filter). Like a local index, the *previous* version of a changed file stays
+searchable until then: each indexing of a file is a generation (payload "generation" of the
+document point, "gen" of its pages, part of the page point ids), so the new version's pages
+are written beside the old ones; the document point keeps the old version's facts under
+"serving" meanwhile, and finish_document drops the other generations once the new is ready.
 
-Crash safety: every step is one Qdrant operation, ordered so that a crash between two of them
-leaves a state the next run finishes: begin_document writes the document point ("indexing")
-before deleting the old pages, so a resumed run redoes the file; record_failure deletes the
-pages before marking the document failed. Pages are committed every few pages as in a local
-index, and a resumed run skips the pages already stored (same point ids: never duplicated).
+Crash safety: each step is one Qdrant operation, in an order the next run finishes from any
+crash. begin_document writes the document point (new generation, old facts) first;
+finish_document forgets the old facts (a crash now finishes this generation), shows the new
+pages, deletes the other generations (both visible for a moment), marks the document done;
+record_failure deletes the pages, then marks the document failed. A resumed run skips the
+pages of its generation already committed (same point ids: never duplicated).
 
 Page features live beside an Edge shard (colrag.store.qdrant.features); a server keeps none.
 """
@@ -44,10 +48,16 @@ from ..catalog import Document
 from ..manifest import RetrieverInfo
 from .features import EdgeFeatures, edge_features
 from .index import QdrantIndex, open_qdrant
-from .schema import DOC, INDEXING, READY, STATE, doc_point_id, point_id
+from .schema import DOC, GEN, GENERATION, INDEXING, READY, SERVING, STATE, doc_point_id, point_id
 
 DONE = "done"
 FAILED = "failed"
+
+
+def _generation(doc: dict[str, Any]) -> int:
+    """The generation a document point's pages are written with (0 for an index written before them)."""
+    value = doc.get(GENERATION, 0)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _render_options(manifest: dict[str, Any] | None) -> RenderOptions:
@@ -76,8 +86,10 @@ class QdrantCatalog:
     def __init__(self, ix: QdrantIndex, keep_features: bool):
         self.ix = ix
         self.repair_notes: list[str] = []
-        self._paths: dict[int, str] = {}  # this session's document ids -> paths
-        self._ids: dict[str, int] = {}
+        # this session's document ids -> (path, the version being indexed?): a changed file being
+        # re-indexed is two Documents, the one search sees and the one being written
+        self._paths: dict[int, tuple[str, bool]] = {}
+        self._ids: dict[tuple[str, bool], int] = {}
         self._added = False
         self.keeps_features = keep_features and ix.features is not None
 
@@ -103,11 +115,12 @@ class QdrantCatalog:
     def features(self) -> EdgeFeatures | None:
         return self.ix.features
 
-    def _id(self, path: str) -> int:
-        if path not in self._ids:
-            self._ids[path] = len(self._ids) + 1
-            self._paths[self._ids[path]] = path
-        return self._ids[path]
+    def _id(self, path: str, indexing: bool = False) -> int:
+        key = (path, indexing)
+        if key not in self._ids:
+            self._ids[key] = len(self._ids) + 1
+            self._paths[self._ids[key]] = key
+        return self._ids[key]
 
     def _doc(self, path: str) -> dict[str, Any] | None:
         if self.ix.manifest is None:
@@ -115,8 +128,8 @@ class QdrantCatalog:
         payload = self.ix.engine.get_meta(doc_point_id(path))
         return payload if payload is not None and payload.get(DOC) == path else None
 
-    def _document(self, payload: dict[str, Any]) -> Document:
-        path = str(payload[DOC])
+    def _document(self, payload: dict[str, Any], path: str | None = None) -> Document:
+        path = str(payload[DOC]) if path is None else path
 
         def num(key: str) -> int | None:
             value = payload.get(key)
@@ -124,7 +137,7 @@ class QdrantCatalog:
 
         sha = payload.get("sha256")
         return Document(
-            self._id(path),
+            self._id(path, payload.get("status") == INDEXING),
             path,
             num("size"),
             num("mtime_ns"),
@@ -146,7 +159,10 @@ class QdrantCatalog:
         if payload is None:
             return None, None
         doc = self._document(payload)
-        return (None, doc) if doc.status == INDEXING else (doc, None)
+        if doc.status != INDEXING:
+            return doc, None
+        serving = payload.get(SERVING)
+        return (self._document(serving, path) if isinstance(serving, dict) else None), doc
 
     def _errors(self, payload: dict[str, Any] | None) -> list[tuple[int, str, str]]:
         out = []
@@ -158,8 +174,12 @@ class QdrantCatalog:
     def page_errors(self, doc_id: int | None = None) -> list[tuple[str, int, str, str]]:
         """(path, page_no, kind, message) of done documents, or of one document."""
         if doc_id is not None:
-            path = self._paths[doc_id]
-            return [(path, p, k, m) for p, k, m in self._errors(self._doc(path))]
+            path, indexing = self._paths[doc_id]
+            payload = self._doc(path) or {}
+            serving = payload.get(SERVING)
+            if not indexing and payload.get("status") == INDEXING:  # the version search sees
+                payload = serving if isinstance(serving, dict) else {}
+            return [(path, p, k, m) for p, k, m in self._errors(payload)]
         out = []
         for payload in self.ix.engine.scroll_docs() if self.ix.manifest is not None else []:
             if payload.get("status") == DONE and isinstance(payload.get(DOC), str):
@@ -167,10 +187,11 @@ class QdrantCatalog:
         return sorted(out)
 
     def stored_page_numbers(self, doc_id: int) -> set[int]:
-        """Pages of a document already committed (stored, or recorded as failed)."""
-        path = self._paths[doc_id]
-        done = {p for _, p, _ in self.ix.engine.scroll_pages(path)}
-        return done | {p for p, kind, _ in self._errors(self._doc(path)) if kind == "error"}
+        """Pages of a document being indexed already committed (stored, or recorded as failed)."""
+        path, _ = self._paths[doc_id]
+        doc = self._doc(path) or {}
+        done = {p for _, p, _ in self.ix.engine.scroll_pages(path, generation=_generation(doc))}
+        return done | {p for p, kind, _ in self._errors(doc) if kind == "error"}
 
     def paths_under(self, folder: str) -> list[str]:
         prefix = folder.rstrip(os.sep) + os.sep
@@ -219,13 +240,24 @@ class QdrantCatalog:
             self.ix.features.remove(path, sorted(pages))
 
     def begin_document(self, path: str, size: int, mtime_ns: int, sha256: str, n_pages: int) -> int:
-        """Start indexing a file: its document point first ("indexing"), then its old pages go."""
+        """Start indexing a file as a new generation: its document point first ("indexing", with
+        the facts of the version search keeps seeing meanwhile); an abandoned attempt's pages go."""
         old = self._doc(path)
         facts = {"size": size, "mtime_ns": mtime_ns, "sha256": sha256, "n_pages": n_pages}
-        self._put_doc(path, {**facts, "status": INDEXING, "error": None, "page_errors": []})
-        self._delete_pages(path, old.get("n_pages") if old else None)
+        if old is None:
+            serving, generation = None, 0
+        elif old.get("status") == INDEXING:  # an earlier run stopped while indexing another version
+            serving, generation = old.get(SERVING), _generation(old) + 1
+        else:
+            serving, generation = {k: v for k, v in old.items() if k != DOC}, _generation(old) + 1
+        state: dict[str, Any] = {"status": INDEXING, "error": None, "page_errors": []}
+        self._put_doc(path, {**facts, **state, GENERATION: generation, SERVING: serving})
+        if old is None:  # pages stored through the Python API under this name: replaced by this run
+            self._delete_pages(path, None)
+        elif old.get("status") == INDEXING:
+            self.ix.engine.delete_file(path, only_gen=_generation(old))
         self.ix.engine.flush()
-        return self._id(path)
+        return self._id(path, indexing=True)
 
     def add_pages(
         self,
@@ -236,15 +268,16 @@ class QdrantCatalog:
     ) -> None:
         """Store pages (page_no, width, height, vectors) of a document being indexed, and its page
         errors/warnings (page_no, kind, message); features first (a cache: see features.py)."""
-        path = self._paths[doc_id]
+        path, _ = self._paths[doc_id]
         doc = self._doc(path) or {}
+        generation = _generation(doc)
         if features is not None and self.keeps_features and self.ix.features is not None:
             for (page_no, *_), feats in zip(pages, features, strict=True):
                 if feats is not None:
                     self.ix.features.write(path, page_no, str(doc.get("sha256")), feats)
         for page_no, width, height, vectors in pages:
-            extra = {"width": int(width), "height": int(height), STATE: INDEXING}
-            self.ix.add_page(path, page_no, vectors, extra=extra)
+            extra = {"width": int(width), "height": int(height), STATE: INDEXING, GEN: generation}
+            self.ix.add_page(path, page_no, vectors, extra=extra, generation=generation)
         self.ix.commit()
         if errors:
             known = [[p, k, m] for p, k, m in self._errors(doc)]
@@ -255,12 +288,21 @@ class QdrantCatalog:
         self._added = True
 
     def finish_document(self, doc_id: int) -> None:
-        """The document's pages become searchable together (one operation), then it is marked done."""
-        path = self._paths[doc_id]
-        self.ix.engine.set_file_state(path, READY)
-        doc = self._doc(path) or {}
-        self.ix.engine.put_meta(doc_point_id(path), {**doc, DOC: path, "status": DONE})
-        self.ix.engine.flush()
+        """The new version replaces the old: its pages become searchable together (one operation),
+        the other generations' pages go, then the document is marked done (see the module docstring)."""
+        path, _ = self._paths[doc_id]
+        doc = {**(self._doc(path) or {}), DOC: path, SERVING: None}
+        generation = _generation(doc)
+        self.ix.engine.put_meta(doc_point_id(path), doc)  # from here on, a crash finishes this generation
+        self.ix.engine.set_file_state(path, READY, generation)
+        engine = self.ix.engine
+        new = {p for _, p, _ in engine.scroll_pages(path, generation=generation)}
+        old = {p for _, p, _ in engine.scroll_pages(path)} - new
+        engine.delete_file(path, except_gen=generation)
+        if self.ix.features is not None and old:  # features of pages the new version does not have
+            self.ix.features.remove(path, sorted(old))
+        engine.put_meta(doc_point_id(path), {**doc, "status": DONE})
+        engine.flush()
 
     def record_failure(self, path: str, size: int | None, mtime_ns: int | None, sha256: str | None, error: str) -> None:
         """The whole file could not be indexed: its pages go, then its document point says why."""
@@ -272,11 +314,20 @@ class QdrantCatalog:
         self.ix.engine.flush()
 
     def discard_in_progress(self, doc_id: int) -> None:
-        """Not reached on Qdrant (one document point per path): forgets the document if it is."""
-        self.remove_documents([self._paths[doc_id]])
+        """An unfinished re-indexing of a file that is back to the version search sees: its pages go
+        and the document point is that version again (or the file is forgotten if there is none)."""
+        path, _ = self._paths[doc_id]
+        doc = self._doc(path)
+        serving = (doc or {}).get(SERVING)
+        if doc is None or doc.get("status") != INDEXING or not isinstance(serving, dict):
+            self.remove_documents([path])
+            return
+        self.ix.engine.delete_file(path, only_gen=_generation(doc))
+        self.ix.engine.put_meta(doc_point_id(path), {**serving, DOC: path})
+        self.ix.engine.flush()
 
     def touch_document(self, doc_id: int, size: int, mtime_ns: int) -> None:
-        path = self._paths[doc_id]
+        path, _ = self._paths[doc_id]
         doc = self._doc(path)
         if doc is not None:
             self.ix.engine.put_meta(doc_point_id(path), {**doc, "size": size, "mtime_ns": mtime_ns})

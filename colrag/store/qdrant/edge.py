@@ -16,6 +16,7 @@ from ...errors import IndexStoreError
 from .schema import (
     DOC,
     EDGE_SHARD_DIR,
+    GEN,
     HNSW_EF,
     HNSW_EF_CONSTRUCT,
     HNSW_FULL_SCAN_KB,
@@ -30,7 +31,6 @@ from .schema import (
     _Page,
     _payload_page,
     _Scored,
-    point_id,
 )
 
 
@@ -100,9 +100,10 @@ class EdgeEngine:
         if points:
             self.shard.update(self.qe.UpdateOperation.delete_points(points))
 
-    def set_file_state(self, file: str, state: str) -> None:
-        """Every page of a file gets payload state=`state` (one operation)."""
-        self.shard.update(self.qe.UpdateOperation.set_payload_by_filter(self._file_filter(file), {STATE: state}))
+    def set_file_state(self, file: str, state: str, generation: int | None = None) -> None:
+        """Every page of a file (of one generation) gets payload state=`state` (one operation)."""
+        flt = self._file_filter(file, only_gen=generation)
+        self.shard.update(self.qe.UpdateOperation.set_payload_by_filter(flt, {STATE: state}))
 
     def scroll_docs(self) -> Iterator[dict[str, Any]]:
         """The payloads of every document point."""
@@ -130,12 +131,18 @@ class EdgeEngine:
         ]
         self.shard.update(qe.UpdateOperation.upsert_points(points))
 
-    def _file_filter(self, file: str) -> Any:
+    def _file_filter(self, file: str, only_gen: int | None = None, except_gen: int | None = None) -> Any:
+        """A file's pages; of one generation, or all but one (pages without GEN count as not it)."""
         qe = self.qe
-        return qe.Filter(must=[qe.FieldCondition("file", match=qe.MatchValue(file))])
+        must = [qe.FieldCondition("file", match=qe.MatchValue(file))]
+        if only_gen is not None:
+            must.append(qe.FieldCondition(GEN, match=qe.MatchValue(int(only_gen))))
+        must_not = [qe.FieldCondition(GEN, match=qe.MatchValue(int(except_gen)))] if except_gen is not None else []
+        return qe.Filter(must=must, must_not=must_not)
 
-    def delete_file(self, file: str) -> None:
-        self.shard.update(self.qe.UpdateOperation.delete_points_by_filter(self._file_filter(file)))
+    def delete_file(self, file: str, only_gen: int | None = None, except_gen: int | None = None) -> None:
+        flt = self._file_filter(file, only_gen, except_gen)
+        self.shard.update(self.qe.UpdateOperation.delete_points_by_filter(flt))
 
     def flush(self) -> None:
         self.shard.flush()
@@ -150,9 +157,9 @@ class EdgeEngine:
     def count_pages(self) -> int:
         return int(self.shard.count(self.qe.CountRequest(exact=True, filter=self._pages_filter())))
 
-    def scroll_pages(self, file: str | None) -> Iterator[tuple[str, int, int]]:
+    def scroll_pages(self, file: str | None, generation: int | None = None) -> Iterator[tuple[str, int, int]]:
         qe = self.qe
-        flt = self._file_filter(file) if file is not None else self._pages_filter()
+        flt = self._file_filter(file, only_gen=generation) if file is not None else self._pages_filter()
         offset = None
         while True:
             recs, offset = self.shard.scroll(
@@ -165,8 +172,8 @@ class EdgeEngine:
             if offset is None:
                 return
 
-    def vectors_of(self, file: str, page: int) -> np.ndarray | None:
-        recs = self.shard.retrieve([point_id(file, page)], with_payload=False, with_vector=[TOKENS])
+    def vectors_of(self, point: str) -> np.ndarray | None:
+        recs = self.shard.retrieve([point], with_payload=False, with_vector=[TOKENS])
         return np.asarray(recs[0].vector[TOKENS], dtype=np.float32) if recs else None
 
     def query(self, q: np.ndarray, k: int, exact: bool, candidates: int) -> list[_Scored]:

@@ -40,6 +40,7 @@ from .schema import (
     parse_spec,
     point_id,
     pool_tokens,
+    serving_generation,
 )
 
 
@@ -62,9 +63,11 @@ class QdrantIndex:
     _closed: bool = False
 
     # -- writing ------------------------------------------------------------------
-    def add_page(self, file: str, page: int, vectors: np.ndarray, *, extra: dict[str, Any] | None = None) -> None:
+    def add_page(
+        self, file: str, page: int, vectors: np.ndarray, *, extra: dict[str, Any] | None = None, generation: int = 0
+    ) -> None:
         """Buffer one page's (n_tokens, dim) vectors; stored by the next commit(). `extra`: more payload
-        (`colrag index` adds width, height and state)."""
+        (`colrag index` adds width, height, state and the document's generation, which picks the point id)."""
         self._open()
         if not isinstance(file, str) or not file:
             raise InputError("add_page: file must be a non-empty string")
@@ -80,7 +83,7 @@ class QdrantIndex:
         if not np.all(np.isfinite(vecs)) or np.abs(vecs).max() > FLOAT16_MAX:
             raise InputError(f"{file} page {page}: non-finite vectors (or beyond float16's range)")
         vecs = np.ascontiguousarray(vecs)
-        page_ = _Page(point_id(file, page), file, int(page), vecs, pool_tokens(vecs), dict(extra or {}))
+        page_ = _Page(point_id(file, page, generation), file, int(page), vecs, pool_tokens(vecs), dict(extra or {}))
         self._pending.append(("add", page_))
 
     def remove_file(self, file: str) -> None:
@@ -209,9 +212,13 @@ class QdrantIndex:
         return {(f, p) for f, p, _ in self.engine.scroll_pages(file)}
 
     def page_vectors(self, file: str, page: int) -> np.ndarray | None:
-        """The stored (n_tokens, dim) vectors of a page (float16 values as float32), None if absent."""
+        """The stored (n_tokens, dim) vectors of a page as searched now (float16 values as float32), None
+        if absent. While a changed file is re-indexed that is its previous version (catalog.py)."""
         self._open()
-        return None if self.manifest is None else self.engine.vectors_of(file, page)
+        if self.manifest is None:
+            return None
+        generation = serving_generation(self.engine.get_meta(doc_point_id(file)))
+        return self.engine.vectors_of(point_id(file, page, generation))
 
     def stats(self) -> dict[str, Any]:
         self._open()

@@ -15,6 +15,7 @@ import numpy as np
 from ...errors import IndexStoreError
 from .schema import (
     DOC,
+    GEN,
     HNSW_EF,
     HNSW_EF_CONSTRUCT,
     HNSW_FULL_SCAN_KB,
@@ -28,7 +29,6 @@ from .schema import (
     _Page,
     _payload_page,
     _Scored,
-    point_id,
 )
 
 
@@ -109,9 +109,9 @@ class ServerEngine:
             selector = self.models.PointIdsList(points=list(points))
             self.client.delete(self.collection, points_selector=selector, wait=True)
 
-    def set_file_state(self, file: str, state: str) -> None:
-        """Every page of a file gets payload state=`state` (one request)."""
-        selector = self.models.FilterSelector(filter=self._file_filter(file))
+    def set_file_state(self, file: str, state: str, generation: int | None = None) -> None:
+        """Every page of a file (of one generation) gets payload state=`state` (one request)."""
+        selector = self.models.FilterSelector(filter=self._file_filter(file, only_gen=generation))
         self.client.set_payload(self.collection, payload={STATE: state}, points=selector, wait=True)
 
     def scroll_docs(self) -> Iterator[dict[str, Any]]:
@@ -140,18 +140,24 @@ class ServerEngine:
         ]
         self.client.upsert(self.collection, points, wait=True)
 
-    def _file_filter(self, file: str) -> Any:
+    def _file_filter(self, file: str, only_gen: int | None = None, except_gen: int | None = None) -> Any:
+        """A file's pages; of one generation, or all but one (pages without GEN count as not it)."""
         m = self.models
-        return m.Filter(must=[m.FieldCondition(key="file", match=m.MatchValue(value=file))])
+        must = [m.FieldCondition(key="file", match=m.MatchValue(value=file))]
+        if only_gen is not None:
+            must.append(m.FieldCondition(key=GEN, match=m.MatchValue(value=int(only_gen))))
+        must_not = []
+        if except_gen is not None:
+            must_not.append(m.FieldCondition(key=GEN, match=m.MatchValue(value=int(except_gen))))
+        return m.Filter(must=must, must_not=must_not or None)
 
     def _pages_filter(self) -> Any:
         m = self.models
         return m.Filter(must_not=[m.IsEmptyCondition(is_empty=m.PayloadField(key="file"))])
 
-    def delete_file(self, file: str) -> None:
-        self.client.delete(
-            self.collection, points_selector=self.models.FilterSelector(filter=self._file_filter(file)), wait=True
-        )
+    def delete_file(self, file: str, only_gen: int | None = None, except_gen: int | None = None) -> None:
+        selector = self.models.FilterSelector(filter=self._file_filter(file, only_gen, except_gen))
+        self.client.delete(self.collection, points_selector=selector, wait=True)
 
     def flush(self) -> None:
         """Every request waited for the server to apply it (wait=True)."""
@@ -162,8 +168,8 @@ class ServerEngine:
     def count_pages(self) -> int:
         return int(self.client.count(self.collection, count_filter=self._pages_filter(), exact=True).count)
 
-    def scroll_pages(self, file: str | None) -> Iterator[tuple[str, int, int]]:
-        flt = self._file_filter(file) if file is not None else self._pages_filter()
+    def scroll_pages(self, file: str | None, generation: int | None = None) -> Iterator[tuple[str, int, int]]:
+        flt = self._file_filter(file, only_gen=generation) if file is not None else self._pages_filter()
         offset = None
         while True:
             recs, offset = self.client.scroll(
@@ -179,8 +185,8 @@ class ServerEngine:
             if offset is None:
                 return
 
-    def vectors_of(self, file: str, page: int) -> np.ndarray | None:
-        recs = self.client.retrieve(self.collection, [point_id(file, page)], with_payload=False, with_vectors=[TOKENS])
+    def vectors_of(self, point: str) -> np.ndarray | None:
+        recs = self.client.retrieve(self.collection, [point], with_payload=False, with_vectors=[TOKENS])
         return np.asarray(recs[0].vector[TOKENS], dtype=np.float32) if recs else None
 
     def query(self, q: np.ndarray, k: int, exact: bool, candidates: int) -> list[_Scored]:
