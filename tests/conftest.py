@@ -88,12 +88,12 @@ def tiny_retriever_bundle(tiny_colqwen2_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_retriever_int8_bundle(tiny_colqwen2_checkpoint, tmp_path_factory):
-    """The tiny checkpoint exported with --quantize int8."""
-    from colrag.export.retriever import export_retriever
+def tiny_retriever_int8_bundle(tiny_retriever_bundle, tmp_path_factory):
+    """The tiny fp32 bundle quantized to int8 (the export's own quantize step, no second export)."""
+    from colrag.export import quantize_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "retriever-int8"
-    export_retriever(tiny_colqwen2_checkpoint, out, quantize="int8")
+    quantize_bundle(tiny_retriever_bundle, out, "int8")
     return out
 
 

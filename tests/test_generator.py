@@ -404,12 +404,13 @@ def test_tied_embeddings_export(tmp_path):
     assert out.token_ids == ref_tokens
 
 
-def test_int8_export_records_drift_and_generates(tiny_qwen2vl_checkpoint, tmp_path):
-    from colrag.export.generator import export_generator
+def test_int8_bundle_records_drift_and_generates(tiny_generator_bundle, tmp_path):
+    from colrag.export import quantize_bundle
 
     bundle = tmp_path / "int8"
-    manifest = export_generator(tiny_qwen2vl_checkpoint, bundle, quantize="int8")
+    manifest = quantize_bundle(tiny_generator_bundle, bundle, "int8")  # the export's own quantize step
     verify_bundle(bundle, "generator")
+    assert verify_bundle(tiny_generator_bundle, "generator").get("quantization") is None  # the source is untouched
     q = manifest["quantization"]
     assert q["scheme"] == "int8"
     dec = q["graphs"]["decoder"]
@@ -423,14 +424,21 @@ def test_int8_export_records_drift_and_generates(tiny_qwen2vl_checkpoint, tmp_pa
     assert len(out.token_ids) == 4
 
 
-def test_dynamic_vision_scheme_generator(tiny_qwen2vl_checkpoint, tmp_path):
+def test_dynamic_vision_scheme_generator(tiny_qwen2vl_checkpoint, tiny_generator_bundle, tmp_path):
     import onnx
 
+    from colrag.export import quantize_bundle
     from colrag.export.generator import export_generator
 
     bundle = tmp_path / "int8-dynamic-vision"
     manifest = export_generator(tiny_qwen2vl_checkpoint, bundle, quantize="int8-dynamic-vision")
     verify_bundle(bundle, "generator")
+    # the fp32 bundle quantized afterwards: this export's very files and drift record
+    derived = quantize_bundle(tiny_generator_bundle, tmp_path / "derived", "int8-dynamic-vision")
+    assert derived["quantization"] == manifest["quantization"]
+    assert {k: v["sha256"] for k, v in derived["files"].items()} == {
+        k: v["sha256"] for k, v in manifest["files"].items()
+    }
     graphs = manifest["quantization"]["graphs"]
     assert graphs["vision"]["method"].startswith("dynamic") and graphs["decoder"]["block_size"] == 128
     assert graphs["vision"]["vision_check_grid"]["min_cosine_vs_fp32"] >= 0.99
@@ -440,3 +448,18 @@ def test_dynamic_vision_scheme_generator(tiny_qwen2vl_checkpoint, tmp_path):
         "Describe.", images=[synthetic_image(120, 90, 1)], max_new_tokens=4
     )
     assert len(out.token_ids) == 4
+
+
+def test_quantized_shared_generator_still_finds_the_retrievers_vision_graph(tiny_shared_generator_bundle, tmp_path):
+    from colrag.export import quantize_bundle
+
+    bundle = tmp_path / "elsewhere" / "generator-int8"  # another folder: the relative link to the retriever moves
+    manifest = quantize_bundle(tiny_shared_generator_bundle, bundle, "int8")
+    assert set(manifest["quantization"]["graphs"]) == {"decoder"}  # the shared vision graph stays the retriever's
+    assert "vision.onnx" not in manifest["files"]
+    g = colrag.Generator.load(bundle, threads=1)
+    assert g.vision_graph(bundle, manifest) == colrag.Generator.vision_graph(
+        tiny_shared_generator_bundle, load_manifest(tiny_shared_generator_bundle)
+    )
+    out = g.generate("Describe.", images=[synthetic_image(120, 90, 1)], max_new_tokens=3)
+    assert len(out.token_ids) == 3

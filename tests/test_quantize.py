@@ -8,6 +8,7 @@ pytest.importorskip("torch")
 
 import colrag
 from colrag.compare import row_cosines as cosines
+from colrag.export import quantize_bundle
 from tests.test_retriever import synthetic_page
 
 pytestmark = pytest.mark.slow  # torch: tiny checkpoints, exports or transformers references
@@ -68,6 +69,39 @@ def test_dynamic_vision_scheme_quantizes_the_vision_tower_per_tensor(
     pages = [synthetic_page(640, 820, seed=21), synthetic_page(900, 600, seed=22)]
     for a, b in zip(fp32.embed_images(pages), dyn.embed_images(pages), strict=True):
         assert a.shape == b.shape and 0.99 <= cosines(a, b).mean() < 0.999999
+
+    # quantizing the fp32 bundle (what the int8 fixture does) gives this export's very files and record
+    derived = tmp_path / "derived"
+    assert (
+        quantize_bundle(tiny_retriever_bundle, derived, "int8-dynamic-vision")["quantization"]
+        == manifest["quantization"]
+    )
+    assert same_files(bundle, derived)
+
+
+def same_files(a, b) -> bool:
+    """Two bundles hold the same files, byte for byte (their manifests' sha256, re-checked by verify_bundle)."""
+    from colrag.vlm.bundle import verify_bundle
+
+    files_a, files_b = verify_bundle(a)["files"], verify_bundle(b)["files"]
+    return {k: v["sha256"] for k, v in files_a.items()} == {k: v["sha256"] for k, v in files_b.items()}
+
+
+def test_quantize_bundle_refuses_what_it_cannot_quantize(tiny_retriever_bundle, int8_bundle, tmp_path):
+    from colrag.errors import ColragError
+
+    with pytest.raises(ColragError, match="unknown quantization 'int3'"):
+        quantize_bundle(tiny_retriever_bundle, tmp_path / "q", "int3")
+    with pytest.raises(ColragError, match="already quantized"):
+        quantize_bundle(int8_bundle, tmp_path / "q", "int8")
+    with pytest.raises(ColragError, match="is the bundle being quantized"):
+        quantize_bundle(tiny_retriever_bundle, tiny_retriever_bundle, "int8", force=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("not colrag's")
+    with pytest.raises(ColragError, match="not a colrag bundle"):
+        quantize_bundle(tiny_retriever_bundle, tmp_path / "notes", "int8", force=True)
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "not colrag's"
+    assert not (tmp_path / "q").exists()
 
 
 def _one_matmul_graph(path, k=256, n=64):

@@ -45,6 +45,7 @@ from .common import (
     save_embedding_table,
     vision_hash,
 )
+from .quantize_step import quantize_graphs, run_steps
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -119,8 +120,9 @@ def export_generator(
     (colrag.export.common.quiet_export); by default only colrag's progress lines show.
 
     quantize: "none" (fp32) or a scheme of colrag.export.quantize.QUANT_SCHEMES
-    (weight-only, block-wise; activations stay fp32). The drift against fp32 on the
-    check inputs (logit cosine, greedy top-1 agreement) is recorded in the manifest.
+    (weight-only, block-wise; activations stay fp32). The drift against fp32 on fixed
+    check inputs (logit cosine, greedy top-1 agreement) is recorded in the manifest
+    (colrag.export.quantize_step, the step colrag.export.quantize_bundle runs on an fp32 bundle).
 
     share_vision_with: a retriever bundle folder; when its manifest's vision_hash equals
     this checkpoint's, its vision graph is referenced instead of exporting a copy.
@@ -155,14 +157,8 @@ def export_generator(
         steps.log("checking the graphs against transformers ...")
         fields["export_checks"] = {f"{check.label}_max_abs_diff": check.run(work) for check in checks}
         if quantize != "none":
-            fields["quantization"] = _quantize_bundle(work, quantize, checks)
+            fields["quantization"] = quantize_graphs(work, work, "generator", fields, quantize)
         return steps.finish_bundle(work, out, "generator", fields, started, force=force)
-
-
-def _ort_session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 class _Check:
@@ -171,25 +167,9 @@ class _Check:
     def __init__(self, label: str, graph: str, steps: list[tuple[dict, np.ndarray]], cache_shape: tuple | None = None):
         self.label, self.graph, self.steps, self.cache_shape = label, graph, steps, cache_shape
 
-    def outputs(self, path: Path) -> tuple[list[np.ndarray], tuple]:
-        """Run the steps in order on one session; a step's feeds may take the previous step's present k/v."""
-        sess = _ort_session(path)
-        outs: list = []
-        present: list = []
-        for feeds, _ in self.steps:
-            feeds = dict(feeds)
-            for name, value in list(feeds.items()):
-                if isinstance(value, str):  # "present:<index>": an output of the previous step
-                    feeds[name] = present[int(value.split(":")[1])]
-            got, *present = sess.run(None, feeds)
-            outs.append(got)
-        del sess
-        gc.collect()
-        return outs, (present[0].shape if present else ())
-
     def run(self, work: Path) -> float:
         """Max abs difference to torch over the steps; raises when over the tolerance."""
-        outs, cache_shape = self.outputs(work / self.graph)
+        outs, cache_shape = run_steps(work / self.graph, [feeds for feeds, _ in self.steps])
         worst = max(
             steps.check_close(f"{self.label} (step {i + 1})", got, want)
             for i, (got, (_, want)) in enumerate(zip(outs, self.steps, strict=True))
@@ -199,18 +179,6 @@ class _Check:
                 f"export check failed: {self.label} cache has shape {cache_shape}, expected {self.cache_shape}"
             )
         return worst
-
-    def drift(self, work: Path, quantized: Path) -> dict:
-        """How far the quantized graph moved from the fp32 one on the same inputs."""
-        fp32, _ = self.outputs(work / self.graph)
-        quant, _ = self.outputs(quantized)
-        a = np.concatenate([x.reshape(-1, x.shape[-1]) for x in quant]).astype(np.float64)
-        b = np.concatenate([x.reshape(-1, x.shape[-1]) for x in fp32]).astype(np.float64)
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        stats = {"min_cosine_vs_fp32": float(cos.min()), "mean_cosine_vs_fp32": float(cos.mean())}
-        if self.graph == "decoder.onnx":  # rows are next-token logits: does the greedy choice survive?
-            stats["top1_agreement_vs_fp32"] = float((a.argmax(1) == b.argmax(1)).mean())
-        return stats
 
 
 def _export_vision(visual, work: Path, opset: int) -> list[_Check]:
@@ -305,27 +273,6 @@ def _decoder_check(model, n_layers: int, kv_heads: int, head_dim: int) -> _Check
         [(prefill, reference(s)), (decode, reference(s + 1))],
         cache_shape=(b, kv_heads, s + 1, head_dim),
     )
-
-
-def _quantize_bundle(work: Path, scheme: str, checks: list[_Check]) -> dict:
-    """Quantize this bundle's graphs in place (a shared vision graph stays the retriever's)."""
-    from .quantize import quantize_graph
-
-    info: dict = {"scheme": scheme, "graphs": {}}
-    for graph in dict.fromkeys(check.graph for check in checks):
-        name = graph.removesuffix(".onnx")
-        steps.log(f"quantizing the {name} graph ({scheme}) ...")
-        q_path = work / f"{name}.q.onnx"
-        stats = quantize_graph(work / graph, q_path, scheme, vision=name == "vision")
-        for check in checks:
-            if check.graph == graph:
-                stats[check.label] = check.drift(work, q_path)
-        info["graphs"][name] = stats
-        for suffix in ("", ".data"):
-            Path(str(work / graph) + suffix).unlink(missing_ok=True)
-        q_path.rename(work / graph)  # its weights stay in <name>.q.onnx.data, which the graph names
-        gc.collect()
-    return info
 
 
 def _shared_vision(shared: Path, out: Path, vhash: str) -> dict | None:

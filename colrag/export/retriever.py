@@ -18,8 +18,6 @@ import gc
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .. import __version__
 from ..errors import ColragError
 from ..vlm.constants import RETRIEVER_MAX_PIXELS, RETRIEVER_MIN_PIXELS
@@ -31,7 +29,7 @@ from .common import (
     save_embedding_table,
     vision_hash,
 )
-from .quantize import quantize_graph
+from .quantize_step import quantize_graphs
 
 
 def _text_inputs(batch: int, seq: int, hidden: int, seed: int):
@@ -59,7 +57,8 @@ def export_retriever(
     (colrag.export.common.quiet_export); by default only colrag's progress lines show.
 
     quantize: "none" (fp32 graphs) or a scheme of colrag.export.quantize.QUANT_SCHEMES
-    (weight-only, block-wise); the drift against fp32 is measured and recorded.
+    (weight-only, block-wise); the drift against fp32 is measured and recorded
+    (colrag.export.quantize_step, the step colrag.export.quantize_bundle runs on an fp32 bundle).
     """
     src, out = steps.check_request(
         src, out, "retriever", "colqwen2", "ColQwen2 (e.g. vidore/colqwen2-v1.0-hf)", quantize, force
@@ -83,7 +82,7 @@ def export_retriever(
         del model
         gc.collect()
         if quantize != "none":
-            manifest_fields["quantization"] = _quantize_bundle(work, quantize, ort, manifest_fields["hidden_size"])
+            manifest_fields["quantization"] = quantize_graphs(work, work, "retriever", manifest_fields, quantize)
         return steps.finish_bundle(work, out, "retriever", manifest_fields, started, force=force)
 
 
@@ -163,31 +162,3 @@ def _export_into(model, processor, src: Path, work: Path, opset: int, ort, torch
         "graphs": {"vision": "vision.onnx", "text": "text.onnx", "embed_tokens": "embed_tokens.npy"},
         "export_checks": checks,
     }
-
-
-def _quantize_bundle(work: Path, scheme: str, ort, hidden: int) -> dict:
-    """Quantize both graphs in place; record how far outputs moved from fp32 on check inputs."""
-    pv, rot = steps.vision_inputs(steps.CHECK_GRID, seed=1)
-    embeds, pos, mask = _text_inputs(2, 29, hidden, seed=3)
-    feeds = {
-        "vision": {"pixel_values": pv.numpy(), "rot_pos_ids": rot.numpy()},
-        "text": {"inputs_embeds": embeds.numpy(), "position_ids": pos.numpy(), "attention_mask": mask.numpy()},
-    }
-    info: dict = {"scheme": scheme, "graphs": {}}
-    for name in ("vision", "text"):
-        steps.log(f"quantizing the {name} graph ({scheme}) ...")
-        fp32_path, q_path = work / f"{name}.onnx", work / f"{name}.q.onnx"
-        want = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(None, feeds[name])[0]
-        stats = quantize_graph(fp32_path, q_path, scheme, vision=name == "vision")
-        got = ort.InferenceSession(str(q_path), providers=["CPUExecutionProvider"]).run(None, feeds[name])[0]
-        a, b = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
-        keep = np.linalg.norm(b, axis=1) > 0  # padding rows of the text output are zero
-        cos = (a[keep] * b[keep]).sum(1) / (np.linalg.norm(a[keep], axis=1) * np.linalg.norm(b[keep], axis=1))
-        stats["min_cosine_vs_fp32"] = float(cos.min())
-        stats["mean_cosine_vs_fp32"] = float(cos.mean())
-        info["graphs"][name] = stats
-        for suffix in ("", ".data"):
-            Path(str(fp32_path) + suffix).unlink(missing_ok=True)
-        (work / f"{name}.q.onnx").rename(fp32_path)
-        # the external data file keeps its recorded name (<name>.q.onnx.data): that is fine, the graph points at it
-    return info
