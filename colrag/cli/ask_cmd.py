@@ -23,6 +23,8 @@ from .options import (
     MODEL_THREADS_OPTION,
     MODELS_DIR_OPTION,
     RETRIEVER_OPTION,
+    password_option,
+    png_out_option,
 )
 from .output import printable
 
@@ -64,13 +66,7 @@ def ask_cmd(
         "--show",
         help="Write the page image(s) given to the model as PNG (in --out) and print their paths on stderr.",
     ),
-    out: Path | None = typer.Option(
-        None,
-        "--out",
-        metavar="DIR",
-        file_okay=False,
-        help="Folder for the --show PNGs \\[default: $COLRAG_HOME/out; a file of the same name is replaced].",
-    ),
+    out: Path | None = png_out_option("--show"),
     index: str | None = INDEX_OR_QDRANT_OPTION,
     models_dir: Path | None = MODELS_DIR_OPTION,
     retriever: Path | None = RETRIEVER_OPTION,
@@ -105,9 +101,7 @@ def ask_cmd(
     threads: int | None = MODEL_THREADS_OPTION,
     backend: str | None = BACKEND_OPTION,
     precision: str | None = PRECISION_OPTION,
-    password: str | None = typer.Option(
-        None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted indexed PDFs."
-    ),
+    password: str | None = password_option("indexed PDFs"),
     stats: bool = typer.Option(
         False,
         "--stats",

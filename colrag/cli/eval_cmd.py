@@ -13,7 +13,7 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .common import load_retriever
-from .options import MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION
+from .options import MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION, password_option
 from .output import printable
 from .progress import ProgressLine
 
@@ -46,9 +46,7 @@ def eval_cmd(
     threads: int | None = THREADS_OPTION,
     backend: str | None = BACKEND_OPTION,
     precision: str | None = PRECISION_OPTION,
-    password: str | None = typer.Option(
-        None, "--password", envvar="COLRAG_PDF_PASSWORD", help="Password of encrypted corpus PDFs."
-    ),
+    password: str | None = password_option("corpus PDFs"),
     changes: int = typer.Option(
         20, "--changes", min=0, help="With --compare: how many rank changes to list (largest first)."
     ),

@@ -15,7 +15,7 @@ import typer
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from ..render_worker import DEFAULT_RENDER_TIMEOUT
 from .common import load_retriever
-from .options import INDEX_OR_QDRANT_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION
+from .options import INDEX_OR_QDRANT_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION, password_option
 from .output import printable
 from .progress import ProgressLine
 
@@ -32,12 +32,7 @@ def index_cmd(
     threads: int | None = THREADS_OPTION,
     backend: str | None = BACKEND_OPTION,
     precision: str | None = PRECISION_OPTION,
-    password: str | None = typer.Option(
-        None,
-        "--password",
-        envvar="COLRAG_PDF_PASSWORD",
-        help="Password for encrypted PDFs (tried on every encrypted file; the env var keeps it out of `ps`).",
-    ),
+    password: str | None = password_option("PDFs (tried on every encrypted file)"),
     retry_failed: bool = typer.Option(
         False,
         "--retry-failed",

@@ -17,6 +17,7 @@ from .options import (
     MODELS_DIR_OPTION,
     OPSET_OPTION,
     REPLACE_BUNDLE_OPTION,
+    password_option,
 )
 from .output import printable
 
@@ -148,7 +149,7 @@ def compare_cmd(
     ),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Retriever: the ranking depth whose overlap is reported."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Generator: greedy tokens per answer."),
-    password: str | None = typer.Option(None, "--password", help="Password for encrypted PDFs."),
+    password: str | None = password_option("PDFs"),
     threads: int | None = MODEL_THREADS_OPTION,
     backend: str | None = BACKEND_OPTION,
     precision: str | None = PRECISION_OPTION,

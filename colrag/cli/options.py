@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 INDEX_OPTION = typer.Option(
@@ -67,3 +69,19 @@ EXPORT_VERBOSE_OPTION = typer.Option(
     "--verbose",
     help="Also show what torch, onnxscript, transformers and onnxruntime print (logs, warnings, progress bars).",
 )
+
+
+def password_option(what: str) -> Any:
+    """--password (or COLRAG_PDF_PASSWORD, which keeps it out of `ps`): `what` says which PDFs it opens."""
+    return typer.Option(None, "--password", envvar="COLRAG_PDF_PASSWORD", help=f"Password of encrypted {what}.")
+
+
+def png_out_option(flag: str) -> Any:
+    """--out DIR, the folder for the PNGs `flag` (--show, --explain) writes."""
+    return typer.Option(
+        None,
+        "--out",
+        metavar="DIR",
+        file_okay=False,
+        help=f"Folder for the {flag} PNGs \\[default: $COLRAG_HOME/out; a file of the same name is replaced].",
+    )

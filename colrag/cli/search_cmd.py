@@ -8,7 +8,14 @@ import typer
 
 from ..cli import BACKEND_OPTION, PRECISION_OPTION, app
 from .common import is_qdrant, load_retriever
-from .options import INDEX_OR_QDRANT_OPTION, MODELS_DIR_OPTION, RETRIEVER_OPTION, THREADS_OPTION
+from .options import (
+    INDEX_OR_QDRANT_OPTION,
+    MODELS_DIR_OPTION,
+    RETRIEVER_OPTION,
+    THREADS_OPTION,
+    password_option,
+    png_out_option,
+)
 from .output import printable
 
 
@@ -29,19 +36,8 @@ def search_cmd(
         help="Also write, for each result, a PNG of the page with a heatmap of the image patches that matched "
         "the query (late-interaction similarity map); paths go to stderr.",
     ),
-    out: Path | None = typer.Option(
-        None,
-        "--out",
-        metavar="DIR",
-        file_okay=False,
-        help="Folder for the --explain PNGs \\[default: $COLRAG_HOME/out; a file of the same name is replaced].",
-    ),
-    password: str | None = typer.Option(
-        None,
-        "--password",
-        envvar="COLRAG_PDF_PASSWORD",
-        help="Password of encrypted PDFs (for --explain, which re-renders pages).",
-    ),
+    out: Path | None = png_out_option("--explain"),
+    password: str | None = password_option("PDFs (for --explain, which re-renders pages)"),
 ) -> None:
     """Rank the indexed pages for a query by late-interaction (MaxSim) score."""
     from ..api import open_index
