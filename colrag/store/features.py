@@ -35,11 +35,14 @@ import sqlite3
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from ..vlm.image_features import ImageFeatures
+
+if TYPE_CHECKING:
+    from .manifest import RetrieverInfo
 
 FEATURES_DIR = "features"
 FLOAT16 = "float16"
@@ -69,6 +72,16 @@ def manifest_info(manifest: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(info.get("vision_hash"), str) or not isinstance(info.get("hidden_size"), int):
         return None
     return info
+
+
+def features_entry(retriever: RetrieverInfo, current: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The "page_features" entry a writer with this retriever keeps (current: the manifest's; None: keep none)."""
+    if not retriever.vision_hash or retriever.hidden_size <= 0:
+        return None  # a retriever that does not name its vision tower: features could never be matched
+    if current is not None:
+        same = current["vision_hash"] == retriever.vision_hash and current["hidden_size"] == retriever.hidden_size
+        return current if same else None
+    return {"vision_hash": retriever.vision_hash, "hidden_size": retriever.hidden_size, "encoding": DEFAULT_ENCODING}
 
 
 def has_table(conn: sqlite3.Connection) -> bool:

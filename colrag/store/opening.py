@@ -26,19 +26,6 @@ if TYPE_CHECKING:
     from .index import Index
 
 
-def _features_entry(manifest: dict[str, Any], retriever: RetrieverInfo | None) -> dict[str, Any] | None:
-    """The manifest's "page_features" for a writer with this retriever (None: store no features)."""
-    current = pf.manifest_info(manifest)
-    if retriever is None:
-        return current
-    if not retriever.vision_hash or retriever.hidden_size <= 0:
-        return None  # a retriever that does not name its vision tower: features could never be matched
-    if current is not None:
-        same = current["vision_hash"] == retriever.vision_hash and current["hidden_size"] == retriever.hidden_size
-        return current if same else None
-    return {"vision_hash": retriever.vision_hash, "hidden_size": retriever.hidden_size, "encoding": pf.DEFAULT_ENCODING}
-
-
 def open_reader(cls: type[Index], path: Path, retriever: RetrieverInfo | None = None) -> Index:
     """Index.open: no lock, the catalog read-only; an older index is upgraded first (upgrade_for_reader)."""
     path = Path(path)
@@ -114,7 +101,10 @@ def open_writer(
         ):
             manifest = migrate.upgrade(path, conn, manifest)  # files first, then the catalog's migration 3
         cat.migrate(conn)
-        features = _features_entry(manifest, retriever) if page_features else None
+        features = None
+        if page_features:
+            current = pf.manifest_info(manifest)
+            features = current if retriever is None else pf.features_entry(retriever, current)
         if features is not None and pf.manifest_info(manifest) is None:
             manifest = {**manifest, "page_features": features}
             if not fresh:  # an older index gains features for the pages indexed from now on

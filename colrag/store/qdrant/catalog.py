@@ -70,16 +70,6 @@ def _render_options(manifest: dict[str, Any] | None) -> RenderOptions:
     return RenderOptions(**render)
 
 
-def _features_entry(info: RetrieverInfo | None, current: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The manifest's page_features for a writer with this retriever (None: keep none)."""
-    if info is None or not info.vision_hash or info.hidden_size <= 0:
-        return None
-    if current is not None:
-        same = current["vision_hash"] == info.vision_hash and current["hidden_size"] == info.hidden_size
-        return current if same else None
-    return {"vision_hash": info.vision_hash, "hidden_size": info.hidden_size, "encoding": pf.DEFAULT_ENCODING}
-
-
 class QdrantCatalog:
     """A Qdrant index seen as the Indexer sees a local Index (see the module docstring)."""
 
@@ -384,7 +374,9 @@ def open_catalog(
             raise IndexStoreError(
                 f"index {ix.location} holds precomputed vectors (no retriever): index into another --index"
             )
-        wanted = _features_entry(info, pf.manifest_info(ix.manifest or {})) if page_features else None
+        wanted = None
+        if page_features and info is not None:
+            wanted = pf.features_entry(info, pf.manifest_info(ix.manifest or {}))
         if ix.folder is None:
             wanted = None  # a server keeps no page features (features.py)
         ix.extra_manifest = {"max_pixels": info.max_pixels if info else None, "render": RenderOptions().as_dict()}
