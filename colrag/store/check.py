@@ -1,7 +1,11 @@
-"""`colrag status` numbers and the integrity check of an index (`colrag status --check`)."""
+"""`colrag status` numbers and the integrity check of an index (`colrag status --check`), the
+page features' included (their format: colrag.store.features)."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +51,7 @@ def index_stats(ix: Index) -> dict[str, Any]:
         "vector_bytes": counts["rows"] * row_bytes,
         "dead_vector_bytes": (counts["rows"] - counts["stored_tokens"]) * row_bytes,
         "centroids": int(meta["n_centroids"]) if meta else 0,
-        **pf.stats(ix.conn, ix.path / pf.FEATURES_DIR, pf.manifest_info(ix.manifest)),
+        **features_stats(ix.conn, ix.path / pf.FEATURES_DIR, pf.manifest_info(ix.manifest)),
         "failed": counts["failed"],
     }
 
@@ -109,7 +113,7 @@ def check_index(ix: Index, *, vectors: bool = True) -> CheckReport:
                     bad = s + int(np.argmax(np.abs(norms - 1.0) > 0.05))
                     report.problems.append(f"segment {name} row {bad} is not a unit vector (norm {norms[bad - s]:.3f})")
                     break
-    problems, notes = pf.check(ix.conn, ix.path / pf.FEATURES_DIR, pf.manifest_info(ix.manifest), deep=vectors)
+    problems, notes = check_features(ix.conn, ix.path / pf.FEATURES_DIR, pf.manifest_info(ix.manifest), deep=vectors)
     report.problems += problems
     report.notes += notes
     return report
@@ -124,3 +128,77 @@ def _disk_usage(folder: Path) -> int:
         except FileNotFoundError:  # a writer replaced or removed it meanwhile
             pass
     return total
+
+
+# -- page features: status and check ------------------------------------------------------------
+def features_stats(conn: sqlite3.Connection, root: Path, info: dict[str, Any] | None) -> dict[str, Any]:
+    if not pf.has_table(conn):
+        return {"pages_with_features": 0, "feature_bytes": 0, "feature_bytes_per_page": 0, "features": info}
+    (n_pages,) = conn.execute(
+        "SELECT COUNT(*) FROM page_features f JOIN documents d ON d.id = f.doc_id WHERE d.status = 'done'"
+    ).fetchone()
+    on_disk = (
+        sum(f.stat().st_size for f in root.iterdir() if pf.file_doc_id(f.name) is not None) if root.is_dir() else 0
+    )
+    return {
+        "pages_with_features": int(n_pages),
+        "feature_bytes": int(on_disk),
+        "feature_bytes_per_page": int(on_disk // n_pages) if n_pages else 0,
+        "features": info,
+    }
+
+
+def check_features(
+    conn: sqlite3.Connection, root: Path, info: dict[str, Any] | None, deep: bool
+) -> tuple[list[str], list[str]]:
+    """(problems, notes): every recorded page within its file; with `deep`, every checksum."""
+    problems: list[str] = []
+    notes: list[str] = []
+    if not pf.has_table(conn):
+        return problems, notes
+    rows = conn.execute(
+        "SELECT page_id, doc_id, row_offset, n_rows, grid_t, grid_h, grid_w, crc32 FROM page_features ORDER BY "
+        "doc_id, row_offset"
+    ).fetchall()
+    if rows and info is None:
+        problems.append("the catalog records page features but the manifest names no vision tower for them")
+        return problems, notes
+    if info is None:
+        return problems, notes
+    size = pf.row_bytes(str(info["encoding"]), int(info["hidden_size"]))
+    bad_files: set[str] = set()
+    handles: dict[int, Any] = {}
+    try:
+        for page_id, doc_id, offset, n, t, h, w, crc in rows:
+            path = root / pf.file_name(doc_id)
+            rel = f"{pf.FEATURES_DIR}/{path.name}"
+            if rel in bad_files:
+                continue
+            if n != t * h * w // 4:
+                problems.append(f"{rel}: page {page_id} has {n} rows for grid {[t, h, w]}")
+            if not path.is_file():
+                problems.append(f"{rel} is missing (pages of document {doc_id} will be recomputed by `colrag ask`)")
+                bad_files.add(rel)
+                continue
+            if (offset + n) * size > path.stat().st_size:
+                problems.append(
+                    f"{rel} is truncated ({path.stat().st_size} bytes, page {page_id} needs {(offset + n) * size})"
+                )
+                bad_files.add(rel)
+                continue
+            if deep:
+                if doc_id not in handles:
+                    handles[doc_id] = open(path, "rb")  # noqa: SIM115 -- one per document, closed below
+                f = handles[doc_id]
+                if zlib.crc32(os.pread(f.fileno(), n * size, offset * size)) != crc:
+                    problems.append(f"{rel} is corrupt: page {page_id}'s features do not match their checksum")
+                    bad_files.add(rel)
+    finally:
+        for f in handles.values():
+            f.close()
+    if root.is_dir():
+        known = {pf.file_name(r[1]) for r in rows}
+        for file in root.iterdir():
+            if file.name not in known and pf.file_doc_id(file.name) is None:
+                notes.append(f"unreferenced file {pf.FEATURES_DIR}/{file.name} (ignored)")
+    return problems, notes
