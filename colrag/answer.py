@@ -49,6 +49,8 @@ class Answer:
     n_prompt_tokens: int = 0
     prefix_cached: bool = False  # the pages' part of the prompt came from the page-prefix cache
     notes: list[str] = field(default_factory=list)  # e.g. why the index's page features were not used
+    # what each step of the generator ran on: {"vision": ..., "prefill": "openvino 2026.4.1 bf16", "decode": ...}
+    runtimes: dict[str, str | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready (what `colrag serve` sends; `from_dict` reads it back)."""
@@ -66,6 +68,9 @@ class Answer:
             timings=Timings(**d["timings"]),
             token_ids=list(d["token_ids"]),
             notes=list(d["notes"]),
+            runtimes={
+                str(k): None if v is None else str(v) for k, v in (d.get("runtimes") or {}).items()
+            },  # older servers: none
         )
 
 

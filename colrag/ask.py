@@ -180,16 +180,19 @@ class Asker:
             self.load_s += time.perf_counter() - t0
         return self._generator
 
-    def runtimes(self) -> dict[str, str]:
-        """What the generator's graphs run on; a graph the answers did not need is not loaded."""
+    def runtimes(self) -> dict[str, str | None]:
+        """What each step of the generator runs on, as "backend version precision"
+        ({"vision": None, "prefill": "openvino 2026.4.1 bf16", "decode": "onnxruntime 1.32.0 f32"});
+        None: a graph the answers did not need, so not loaded (the vision tower, with page features)."""
+        from .vlm.backends import runtime_version
+
         g = self._generator
         if g is None:
             return {}
-        vision = g._vision_session
+        sessions = {"vision": g._vision_session, "prefill": g._prefill, "decode": g._decoder}
         return {
-            "vision": f"{vision.backend} {vision.precision}" if vision is not None else "not loaded (page features)",
-            "prefill": f"{g._prefill.backend} {g._prefill.precision}",
-            "decode": f"{g._decoder.backend} {g._decoder.precision}",
+            step: None if s is None else f"{s.backend} {runtime_version(s.backend)} {s.precision}"
+            for step, s in sessions.items()
         }
 
     def close(self) -> None:
@@ -262,6 +265,7 @@ class Asker:
             for h, kind in zip(prepared.hits, kinds[: len(prepared.hits)], strict=True)  # --image: no hits
         ]
         answer.notes = list(prepared.notes)
+        answer.runtimes = self.runtimes()
         answer.timings = Timings(
             retrieve_s=prepared.retrieve_s,
             vision_s=prepared.pages_s + result.vision_s,

@@ -53,7 +53,9 @@ def test_ask_answers_from_the_index_with_sources(
     result = _ask(cli, *args, "--json", "--top-k", "2")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"schema", "command", "question", "answer", "sources", "images", "timings"}
+    assert set(payload) == {"schema", "command", "question", "answer", "sources", "images", "timings", "runtimes"}
+    assert set(payload["runtimes"]) == {"vision", "prefill", "decode"}
+    assert all(where.split()[0] in ("onnxruntime", "openvino") for where in payload["runtimes"].values())
     assert payload["images"] == [] and payload["command"] == "ask"
     assert set(payload["timings"]) >= {"retrieve_s", "vision_s", "prefill_s", "first_token_s", "decode_s", "new_tokens"}
     assert 1 <= payload["timings"]["new_tokens"] <= 8 and payload["timings"]["prefill_s"] > 0

@@ -101,6 +101,9 @@ def test_stored_features_give_the_tokens_of_the_fresh_path(
     assert stored["answer"] == fresh["answer"] and stored["sources"] == [
         {**s, "features": "index"} for s in fresh["sources"]
     ]
+    # --json says what each step ran on; stored features never load the vision tower
+    assert stored["runtimes"]["vision"] is None and fresh["runtimes"]["vision"] is not None
+    assert stored["runtimes"]["prefill"] == fresh["runtimes"]["prefill"] and stored["runtimes"]["decode"]
 
     # token for token, through the Python API
     runs = {}

@@ -184,7 +184,11 @@ def ask_cmd(
             sys.stdout.flush()
     _print_answer(answer, as_json, image, streamed=not as_json, stats=stats, question=question)
     if stats:
-        typer.echo("graphs: " + ", ".join(f"{graph} on {where}" for graph, where in asker.runtimes().items()), err=True)
+        steps = asker.runtimes().items()
+        typer.echo(
+            "graphs: " + ", ".join(f"{step} on {where or 'not loaded (page features)'}" for step, where in steps),
+            err=True,
+        )
     if interactive:
         _chat(asker, prepared, question, answer, options, stats)
 
@@ -311,6 +315,7 @@ def _print_answer(answer, as_json: bool, image, *, streamed: bool, stats: bool, 
                     sources=sources,
                     images=[str(p) for p in image] if image else [],
                     timings=answer.timings.as_dict(),
+                    runtimes=answer.runtimes,
                 )
             )
         )

@@ -13,11 +13,11 @@
 
 `auto` picks OpenVINO per graph role where it was measured faster on this kind of CPU
 (x86 with AVX-512: docs/BENCHMARKS.md, "OpenVINO"): the vision tower, the retriever's
-language model, and the generator's decoder for both prefill and decode (AUTO_OPENVINO_GRAPHS).
-On OpenVINO the decoder keeps its k/v cache in the infer request's state (colrag.vlm.ov_decoder);
-passed in and out as arrays at every step, its decode step was slower than onnxruntime's.
+language model, and the generator's prefill (AUTO_OPENVINO_GRAPHS). The decode step stays on
+onnxruntime: on a quiet machine its one-token step (int8 weights at accuracy level 4) was
+faster than OpenVINO's, even with the k/v cache kept in OpenVINO's state (colrag.vlm.ov_decoder).
 Prefill and decode are roles of their own: when they run on different backends, the decoder
-is loaded twice and the prompt's k/v pass from one to the other.
+is loaded twice and the prompt's k/v pass from one to the other once, after the prefill.
 Precision `auto` is bf16 where the CPU computes it natively (avx512_bf16 or AMX) and
 OpenVINO is the backend; f32 otherwise. onnxruntime always computes in f32.
 """
@@ -44,9 +44,10 @@ PRECISIONS = ("auto", "f32", "bf16")
 # used two ways: prefill (the prompt, many tokens at once) and decode (one token a step).
 # Prefill and decode run the same decoder file; on different backends it is loaded twice.
 GRAPHS = ("vision", "text", "prefill", "decode")
-# Graphs that `auto` runs on OpenVINO (on a CPU of the measured kind): every role was faster there
-# in bf16 at full size, the decode step once the k/v cache stays in OpenVINO's state (see the module doc).
-AUTO_OPENVINO_GRAPHS = frozenset({"vision", "text", "prefill", "decode"})
+# Graphs that `auto` runs on OpenVINO (on a CPU of the measured kind): those measured faster there in
+# bf16 at full size on a quiet machine. Not the decode step: 0.138 s/token on OpenVINO against 0.078 on
+# onnxruntime (docs/BENCHMARKS.md, "Answering an indexed page on a quiet machine").
+AUTO_OPENVINO_GRAPHS = frozenset({"vision", "text", "prefill"})
 OPENVINO_HINT = "pip install 'colrag[openvino]'"
 
 
