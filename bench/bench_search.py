@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -269,7 +270,7 @@ def evaluate(
     for q in queries:
         searcher.search_vectors(q, 5)
     lat = np.zeros((runs, len(queries)))
-    tie, strict, drift, first_ok, in_cand = [], [], [], [], []
+    tie, strict, drift, first_ok, in_cand, cand_s, n_cand = [], [], [], [], [], [], []
     for r in range(runs):
         for i, q in enumerate(queries):
             t = time.perf_counter()
@@ -288,7 +289,11 @@ def evaluate(
             if kinds[i] not in ("random", "topics"):
                 f, p = kinds[i].rsplit("#", 1)
                 first_ok.append((hits[0].file, hits[0].page) == (f, int(p)))
-            cand = np.array([pos_of[(c.path, c.page_no)] for c in searcher.candidates(q, 5)])
+            t = time.perf_counter()
+            cand_pages = searcher.candidates(q, 5)  # the FAISS coarse stage + page-list scan alone
+            cand_s.append(time.perf_counter() - t)
+            n_cand.append(len(cand_pages))
+            cand = np.array([pos_of[(c.path, c.page_no)] for c in cand_pages])
             in_cand.append(min(5, int((row[cand] >= fifth * (1 - TIE)).sum())) / 5)  # the best the rerank can do
     is_random = np.array([k == "random" for k in kinds])
     strict_a = np.array(strict)
@@ -296,6 +301,8 @@ def evaluate(
         "p50_ms": float(np.median(lat) * 1000),
         "p95_ms": float(np.percentile(lat, 95) * 1000),
         "p50_runs_ms": [round(float(x), 1) for x in np.median(lat, axis=1) * 1000],
+        "candidates_p50_ms": float(np.median(cand_s) * 1000),
+        "n_candidates": int(np.median(n_cand)),
         "recall5_tie": float(np.mean(tie)),
         "recall5_strict": float(strict_a.mean()),
         "recall5_strict_random": float(strict_a[is_random].mean()) if is_random.any() else None,
@@ -365,6 +372,54 @@ def cold_searches(folder: Path, queries_file: Path) -> list[float] | None:
     return _in_new_process(code, folder, queries_file)
 
 
+def add_one_page(folder: Path, gen: Synth | Topics, n_pages: int, repeats: int = 3) -> dict:
+    """Seconds to add one page to the index and commit it, through the public API in a new process
+    (colrag.open_index, add_page, commit: `repeats` times, each page a new file, the corpus's next
+    pages), on a copy of the index so the measured one stays as built: the FAISS files are hard-linked
+    (each version is written once and never modified in place), everything else is copied. The copy
+    is deleted afterwards."""
+    copy = folder.parent / f".add-one-{folder.name}"
+    pages_file = folder.parent / f".add-one-{folder.name}.npy"
+    if copy.exists():
+        shutil.rmtree(copy)  # this function's own leftover
+    t0 = time.perf_counter()
+    for src in sorted(folder.rglob("*")):
+        dst = copy / src.relative_to(folder)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.suffix == ".faiss":
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+    copy_s = time.perf_counter() - t0
+    np.save(pages_file, np.stack(gen.pages(n_pages, repeats)))
+    code = (
+        "import time, sys, numpy as np; t0 = time.perf_counter()\n"
+        "import colrag; t1 = time.perf_counter()\n"
+        "ix = colrag.open_index(sys.argv[1], create=False); t2 = time.perf_counter(); out = [t1 - t0, t2 - t1]\n"
+        "for i, v in enumerate(np.load(sys.argv[2])):\n"
+        "    t = time.perf_counter(); ix.add_page(f'/extra/add-one-{i}.pdf', 1, v); ix.commit()\n"
+        "    out.append(time.perf_counter() - t)\n"
+        "t = time.perf_counter(); ix.close(); out.append(time.perf_counter() - t); print(*out)"
+    )
+    try:
+        times = _in_new_process(code, copy, pages_file)
+    finally:
+        shutil.rmtree(copy)
+        pages_file.unlink(missing_ok=True)
+    adds = times[2:-1]
+    return {
+        "import_s": times[0],
+        "open_s": times[1],
+        "add_commit_s": adds,
+        "add_commit_median_s": float(np.median(adds)),
+        "close_s": times[-1],
+        "copy_s": copy_s,
+    }
+
+
 def disk_breakdown(folder: Path) -> dict:
     parts = {
         "vectors": 0,
@@ -400,6 +455,7 @@ def run_size(
     sweep=(),
     cold: bool = True,
     partial: bool = False,
+    add_one: int = 0,
 ) -> dict:
     folder = index_folder(corpus, n_pages)
     gen = CORPORA[corpus]()
@@ -425,7 +481,7 @@ def run_size(
         main_run = evaluate(Searcher(index, None, **params), queries, kinds, exact, pos_of, runs)
         swept = []
         for npr, cand, missing in sweep:  # recall / latency trade-off, `runs` runs each
-            s = Searcher(index, None, nprobe=npr, candidates=cand, missing=missing)
+            s = Searcher(index, None, nprobe=npr, candidates=cand, missing=missing, threads=params.get("threads"))
             swept.append(
                 {
                     "nprobe": npr,
@@ -445,6 +501,7 @@ def run_size(
         np.save(cold_file, np.stack([q for q in queries[1:9]]))  # every query has 25 tokens
         cold_s = cold_searches(folder, cold_file)
     disk = disk_breakdown(folder)
+    added = add_one_page(folder, gen, pages, add_one) if add_one else None
     return {
         "corpus": corpus,
         "pages": pages,
@@ -462,6 +519,7 @@ def run_size(
         "build": build_info,
         "params": params,
         "cold_search_s": cold_s,
+        "add_one_page": added,
         "load": os.getloadavg(),
         "sweep": swept,
     }
@@ -485,6 +543,17 @@ def main() -> int:
     ap.add_argument("--candidates", type=int)
     ap.add_argument("--missing", choices=["zero", "next"])
     ap.add_argument(
+        "--threads", type=int, help="Searcher(threads=...): FAISS and rerank threads (default: OMP_NUM_THREADS)"
+    )
+    ap.add_argument(
+        "--add-one-page",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N one-page add + commit calls (new process, on a hard-linked copy of the index)",
+    )
+    ap.add_argument("--add-one-only", action="store_true", help="only the --add-one-page measurement (default 3)")
+    ap.add_argument(
         "--sweep",
         nargs="*",
         default=[],
@@ -505,6 +574,13 @@ def main() -> int:
             gen = CORPORA[args.corpus]()
             exact_scores(index_folder(args.corpus, n), np.arange(n), gen, gen.queries(n, args.queries)[0])
             continue
+        if args.add_one_only:
+            folder = index_folder(args.corpus, n)
+            with Index.open(folder) as ix:
+                n_built = len(ix.snapshot().pages)
+            added = add_one_page(folder, CORPORA[args.corpus](), n_built, args.add_one_page or 3)
+            print(json.dumps({"pages": n_built, **added, "load": os.getloadavg()}))
+            continue
         if args.build_only:
             folder = index_folder(args.corpus, n)
             info = build(n, folder, CORPORA[args.corpus]())
@@ -517,11 +593,24 @@ def main() -> int:
             sweep.append((int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else "next"))
         params = {
             k: v
-            for k, v in (("nprobe", args.nprobe), ("candidates", args.candidates), ("missing", args.missing))
+            for k, v in (
+                ("nprobe", args.nprobe),
+                ("candidates", args.candidates),
+                ("missing", args.missing),
+                ("threads", args.threads),
+            )
             if v is not None
         }
         res = run_size(
-            args.corpus, n, args.queries, args.runs, params, sweep, cold=not args.no_cold, partial=args.partial
+            args.corpus,
+            n,
+            args.queries,
+            args.runs,
+            params,
+            sweep,
+            cold=not args.no_cold,
+            partial=args.partial,
+            add_one=args.add_one_page,
         )
         if args.json:
             print(json.dumps(res))
@@ -545,6 +634,10 @@ def main() -> int:
         )
         print(f"| candidates holding 5 pages within 1 % of the exact 5th | {res['candidate_tie']:.3f} |")
         print(
+            f"| candidate stage alone (FAISS coarse search + page lists), p50 | {res['candidates_p50_ms']:.1f} ms "
+            f"for {res['n_candidates']} candidates |"
+        )
+        print(
             "| near-tied set (pages within 1 % of the exact 5th score) | "
             f"median {t['median']:.0f}, mean {t['mean']:.1f}, "
             f"max {t['max']}; {100 * t['share_over_5']:.0f} % of queries have more than 5 |"
@@ -566,6 +659,13 @@ def main() -> int:
             print(
                 "| cold: 8 searches in a new process after evicting the index from the page cache | "
                 f"median {np.median(c):.0f} ms, first {c[0]:.0f} ms, max {c.max():.0f} ms |"
+            )
+        a = res["add_one_page"]
+        if a:
+            print(
+                f"| add one page + commit (new process, `colrag.open_index`) | "
+                f"{', '.join(f'{x * 1000:.0f}' for x in a['add_commit_s'])} ms "
+                f"(open {a['open_s'] * 1000:.0f} ms, import {a['import_s'] * 1000:.0f} ms) |"
             )
         b = res["build"]
         if b:
