@@ -153,6 +153,32 @@ def worker(args) -> None:
     print(json.dumps(out))
 
 
+def ovgenai_command(args, index: Path, work: Path) -> list[str]:
+    """bench/ovgenai_worker.py in its own Python, on the pages the colrag rows answer (saved as PNG)."""
+    images, _ = _pages(index)
+    paths = []
+    for i, image in enumerate(images, 1):
+        paths.append(str(work / f"page{i}.png"))
+        image.save(paths[-1])
+    worker_py = str(Path(__file__).with_name("ovgenai_worker.py"))
+    return [
+        args.ovgenai_python,
+        worker_py,
+        "--model",
+        args.ovgenai_model,
+        "--images",
+        *paths,
+        "--question",
+        QUESTION,
+        "--follow-up",
+        FOLLOW_UP,
+        "--runs",
+        str(args.runs),
+        "--new-tokens",
+        str(NEW_TOKENS),
+    ]
+
+
 def build_index(pdf: Path, pages: int, retriever: str, folder: Path, features: bool) -> dict:
     import pymupdf
 
@@ -236,6 +262,8 @@ def main() -> None:
     ap.add_argument("--skip-cli", action="store_true", help="skip the `colrag ask` wall-clock runs")
     ap.add_argument("--only-torch", action="store_true", help="only the transformers row (after the index build)")
     ap.add_argument("--compare-index", action="store_true", help="also build the index without page features")
+    ap.add_argument("--ovgenai-python", help="a Python with openvino-genai (bench/ovgenai_worker.py): adds its row")
+    ap.add_argument("--ovgenai-model", help="with --ovgenai-python: the optimum-intel export of --checkpoint")
     ap.add_argument("--worker", choices=["torch", "computed", "index"], help=argparse.SUPPRESS)
     ap.add_argument("--index", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -284,11 +312,14 @@ def main() -> None:
             if not args.skip_computed:
                 rows.append((f"colrag int8 ({backend}), computing the page features", "computed", backend))
             rows.append((f"colrag int8 ({backend}), page features from the index", "index", backend))
+        if args.ovgenai_python and args.ovgenai_model:
+            rows.append(("openvino-genai VLMPipeline (optimum-intel int8, bf16), vision + prefill", "ovgenai", None))
         for name, kind, backend in rows:
             env = {**os.environ, **({"COLRAG_BACKEND": backend} if backend else {})}
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", kind, *common], capture_output=True, text=True, env=env
-            )
+            cmd = [sys.executable, __file__, "--worker", kind, *common]
+            if kind == "ovgenai":
+                cmd = ovgenai_command(args, index, work)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(f"| {name} | failed: {proc.stderr.strip().splitlines()[-1:]} | | | |", flush=True)
                 continue
@@ -306,6 +337,8 @@ def main() -> None:
             )
             if "tps" in r:
                 print(f"    decode {r['tps']:.2f} tokens/s = {1 / r['tps']:.4f} s/token", flush=True)
+            if "load_s" in r:
+                print(f"    pipeline load (compile) {r['load_s']:.2f} s", flush=True)
             if r.get("runtimes"):
                 print(f"    runs on: {r['runtimes']}", flush=True)
         reference = next((v for v in tokens.values() if v), None)
