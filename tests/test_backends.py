@@ -208,12 +208,7 @@ def test_auto_prefills_on_openvino_and_decodes_on_onnxruntime_with_the_same_toke
 def test_bf16_prefill_hands_its_cache_to_onnxruntime_within_the_recorded_bound(tiny_generator_bundle):
     """The k/v a bf16 prefill leaves in OpenVINO's state come out as float32 values (not bf16 bit
     patterns) close to onnxruntime's own, and onnxruntime decodes on from them within the bf16 bound."""
-    from tests.test_generator import synthetic_image
-
-    images = [synthetic_image(300, 200, 2)]
-    g = colrag.Generator.load(tiny_generator_bundle, backend="onnxruntime", prefix_cache=False)
-    tokens = g.generate("Describe the image.", images=images, max_new_tokens=16, min_new_tokens=16).token_ids
-    want = _teacher_forced_logits(g, g._decoder, "Describe the image.", images, tokens[:-1])
+    g, images, tokens, want = _onnxruntime_reference(tiny_generator_bundle)
     path = tiny_generator_bundle / g.manifest["graphs"]["decoder"]
     bf16 = backends.open_session(path, graph="prefill", backend="openvino", precision="bf16")
     pre = g._prefill_inputs("Describe the image.", images, Generation(), None, SYSTEM_PROMPT)
@@ -292,6 +287,16 @@ def test_every_model_command_takes_backend_and_precision():
 # -- the generator's decoder on OpenVINO: k/v in the request's state -------------------------
 
 
+def _onnxruntime_reference(bundle):
+    """The tiny generator on onnxruntime, an image, its 16 greedy tokens and their teacher-forced logits."""
+    from tests.test_generator import synthetic_image
+
+    images = [synthetic_image(300, 200, 2)]
+    g = colrag.Generator.load(bundle, backend="onnxruntime", prefix_cache=False)
+    tokens = g.generate("Describe the image.", images=images, max_new_tokens=16, min_new_tokens=16).token_ids
+    return g, images, tokens, _teacher_forced_logits(g, g._decoder, "Describe the image.", images, tokens[:-1])
+
+
 def _teacher_forced_logits(g, session, question: str, images: list, tokens: list[int], prefill=None) -> np.ndarray:
     """Last-position logits of the prefill and of a decode step per given token, on one session
     (the same tokens fed to every runtime, so that a near-tie cannot send two runs apart); `prefill`:
@@ -367,12 +372,7 @@ def test_openvino_bf16_decoder_logits_within_the_recorded_bound(tiny_generator_b
     """bf16 prefill and decode against onnxruntime f32, teacher-forced on onnxruntime's greedy tokens:
     every step's logits keep cosine >= DECODER_BF16_MIN_COSINE and most top-1 tokens agree (the tiny
     std-0.2 model has near-tie logits, so a few flips are expected; docs/BENCHMARKS.md)."""
-    from tests.test_generator import synthetic_image
-
-    images = [synthetic_image(300, 200, 2)]
-    g = colrag.Generator.load(tiny_generator_bundle, backend="onnxruntime", prefix_cache=False)
-    tokens = g.generate("Describe the image.", images=images, max_new_tokens=16, min_new_tokens=16).token_ids
-    want = _teacher_forced_logits(g, g._decoder, "Describe the image.", images, tokens[:-1])
+    g, images, tokens, want = _onnxruntime_reference(tiny_generator_bundle)
     path = tiny_generator_bundle / g.manifest["graphs"]["decoder"]
     bf16 = backends.open_session(path, graph="decode", backend="openvino", precision="bf16")
     got = _teacher_forced_logits(g, bf16, "Describe the image.", images, tokens[:-1])
